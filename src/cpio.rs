@@ -1,0 +1,1 @@
+//! cpio "newc" archives, the format of Linux initramfs images.

@@ -1,0 +1,11 @@
+//! peapod: each pod in its own KVM microVM, the pod's containers inside it.
+//!
+//! Layout: `cli` (one file per verb), `host` (what this host offers for VMs), `machine` (the
+//! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
+//! monitor), `cpio` (initramfs archives).
+
+pub mod cli;
+pub mod cpio;
+pub mod host;
+pub mod machine;
+pub mod vmm;

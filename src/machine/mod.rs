@@ -1,0 +1,1 @@
+//! The nested host VM ("L1").

@@ -1,0 +1,1 @@
+//! The microVM monitor: KVM, guest memory, vCPUs, boot, devices.
