@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod cpio;
+pub mod dirs;
 pub mod host;
 pub mod machine;
 pub mod vmm;

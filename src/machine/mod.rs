@@ -1,1 +1,384 @@
-//! The nested host VM ("L1").
+//! The nested host VM ("L1"): `podman machine` for KVM. On hosts without usable hardware KVM
+//! (no VT-x/AMD-V, or a PVM `/dev/kvm`), peapod boots a Debian kernel in QEMU with an emulated
+//! AMD-V CPU; inside it `/dev/kvm` is real, and peapod's VMM and tests run there.
+//!
+//! One `run` boots one L1: the initramfs holds busybox, the KVM modules, peapod itself and
+//! the copied paths; peapod's init (`guest`) runs the command and sends its output and exit
+//! status back over the link (`link`) on the L1's second serial port. The L1's kernel console
+//! goes to a log file, kept (and named) when something fails.
+
+pub mod assets;
+pub mod guest;
+pub mod initramfs;
+pub mod link;
+pub mod qemu;
+
+use std::fs::File;
+use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use assets::{AssetError, L1Assets};
+use initramfs::{CopySpec, InitramfsError, RunSpec};
+use link::{Frame, FrameDecoder, LinkError};
+pub use qemu::{Accel, AccelChoice, AccelError};
+use qemu::{QemuLaunch, choose_accel};
+
+use crate::host::HostVirt;
+
+/// How long the L1 may take to power off after the command's status arrived.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// Lines of the console log shown when the L1 fails.
+const TAIL_LINES: usize = 25;
+
+/// One `peapod machine run`.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub accel: AccelChoice,
+    pub timeout: Duration,
+    pub copies: Vec<CopySpec>,
+    /// `KEY=VALUE` pairs for the command's environment.
+    pub env: Vec<String>,
+    pub workdir: String,
+    pub argv: Vec<String>,
+}
+
+/// How a run went, for the caller and for benchmarks.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// The command's exit status (128+N when killed by signal N).
+    pub status: u8,
+    pub accel: Accel,
+    /// From starting QEMU to init's ready message (modules loaded, /dev/kvm there).
+    pub boot: Duration,
+    /// The L1 kernel's own uptime when init was ready.
+    pub l1_uptime_at_ready: Duration,
+    /// From the call to the L1's exit.
+    pub total: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error(transparent)]
+    Assets(#[from] AssetError),
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    #[error(transparent)]
+    Accel(#[from] AccelError),
+    #[error("--cpus must be 1 to 64 and --memory at least 256 MiB")]
+    BadSize,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the L1 did not finish within {} s and was killed (raise --timeout); L1 console log: {}\n{tail}",
+        .limit.as_secs(), .log.display()
+    )]
+    Timeout {
+        limit: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(
+        "the L1 ended without the command's exit status ({reason}); L1 console log: {}\n{tail}",
+        .log.display()
+    )]
+    Failed {
+        reason: String,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+impl MachineError {
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MachineError {
+        let what = what.into();
+        move |source| MachineError::Io { what, source }
+    }
+}
+
+/// Boots an L1, runs the command in it, and streams its stdout and stderr to `stdout` and
+/// `stderr`. `Ok` carries the command's exit status; the L1's own failures are errors.
+pub fn run(
+    config: &MachineConfig,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> Result<RunReport, MachineError> {
+    let started = Instant::now();
+    if !(1..=64).contains(&config.cpus) || config.memory_mib < 256 {
+        return Err(MachineError::BadSize);
+    }
+    let accel = choose_accel(config.accel, &HostVirt::probe())?;
+    let l1 = L1Assets::find()?;
+    let peapod = std::env::current_exe().map_err(MachineError::io("finding the peapod binary"))?;
+    let (base, held) = initramfs::base_archive(&l1, &peapod, &crate::dirs::cache_dir())?;
+
+    let run_dir = tempfile::Builder::new()
+        .prefix("peapod-machine-")
+        .tempdir()
+        .map_err(MachineError::io("creating the run directory"))?;
+    let initrd = run_dir.path().join("initrd.cpio");
+    write_initrd(&base, &initrd, config, &held)?;
+
+    let launch = QemuLaunch {
+        qemu: l1.qemu.clone(),
+        accel,
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        kernel: l1.kernel.clone(),
+        initrd,
+        console_log: run_dir.path().join("console.log"),
+        link_socket: run_dir.path().join("link.sock"),
+    };
+    let listener = UnixListener::bind(&launch.link_socket)
+        .map_err(MachineError::io("listening on the link socket"))?;
+    let qemu_log = File::create(run_dir.path().join("qemu.log"))
+        .map_err(MachineError::io("creating qemu.log"))?;
+    tracing::debug!(args = ?launch.args(), "starting the L1");
+    let boot_started = Instant::now();
+    let child = launch
+        .command()
+        .stdin(Stdio::null())
+        .stdout(qemu_log.try_clone().map_err(MachineError::io("qemu.log"))?)
+        .stderr(qemu_log)
+        .spawn()
+        .map_err(MachineError::io(format!("starting {}", l1.qemu.display())))?;
+    let mut l1_vm = L1Process {
+        child,
+        dir: run_dir.path().to_path_buf(),
+    };
+    let deadline = started + config.timeout;
+
+    let outcome = l1_vm.serve(&listener, deadline, stdout, stderr);
+    let result = match outcome {
+        Ok(served) => {
+            l1_vm.wait_or_kill(POWER_OFF_GRACE);
+            Ok(RunReport {
+                status: served.status,
+                accel,
+                boot: served
+                    .ready_at
+                    .map(|t| t - boot_started)
+                    .unwrap_or_default(),
+                l1_uptime_at_ready: served.l1_uptime,
+                total: started.elapsed(),
+            })
+        }
+        Err(stop) => {
+            l1_vm.kill();
+            let log = run_dir.path().join("console.log");
+            let tail = failure_tail(run_dir.path());
+            Err(match stop {
+                Stop::Timeout => MachineError::Timeout {
+                    limit: config.timeout,
+                    log,
+                    tail,
+                },
+                Stop::Failed(reason) => MachineError::Failed { reason, log, tail },
+            })
+        }
+    };
+    if result.is_err() {
+        // keep the logs the error names
+        let _ = run_dir.keep();
+    }
+    result
+}
+
+fn write_initrd(
+    base: &Path,
+    initrd: &Path,
+    config: &MachineConfig,
+    held: &std::collections::BTreeSet<String>,
+) -> Result<(), MachineError> {
+    let mut out = File::create(initrd).map_err(MachineError::io("creating the initrd"))?;
+    let mut base_file =
+        File::open(base).map_err(MachineError::io(format!("reading {}", base.display())))?;
+    std::io::copy(&mut base_file, &mut out).map_err(MachineError::io("writing the initrd"))?;
+    let spec = RunSpec {
+        argv: config.argv.clone(),
+        env: config.env.clone(),
+        workdir: config.workdir.clone(),
+    };
+    let mut writer = BufWriter::new(out);
+    initramfs::run_archive(&spec, &config.copies, held, &mut writer)?;
+    writer
+        .flush()
+        .map_err(MachineError::io("writing the initrd"))?;
+    Ok(())
+}
+
+/// Why serving the link stopped without an exit status.
+enum Stop {
+    Timeout,
+    Failed(String),
+}
+
+struct Served {
+    status: u8,
+    ready_at: Option<Instant>,
+    l1_uptime: Duration,
+}
+
+struct L1Process {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl L1Process {
+    /// Accepts QEMU's link connection and relays frames until the exit status arrives.
+    fn serve(
+        &mut self,
+        listener: &UnixListener,
+        deadline: Instant,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<Served, Stop> {
+        let mut stream = self.accept(listener, deadline)?;
+        let mut decoder = FrameDecoder::default();
+        let mut ready_at = None;
+        let mut l1_uptime = Duration::ZERO;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(Stop::Failed(self.exit_reason("the link closed")));
+                }
+                Ok(n) => {
+                    decoder.push(&buf[..n]);
+                    while let Some(frame) = decoder
+                        .next_frame()
+                        .map_err(|e: LinkError| Stop::Failed(format!("garbled link: {e}")))?
+                    {
+                        match frame {
+                            Frame::Ready { uptime_ms } => {
+                                ready_at = Some(Instant::now());
+                                l1_uptime = Duration::from_millis(uptime_ms);
+                            }
+                            Frame::Stdout(data) => {
+                                let _ = stdout.write_all(&data).and_then(|()| stdout.flush());
+                            }
+                            Frame::Stderr(data) => {
+                                let _ = stderr.write_all(&data).and_then(|()| stderr.flush());
+                            }
+                            Frame::Error(text) => {
+                                let _ = writeln!(stderr, "peapod machine: {text}");
+                            }
+                            Frame::Exit(status) => {
+                                return Ok(Served {
+                                    status,
+                                    ready_at,
+                                    l1_uptime,
+                                });
+                            }
+                        }
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if Instant::now() >= deadline {
+                        return Err(Stop::Timeout);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Stop::Failed(format!("reading the link: {e}"))),
+            }
+        }
+    }
+
+    fn accept(&mut self, listener: &UnixListener, deadline: Instant) -> Result<UnixStream, Stop> {
+        let failed = |what: &str, e: std::io::Error| Stop::Failed(format!("{what}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| failed("link socket", e))?;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .and_then(|()| stream.set_read_timeout(Some(Duration::from_millis(100))))
+                        .map_err(|e| failed("link socket", e))?;
+                    return Ok(stream);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return Err(Stop::Failed(
+                            self.exit_reason("QEMU exited before connecting the link"),
+                        ));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Stop::Timeout);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(failed("accepting the link", e)),
+            }
+        }
+    }
+
+    /// `what`, with QEMU's exit status when it has one.
+    fn exit_reason(&mut self, what: &str) -> String {
+        std::thread::sleep(Duration::from_millis(100));
+        match self.child.try_wait() {
+            Ok(Some(status)) => format!(
+                "{what}; QEMU {status}; its messages: {}",
+                self.dir.join("qemu.log").display()
+            ),
+            _ => what.to_string(),
+        }
+    }
+
+    fn wait_or_kill(&mut self, grace: Duration) {
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!("the L1 did not power off in time; killing it");
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for L1Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill();
+        }
+    }
+}
+
+/// The last lines of the console log and of QEMU's own messages.
+fn failure_tail(dir: &Path) -> String {
+    let mut text = String::new();
+    for (name, label) in [("console.log", "L1 console"), ("qemu.log", "QEMU")] {
+        let content = std::fs::read(dir.join(name)).unwrap_or_default();
+        let content = String::from_utf8_lossy(&content);
+        // QEMU's TCG lists every CPUID feature of the EPYC model it cannot emulate: noise here
+        let lines: Vec<&str> = content
+            .lines()
+            .filter(|line| !line.contains("TCG doesn't support requested feature"))
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let start = lines.len().saturating_sub(TAIL_LINES);
+        text.push_str(&format!("--- last lines of the {label} ---\n"));
+        for line in &lines[start..] {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text
+}

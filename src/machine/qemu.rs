@@ -1,0 +1,209 @@
+//! The QEMU command line that boots the L1, and the choice of accelerator.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::host::{HostVirt, KvmUnusable};
+
+/// What the user asked for (`--accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// KVM where the host has usable hardware virtualization with nesting, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// What the L1 runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware KVM; the L1 gets the host CPU (`-cpu host`) and nests.
+    Kvm,
+    /// QEMU's emulator with an emulated AMD-V CPU (svm + npt), multi-threaded.
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AccelError {
+    #[error("--accel kvm: {0}")]
+    NoKvm(KvmUnusable),
+    #[error(
+        "--accel kvm: nested virtualization is off in {module}, so the L1 would have no /dev/kvm; \
+         enable it (`modprobe -r {module} && modprobe {module} nested=1`) or use --accel tcg"
+    )]
+    NestedOff { module: &'static str },
+}
+
+/// Picks the accelerator: `auto` takes KVM only where it is hardware KVM (not PVM) with
+/// nesting not known to be off.
+pub fn choose_accel(choice: AccelChoice, host: &HostVirt) -> Result<Accel, AccelError> {
+    let hardware = host.hardware_kvm();
+    match choice {
+        AccelChoice::Tcg => Ok(Accel::Tcg),
+        AccelChoice::Auto => Ok(match hardware {
+            Ok(_) if host.nested != Some(false) => Accel::Kvm,
+            _ => Accel::Tcg,
+        }),
+        AccelChoice::Kvm => {
+            let extension = hardware.map_err(AccelError::NoKvm)?;
+            if host.nested == Some(false) {
+                return Err(AccelError::NestedOff {
+                    module: extension.kvm_module(),
+                });
+            }
+            Ok(Accel::Kvm)
+        }
+    }
+}
+
+/// Everything the L1's QEMU command line is made of.
+#[derive(Debug, Clone)]
+pub struct QemuLaunch {
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// ttyS0: the L1 kernel's console goes here.
+    pub console_log: PathBuf,
+    /// ttyS1: the link; peapod listens on this Unix socket and QEMU connects.
+    pub link_socket: PathBuf,
+}
+
+/// The L1 kernel command line: console on ttyS0, power off instead of hanging on panic.
+pub const L1_CMDLINE: &str = "console=ttyS0 panic=-1 mitigations=off";
+
+impl QemuLaunch {
+    pub fn args(&self) -> Vec<String> {
+        let (accel, cpu) = match self.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg,thread=multi", "EPYC,+svm,+npt"),
+        };
+        let mut args: Vec<String> = [
+            "-M",
+            "q35",
+            "-accel",
+            accel,
+            "-cpu",
+            cpu,
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "-smp".into(),
+            self.cpus.to_string(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-kernel".into(),
+            self.kernel.display().to_string(),
+            "-initrd".into(),
+            self.initrd.display().to_string(),
+            "-append".into(),
+            L1_CMDLINE.into(),
+            "-chardev".into(),
+            format!("file,id=console,path={}", self.console_log.display()),
+            "-serial".into(),
+            "chardev:console".into(),
+            "-chardev".into(),
+            format!("socket,id=link,path={}", self.link_socket.display()),
+            "-serial".into(),
+            "chardev:link".into(),
+        ]);
+        args
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(&self.qemu);
+        command.args(self.args());
+        command
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{KvmNode, VirtExtension};
+
+    fn host(kvm: KvmNode, pvm: bool, ext: Option<VirtExtension>, nested: Option<bool>) -> HostVirt {
+        HostVirt {
+            kvm_path: "/dev/kvm".into(),
+            kvm,
+            pvm,
+            extension: ext,
+            nested,
+        }
+    }
+
+    #[test]
+    fn auto_uses_kvm_only_on_nesting_hardware() {
+        let svm = Some(VirtExtension::Svm);
+        let pvm_host = host(KvmNode::Usable, true, None, None);
+        assert_eq!(choose_accel(AccelChoice::Auto, &pvm_host), Ok(Accel::Tcg));
+        let hw = host(KvmNode::Usable, false, svm, Some(true));
+        assert_eq!(choose_accel(AccelChoice::Auto, &hw), Ok(Accel::Kvm));
+        let no_nest = host(KvmNode::Usable, false, svm, Some(false));
+        assert_eq!(choose_accel(AccelChoice::Auto, &no_nest), Ok(Accel::Tcg));
+        let absent = host(KvmNode::Absent, false, svm, None);
+        assert_eq!(choose_accel(AccelChoice::Auto, &absent), Ok(Accel::Tcg));
+    }
+
+    #[test]
+    fn forced_kvm_explains_why_not() {
+        let pvm_host = host(KvmNode::Usable, true, None, None);
+        let err = choose_accel(AccelChoice::Kvm, &pvm_host).unwrap_err();
+        assert!(err.to_string().contains("PVM"), "{err}");
+        let no_nest = host(
+            KvmNode::Usable,
+            false,
+            Some(VirtExtension::Vmx),
+            Some(false),
+        );
+        let err = choose_accel(AccelChoice::Kvm, &no_nest).unwrap_err();
+        assert!(err.to_string().contains("kvm_intel"), "{err}");
+        assert_eq!(choose_accel(AccelChoice::Tcg, &no_nest), Ok(Accel::Tcg));
+    }
+
+    #[test]
+    fn tcg_command_line_emulates_amd_v_and_splits_console_from_link() {
+        let launch = QemuLaunch {
+            qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            cpus: 2,
+            memory_mib: 2048,
+            kernel: "/boot/vmlinuz".into(),
+            initrd: "/tmp/r/initrd.cpio".into(),
+            console_log: "/tmp/r/console.log".into(),
+            link_socket: "/tmp/r/link.sock".into(),
+        };
+        let args = launch.args().join(" ");
+        assert!(
+            args.contains("-accel tcg,thread=multi -cpu EPYC,+svm,+npt"),
+            "{args}"
+        );
+        assert!(args.contains("-smp 2 -m 2048"), "{args}");
+        let console = args.find("path=/tmp/r/console.log").unwrap();
+        let link = args.find("socket,id=link,path=/tmp/r/link.sock").unwrap();
+        assert!(
+            console < link,
+            "console must be ttyS0, the link ttyS1: {args}"
+        );
+        assert!(args.contains("-no-reboot"));
+    }
+}
