@@ -45,9 +45,7 @@ pub enum KvmUnusable {
          or run inside the nested test bed: `peapod machine run -- <command>`"
     )]
     Absent(PathBuf),
-    #[error(
-        "cannot open {0}: permission denied; run as root or add your user to the `kvm` group"
-    )]
+    #[error("cannot open {0}: permission denied; run as root or add your user to the `kvm` group")]
     NoPermission(PathBuf),
     #[error("cannot open {path}: {reason}")]
     Broken { path: PathBuf, reason: String },

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 pub const EXIT_PEAPOD_ERROR: u8 = 125;
 
 #[derive(Debug, Parser)]
-#[command(name = "peapod", version, about = "Pods in KVM microVMs: the pod is the shell, the containers are the peas")]
+#[command(
+    name = "peapod",
+    version,
+    about = "Pods in KVM microVMs: the pod is the shell, the containers are the peas"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
