@@ -1,0 +1,102 @@
+//! Shared pieces of the e2e tests: test cases, the peapod binary, running commands.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use libtest_mimic::{Failed, Trial};
+
+/// Where a test can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// On the host: it drives `peapod machine run`.
+    Host,
+    /// Wherever hardware-assisted KVM is: the host, or inside the L1.
+    Kvm,
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub place: Place,
+    pub run: fn() -> Result<(), Failed>,
+    /// A reason this case cannot run on this host, checked when the trials are made.
+    pub skip_if: Option<fn() -> Option<String>>,
+}
+
+impl Case {
+    pub fn trial(&self, skip: Option<&str>) -> Trial {
+        let prefix = match self.place {
+            Place::Host => "host",
+            Place::Kvm => "kvm",
+        };
+        let name = format!("{prefix}::{}", self.name);
+        let run = self.run;
+        if skip.is_some() {
+            // the caller printed the reason once for all
+            return Trial::test(name, run).with_ignored_flag(true);
+        }
+        match self.skip_if.and_then(|check| check()) {
+            Some(reason) => {
+                println!("e2e: {name}: skipped: {reason}");
+                Trial::test(name, run).with_ignored_flag(true)
+            }
+            None => Trial::test(name, run),
+        }
+    }
+}
+
+/// The peapod binary: `/usr/bin/peapod` inside the L1 (init sets PEAPOD_BIN), else the one
+/// cargo built with these tests.
+pub fn peapod() -> PathBuf {
+    std::env::var_os("PEAPOD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_peapod")))
+}
+
+/// Runs peapod with `args`, capturing its output.
+pub fn run_peapod(args: &[&str]) -> Result<Output, Failed> {
+    Command::new(peapod())
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()).into())
+}
+
+/// Fails with the command's output when `cond` is false.
+pub fn check(cond: bool, what: &str, output: &Output) -> Result<(), Failed> {
+    if cond {
+        return Ok(());
+    }
+    Err(format!(
+        "{what}\n  status: {}\n  stdout: {}\n  stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+    .into())
+}
+
+/// Runs this test binary's KVM tests inside one L1; returns its exit status.
+pub fn run_self_in_machine() -> i32 {
+    let me = std::env::current_exe().expect("the test binary knows its path");
+    let forwarded: Vec<String> = std::env::args().skip(1).collect();
+    let mut command = Command::new(peapod());
+    command
+        .args(["machine", "run", "--timeout", "1200"])
+        .arg("--copy")
+        .arg(format!("{}:/opt/peapod-tests/e2e", me.display()))
+        .args(["--env", "PEAPOD_E2E=1"]);
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        command.args(["--env", &format!("RUST_LOG={filter}")]);
+    }
+    command
+        .arg("--")
+        .arg("/opt/peapod-tests/e2e")
+        .args(forwarded);
+    println!("e2e: {command:?}");
+    match command.status() {
+        Ok(status) => status.code().unwrap_or(1),
+        Err(e) => {
+            eprintln!("e2e: cannot start the test bed: {e}");
+            1
+        }
+    }
+}
