@@ -134,9 +134,9 @@ pub fn run(
         kernel: l1.kernel.clone(),
         initrd,
         console_log: run_dir.path().join("console.log"),
-        link_socket: run_dir.path().join("link.sock"),
+        link_socket: Some(run_dir.path().join("link.sock")),
     };
-    let listener = UnixListener::bind(&launch.link_socket)
+    let listener = UnixListener::bind(run_dir.path().join("link.sock"))
         .map_err(MachineError::io("listening on the link socket"))?;
     let qemu_log = File::create(run_dir.path().join("qemu.log"))
         .map_err(MachineError::io("creating qemu.log"))?;

@@ -77,7 +77,8 @@ pub struct QemuLaunch {
     /// ttyS0: the L1 kernel's console goes here.
     pub console_log: PathBuf,
     /// ttyS1: the link; peapod listens on this Unix socket and QEMU connects.
-    pub link_socket: PathBuf,
+    /// `None` for an L1 without peapod's init (the bare peer in benchmarks).
+    pub link_socket: Option<PathBuf>,
 }
 
 /// The L1 kernel command line: console on ttyS0, power off instead of hanging on panic.
@@ -121,11 +122,15 @@ impl QemuLaunch {
             format!("file,id=console,path={}", self.console_log.display()),
             "-serial".into(),
             "chardev:console".into(),
-            "-chardev".into(),
-            format!("socket,id=link,path={}", self.link_socket.display()),
-            "-serial".into(),
-            "chardev:link".into(),
         ]);
+        if let Some(socket) = &self.link_socket {
+            args.extend([
+                "-chardev".into(),
+                format!("socket,id=link,path={}", socket.display()),
+                "-serial".into(),
+                "chardev:link".into(),
+            ]);
+        }
         args
     }
 
@@ -190,7 +195,7 @@ mod tests {
             kernel: "/boot/vmlinuz".into(),
             initrd: "/tmp/r/initrd.cpio".into(),
             console_log: "/tmp/r/console.log".into(),
-            link_socket: "/tmp/r/link.sock".into(),
+            link_socket: Some("/tmp/r/link.sock".into()),
         };
         let args = launch.args().join(" ");
         assert!(

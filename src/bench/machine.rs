@@ -1,0 +1,156 @@
+//! `peapod bench machine`: what the test bed costs. peapod's `machine run -- true` against a
+//! bare QEMU L1 with the same kernel, CPU model and size whose busybox init only loads the KVM
+//! modules and powers off: the least any L1 with a /dev/kvm can do.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::cpio::CpioWriter;
+use crate::machine::assets::L1Assets;
+use crate::machine::qemu::{Accel, AccelChoice, QemuLaunch, choose_accel};
+use crate::machine::{self, MachineConfig};
+
+use super::{median, ratio};
+
+pub struct MachineBench {
+    pub runs: usize,
+    pub accel: AccelChoice,
+}
+
+pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
+    let l1 = L1Assets::find()?;
+    let accel = choose_accel(bench.accel, &crate::host::HostVirt::probe())?;
+    let config = MachineConfig {
+        cpus: 2,
+        memory_mib: 4096,
+        accel: bench.accel,
+        timeout: Duration::from_secs(300),
+        copies: Vec::new(),
+        env: Vec::new(),
+        workdir: "/".into(),
+        argv: vec!["true".into()],
+    };
+    let dir = tempfile::tempdir()?;
+    let bare_initrd = dir.path().join("bare.cpio");
+    write_bare_initrd(&l1, &bare_initrd)?;
+
+    let mut peapod_total = Vec::new();
+    let mut peapod_boot = Vec::new();
+    let mut bare_total = Vec::new();
+    // interleaved, so both see the same machine load
+    for i in 0..bench.runs {
+        let report = machine::run(&config, &mut std::io::sink(), &mut std::io::stderr())?;
+        anyhow::ensure!(
+            report.status == 0,
+            "`machine run -- true` gave status {}",
+            report.status
+        );
+        peapod_total.push(report.total);
+        peapod_boot.push(report.boot);
+        bare_total.push(bare_boot(&l1, accel, &bare_initrd, dir.path())?);
+        eprintln!(
+            "run {}: peapod {:.2} s (ready after {:.2} s), bare {:.2} s",
+            i + 1,
+            report.total.as_secs_f64(),
+            report.boot.as_secs_f64(),
+            bare_total[i].as_secs_f64()
+        );
+    }
+    let cache_started = Instant::now();
+    let peapod = std::env::current_exe()?;
+    crate::machine::initramfs::base_archive(&l1, &peapod, &crate::dirs::cache_dir())?;
+    let cache_hit = cache_started.elapsed();
+
+    let (pt, pb, bt) = (
+        median(peapod_total),
+        median(peapod_boot),
+        median(bare_total),
+    );
+    println!(
+        "peapod bench machine: accel {accel}, {} runs, medians",
+        bench.runs
+    );
+    println!("| measure | peapod | bare QEMU L1 | peapod / bare |");
+    println!("|---|---|---|---|");
+    println!(
+        "| one `machine run -- true`, call to exit | {:.2} s | {:.2} s | {} |",
+        pt.as_secs_f64(),
+        bt.as_secs_f64(),
+        ratio(pt, bt)
+    );
+    println!(
+        "| L1 boot: QEMU start to /dev/kvm ready | {:.2} s | - | - |",
+        pb.as_secs_f64()
+    );
+    println!(
+        "| L1 base initramfs, cache hit (hash + lookup) | {} ms | - | - |",
+        cache_hit.as_millis()
+    );
+    Ok(())
+}
+
+/// busybox + the KVM modules + an init that loads them and powers off.
+fn write_bare_initrd(l1: &L1Assets, path: &std::path::Path) -> anyhow::Result<()> {
+    let mut cpio = CpioWriter::new(BufWriter::new(File::create(path)?));
+    cpio.file_from("/bin/busybox", 0o755, &l1.busybox)?;
+    cpio.dir("/proc", 0o755)?;
+    cpio.dir("/sys", 0o755)?;
+    cpio.dir("/dev", 0o755)?;
+    cpio.char_device("/dev/console", 0o600, 5, 1)?;
+    let mut script = String::from(
+        "#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n",
+    );
+    let modules = l1.kvm_modules()?;
+    for (extension, files) in &modules {
+        script.push_str(&format!(
+            "if /bin/busybox grep -q -w {extension} /proc/cpuinfo; then\n"
+        ));
+        for (i, file) in files.iter().enumerate() {
+            let guest = format!("/m/{extension}/{i}.ko");
+            cpio.file_from(&guest, 0o644, file)?;
+            script.push_str(&format!("  /bin/busybox insmod {guest}\n"));
+        }
+        script.push_str("fi\n");
+    }
+    script.push_str("[ -e /dev/kvm ] && echo BARE_KVM_READY\n/bin/busybox poweroff -f\n");
+    cpio.file("/init", 0o755, script.as_bytes())?;
+    cpio.finish()?;
+    Ok(())
+}
+
+/// One bare L1 boot to power-off; fails if /dev/kvm did not come up.
+fn bare_boot(
+    l1: &L1Assets,
+    accel: Accel,
+    initrd: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<Duration> {
+    let console = dir.join("bare-console.log");
+    let launch = QemuLaunch {
+        qemu: l1.qemu.clone(),
+        accel,
+        cpus: 2,
+        memory_mib: 4096,
+        kernel: l1.kernel.clone(),
+        initrd: initrd.to_path_buf(),
+        console_log: console.clone(),
+        link_socket: None,
+    };
+    let started = Instant::now();
+    let status = launch
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let elapsed = started.elapsed();
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    anyhow::ensure!(
+        status.success() && log.contains("BARE_KVM_READY"),
+        "the bare L1 did not get /dev/kvm ({status}); console:\n{log}"
+    );
+    Ok(elapsed)
+}

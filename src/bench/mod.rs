@@ -1,0 +1,34 @@
+//! Benchmarks that print a table: peapod side by side with its peers, as ratios.
+
+pub mod machine;
+
+use std::time::Duration;
+
+/// The median of some durations (zero for none).
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// `a / b` as a ratio string, or "-" where `b` is zero.
+pub fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() {
+        "-".into()
+    } else {
+        format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_ratio() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(vec![ms(5), ms(1), ms(3)]), ms(3));
+        assert_eq!(median(vec![]), Duration::ZERO);
+        assert_eq!(ratio(ms(3), ms(2)), "1.50x");
+        assert_eq!(ratio(ms(3), Duration::ZERO), "-");
+    }
+}
