@@ -249,8 +249,11 @@ fn archive_name(path: &str) -> Result<String, CpioError> {
 mod tests {
     use super::*;
 
-    /// A minimal newc reader for the tests: (name, mode, rdev, data) per entry.
-    fn parse(mut bytes: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// An archive entry as the test reader sees it: (name, mode, rdev, data).
+    type Entry = (String, u32, (u32, u32), Vec<u8>);
+
+    /// A minimal newc reader for the tests.
+    fn parse(mut bytes: &[u8]) -> Vec<Entry> {
         let mut entries = Vec::new();
         let total = bytes.len();
         loop {

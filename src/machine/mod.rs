@@ -114,6 +114,12 @@ pub fn run(
     if !(1..=64).contains(&config.cpus) || config.memory_mib < 256 {
         return Err(MachineError::BadSize);
     }
+    for copy in &config.copies {
+        std::fs::symlink_metadata(&copy.host).map_err(|source| InitramfsError::CopySource {
+            path: copy.host.clone(),
+            source,
+        })?;
+    }
     let accel = choose_accel(config.accel, &HostVirt::probe())?;
     let l1 = L1Assets::find()?;
     let peapod = std::env::current_exe().map_err(MachineError::io("finding the peapod binary"))?;
