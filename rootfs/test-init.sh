@@ -1,0 +1,49 @@
+#!/bin/busybox sh
+# shellcheck shell=dash
+# peapod test init: a tiny stand-in for the peapod guest agent.
+#
+# Runs as PID 1 from the initramfs built by rootfs/build-test-initramfs.sh
+# (Debian's static busybox at /bin/busybox; its shell runs applets directly).
+# Prints PEAPOD_GUEST_INIT_OK plus what the guest sees, then powers off.
+# Lines start with "peapod-test:" so that a harness can grep them.
+
+export PATH=/bin:/sbin
+# Applets are run through /proc/self/exe, so mount /proc by full path first.
+/bin/busybox mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+
+echo "PEAPOD_GUEST_INIT_OK"
+echo "peapod-test: uptime_s $(cut -d' ' -f1 /proc/uptime)"
+echo "peapod-test: kernel $(uname -r) $(uname -m)"
+echo "peapod-test: nproc $(nproc)"
+echo "peapod-test: mem_total $(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2-)"
+for dev in /dev/console /dev/vda /dev/hwrng /dev/vsock; do
+    if [ -e "$dev" ]; then
+        echo "peapod-test: device $dev present"
+    else
+        echo "peapod-test: device $dev MISSING"
+    fi
+done
+echo "peapod-test: hwrng_current $(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
+names() { for f in "$1"/*; do [ -e "$f" ] && printf '%s ' "${f##*/}"; done; }
+echo "peapod-test: virtio_devices $(names /sys/bus/virtio/devices)"
+echo "peapod-test: netdevs $(names /sys/class/net)"
+echo "peapod-test: filesystems $(grep -v '^nodev' /proc/filesystems | tr -d '\t' | tr '\n' ' ')" \
+    "nodev: $(grep '^nodev' /proc/filesystems | cut -f2 | tr '\n' ' ')"
+for fs in erofs ext4 overlay tmpfs cgroup2 proc sysfs devtmpfs; do
+    if grep -qw "$fs" /proc/filesystems; then
+        echo "peapod-test: fs $fs present"
+    else
+        echo "peapod-test: fs $fs MISSING"
+    fi
+done
+echo "peapod-test: cgroup_controllers $(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)"
+echo "peapod-test: namespaces $(names /proc/self/ns)"
+echo "peapod-test: seccomp $(grep '^Seccomp' /proc/self/status | tr -d '\t' | tr '\n' ' ')"
+ip link set lo up 2>/dev/null && echo "peapod-test: lo $(ip -o addr show lo | tr -s ' ' | cut -d' ' -f4 | tr '\n' ' ')"
+echo "PEAPOD_GUEST_INIT_DONE"
+
+poweroff -f
