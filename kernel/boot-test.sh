@@ -10,7 +10,8 @@
 # The guest console is shown on stderr with timestamps (ms since QEMU start).
 # Checks: PEAPOD_GUEST_INIT_OK marker, N CPUs, /dev/vda, /dev/hwrng,
 # erofs/ext4/overlay/tmpfs/cgroup2 in /proc/filesystems, cgroup v2
-# controllers memory/cpu/pids. Exit status 0 only if all pass.
+# controllers memory/cpu/pids, mounting an ext4 disk (rw), an erofs disk
+# and an overlay on tmpfs. Exit status 0 only if all pass.
 #
 # Note: this host's /dev/kvm may be PVM rather than hardware KVM; the default
 # is TCG, which is slow but exercises the same kernel entry path (PVH).
@@ -37,7 +38,7 @@ while (($#)); do
     --timeout) timeout_s=${2:?--timeout needs seconds}; shift 2 ;;
     --accel) accel=${2:?--accel needs tcg or kvm}; shift 2 ;;
     --append) append="$append ${2:?--append needs arguments}"; shift 2 ;;
-    -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+    -h | --help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
     esac
 done
@@ -71,7 +72,26 @@ cleanup() {
     rm -rf -- "$work"
 }
 trap cleanup EXIT
+# Disk 1: ext4 (mounted read-write by the test init), disk 2: erofs.
 truncate -s 8M "$work/disk.raw"
+fs_checks=()
+if command -v mkfs.ext4 >/dev/null 2>&1; then
+    mkfs.ext4 -q -F "$work/disk.raw" >&2 || die "mkfs.ext4 failed"
+    fs_checks+=(ext4)
+else
+    log "mkfs.ext4 not found (apt-get install -y e2fsprogs): ext4 mount not checked"
+fi
+mkdir "$work/erofs-src"
+echo "hello from erofs" >"$work/erofs-src/hello"
+erofs_disk=()
+if command -v mkfs.erofs >/dev/null 2>&1; then
+    mkfs.erofs "$work/disk2.erofs" "$work/erofs-src" >"$work/mkfs.erofs.log" 2>&1 ||
+        die "mkfs.erofs failed: $(cat "$work/mkfs.erofs.log")"
+    erofs_disk=(-drive "id=d1,file=$work/disk2.erofs,format=raw,if=none,readonly=on" -device "virtio-blk-device,drive=d1")
+    fs_checks+=(erofs)
+else
+    log "mkfs.erofs not found (apt-get install -y erofs-utils): erofs mount not checked"
+fi
 
 qemu=(
     qemu-system-x86_64 -M "microvm,acpi=off" -accel "$accel" -cpu "$cpu" -smp "$smp" -m 512
@@ -80,6 +100,7 @@ qemu=(
     -serial stdio
     -device virtio-rng-device
     -drive "id=d0,file=$work/disk.raw,format=raw,if=none" -device "virtio-blk-device,drive=d0"
+    "${erofs_disk[@]}"
     -netdev "user,id=n0" -device "virtio-net-device,netdev=n0"
 )
 log "kernel: $kernel"
@@ -126,6 +147,10 @@ done
 for c in memory cpu pids; do
     check "cgroup v2 controller $c" "^peapod-test: cgroup_controllers .*\\b$c\\b"
 done
+for fs in "${fs_checks[@]}"; do
+    check "mount $fs from a virtio disk" "^peapod-test: mount $fs /dev/vd[a-z] ok"
+done
+check "overlayfs mount on tmpfs" '^peapod-test: mount overlay ok$'
 check "init finished" '^PEAPOD_GUEST_INIT_DONE$'
 
 if [[ -n $marker_ms ]]; then

@@ -44,6 +44,25 @@ echo "peapod-test: cgroup_controllers $(cat /sys/fs/cgroup/cgroup.controllers 2>
 echo "peapod-test: namespaces $(names /proc/self/ns)"
 echo "peapod-test: seccomp $(grep '^Seccomp' /proc/self/status | tr -d '\t' | tr '\n' ' ')"
 ip link set lo up 2>/dev/null && echo "peapod-test: lo $(ip -o addr show lo | tr -s ' ' | cut -d' ' -f4 | tr '\n' ' ')"
+# Block devices: try ext4 (read-write) and erofs on each virtio disk.
+for dev in /dev/vd?; do
+    [ -b "$dev" ] || continue
+    mnt=/mnt/${dev##*/}
+    mkdir -p "$mnt"
+    if mount -t ext4 "$dev" "$mnt" 2>/dev/null; then
+        echo peapod > "$mnt/written-by-guest" && sync &&
+            echo "peapod-test: mount ext4 $dev ok (rw)"
+    elif mount -t erofs -o ro "$dev" "$mnt" 2>/dev/null; then
+        echo "peapod-test: mount erofs $dev ok: $(cat "$mnt/hello" 2>/dev/null)"
+    fi
+done
+# overlayfs with a tmpfs upper layer, the layout of a container rootfs.
+mount -t tmpfs tmpfs /run
+mkdir -p /run/ovl/upper /run/ovl/work /run/ovl/merged
+if mount -t overlay overlay -o lowerdir=/bin,upperdir=/run/ovl/upper,workdir=/run/ovl/work /run/ovl/merged &&
+    touch /run/ovl/merged/new && [ -e /run/ovl/upper/new ]; then
+    echo "peapod-test: mount overlay ok"
+fi
 echo "PEAPOD_GUEST_INIT_DONE"
 
 poweroff -f
