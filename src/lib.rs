@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod cpio;
 pub mod dirs;
+pub mod guest_kernel;
 pub mod host;
 pub mod machine;
 pub mod vmm;

@@ -87,13 +87,13 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
             },
         });
     }
-    let guest_kernel = first_guest_kernel();
+    let guest_kernel = crate::guest_kernel::default_kernel();
     checks.push(Check {
         what: "guest kernel",
-        ok: guest_kernel.is_some(),
+        ok: guest_kernel.is_ok(),
         detail: match guest_kernel {
-            Some(path) => path.display().to_string(),
-            None => "not built: run kernel/build.sh".into(),
+            Ok(path) => path.display().to_string(),
+            Err(why) => why.to_string(),
         },
     });
 
@@ -119,14 +119,4 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Any guest kernel built by kernel/build.sh into the cache.
-fn first_guest_kernel() -> Option<PathBuf> {
-    let dir = crate::dirs::cache_dir().join("kernel");
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("vmlinux"))
-        .find(|p| p.is_file())
 }
