@@ -242,7 +242,9 @@ impl Vcpu {
         })
     }
 
-    /// Runs the guest until it stops (or an exit cannot be handled).
+    /// Runs the guest until it stops (or an exit cannot be handled). A signal that interrupts
+    /// `KVM_RUN` re-enters the guest: there is no external stop request yet (the multi-vCPU
+    /// step adds one, checked here, with `immediate_exit`).
     pub fn run(&mut self) -> Result<VcpuStop, VcpuError> {
         loop {
             let exit = match self.fd.run() {
