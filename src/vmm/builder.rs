@@ -171,14 +171,13 @@ mod tests {
         }
     }
 
-    /// Boots the built-in guest on real KVM; skipped (with the reason) where this host has
-    /// none, e.g. on PVM. Runs inside the nested test bed: `peapod machine run -- <test binary>`.
+    /// Boots the built-in guest in-process on real KVM. Ignored by default (a plain
+    /// `cargo test` must not need KVM); the e2e test `kvm::tiny_guest_writes_to_a_port_and_halts`
+    /// covers the same path in the test bed. By hand, where hardware KVM is:
+    /// `cargo test --lib -- --ignored the_built_in_guest`.
     #[test]
+    #[ignore = "needs hardware KVM; covered by the e2e test bed"]
     fn the_built_in_guest_prints_its_message_and_halts_on_hardware_kvm() {
-        if let Err(reason) = crate::host::HostVirt::probe().hardware_kvm() {
-            eprintln!("skipped: {reason}");
-            return;
-        }
         let out = SharedBuffer::default();
         let stop = run_hello(out.clone()).unwrap();
         assert_eq!(stop, VcpuStop::Halted);
