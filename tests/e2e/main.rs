@@ -66,6 +66,13 @@ fn main() -> ExitCode {
     match (&hardware, &testbed) {
         (Ok(_), _) => {
             println!("e2e: hardware KVM here: KVM tests run directly");
+            for (env, found) in support::guest_artifacts() {
+                match found {
+                    // SAFETY: single-threaded here, before any test thread starts.
+                    Ok(path) => unsafe { std::env::set_var(env, path) },
+                    Err(why) => println!("e2e: {env} not available: {why}"),
+                }
+            }
             trials.extend(kvm_cases.map(|c| c.trial(None)));
             libtest_mimic::run(&args, trials).exit_code()
         }

@@ -74,7 +74,51 @@ pub fn check(cond: bool, what: &str, output: &Output) -> Result<(), Failed> {
     .into())
 }
 
-/// Runs this test binary's KVM tests inside one L1; returns its exit status.
+/// The guest artifacts the KVM tests boot, as (environment variable, host path), where
+/// they are built. Tests that need one and do not find its variable skip, naming the reason.
+pub fn guest_artifacts() -> Vec<(&'static str, Result<PathBuf, String>)> {
+    let kernel = std::env::var_os(GUEST_KERNEL_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| peapod::guest_kernel::default_kernel().map_err(|e| e.to_string()));
+    let initramfs = std::env::var_os(TEST_INITRAMFS_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| script_output("rootfs/build-test-initramfs.sh"));
+    vec![(GUEST_KERNEL_ENV, kernel), (TEST_INITRAMFS_ENV, initramfs)]
+}
+
+/// The guest kernel the KVM tests boot.
+pub const GUEST_KERNEL_ENV: &str = "PEAPOD_GUEST_KERNEL";
+/// The busybox test initramfs (rootfs/build-test-initramfs.sh).
+pub const TEST_INITRAMFS_ENV: &str = "PEAPOD_TEST_INITRAMFS";
+
+/// Runs one of the repository's build scripts; its last stdout line is the path it built.
+fn script_output(script: &str) -> Result<PathBuf, String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = Command::new(&path)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match stdout.lines().last() {
+        Some(line) if out.status.success() => Ok(PathBuf::from(line.trim())),
+        _ => Err(format!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// The path of a guest artifact for a test, or the reason the test cannot run.
+#[allow(dead_code)] // the Linux boot tests use it
+pub fn artifact(env: &str) -> Result<PathBuf, String> {
+    std::env::var_os(env).map(PathBuf::from).ok_or_else(|| {
+        format!("{env} is not set: the guest kernel (kernel/build.sh) or test initramfs (rootfs/build-test-initramfs.sh) is not built")
+    })
+}
+
+/// Runs this test binary's KVM tests inside one L1, with the guest artifacts copied in;
+/// returns its exit status.
 pub fn run_self_in_machine() -> i32 {
     let me = std::env::current_exe().expect("the test binary knows its path");
     let forwarded: Vec<String> = std::env::args().skip(1).collect();
@@ -84,6 +128,18 @@ pub fn run_self_in_machine() -> i32 {
         .arg("--copy")
         .arg(format!("{}:/opt/peapod-tests/e2e", me.display()))
         .args(["--env", "PEAPOD_E2E=1"]);
+    for (env, found) in guest_artifacts() {
+        match found {
+            Ok(path) => {
+                let inside = format!("/opt/peapod-tests/{env}");
+                command
+                    .arg("--copy")
+                    .arg(format!("{}:{inside}", path.display()))
+                    .args(["--env", &format!("{env}={inside}")]);
+            }
+            Err(why) => println!("e2e: {env} not available inside the test bed: {why}"),
+        }
+    }
     if let Ok(filter) = std::env::var("RUST_LOG") {
         command.args(["--env", &format!("RUST_LOG={filter}")]);
     }
