@@ -19,4 +19,5 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
