@@ -26,11 +26,13 @@
 //! // device thread: loop { event_manager.run()?; }
 //! ```
 
+pub mod block;
 pub mod device;
 pub mod event;
 pub mod interrupt;
 pub mod mmio;
 pub mod queue;
+pub mod rng;
 #[cfg(test)]
 pub(crate) mod testing;
 

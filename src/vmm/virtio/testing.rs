@@ -75,8 +75,13 @@ impl DriverQueue {
     }
 
     /// Writes a well-formed chain of `(addr, len, device_writable)` buffers into free
-    /// descriptors and returns its head (not yet published).
+    /// descriptors and returns its head (not yet published). Descriptors are reused round
+    /// robin, so serve chains before adding more than a table's worth.
     pub fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+        assert!(bufs.len() <= usize::from(self.size));
+        if usize::from(self.next_free) + bufs.len() > usize::from(self.size) {
+            self.next_free = 0;
+        }
         let head = self.next_free;
         for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
             let index = head + i as u16;
