@@ -49,6 +49,13 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = reg::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Offset of the device configuration space in the window.
 pub const CONFIG_SPACE_OFFSET: u64 = reg::VIRTIO_MMIO_CONFIG as u64;
 
+/// The status bits a driver may set.
+const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
+
 /// The largest queue virtio allows.
 const MAX_QUEUE_SIZE: u16 = 32768;
 
@@ -406,8 +413,9 @@ impl MmioTransport {
             return;
         }
         let old = self.status;
-        // DEVICE_NEEDS_RESET is the device's to set; a driver writes back what it read.
-        let value = (value & !VIRTIO_CONFIG_S_NEEDS_RESET) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
+        // Reserved bits are dropped. DEVICE_NEEDS_RESET is the device's to set; a driver
+        // writes back what it read.
+        let value = (value & DRIVER_STATUS_BITS) | (old & VIRTIO_CONFIG_S_NEEDS_RESET);
         let added = value & !old;
         let refuse = |why: &str| {
             tracing::debug!(
