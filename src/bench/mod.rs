@@ -1,5 +1,6 @@
 //! Benchmarks that print a table: peapod side by side with its peers, as ratios.
 
+pub mod boot;
 pub mod machine;
 
 use std::time::Duration;

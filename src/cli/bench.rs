@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 
+use std::path::PathBuf;
+
+use crate::bench::boot::BootBench;
 use crate::bench::machine::MachineBench;
 use crate::machine::AccelChoice;
 
@@ -17,6 +20,23 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
+    /// Guest boot: peapod's VMM against QEMU -M microvm, same kernel and initramfs (runs in the
+    /// test bed where the host has no hardware KVM).
+    Boot {
+        /// Boots of each VMM.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Guest kernel (default: the one kernel/build.sh built).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// An initramfs whose init prints PEAPOD_GUEST_INIT_OK (rootfs/build-test-initramfs.sh).
+        #[arg(long)]
+        initrd: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        #[arg(long, default_value_t = 256, value_name = "MIB")]
+        memory: u32,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -24,6 +44,31 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Machine { runs, accel } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
             crate::bench::machine::run(&MachineBench { runs, accel })?;
+        }
+        BenchCommand::Boot {
+            runs,
+            kernel,
+            initrd,
+            cpus,
+            memory,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            let kernel = match kernel {
+                Some(kernel) => kernel,
+                None => crate::guest_kernel::default_kernel()?,
+            };
+            anyhow::ensure!(
+                initrd.is_file(),
+                "--initrd {} does not exist",
+                initrd.display()
+            );
+            crate::bench::boot::run(&BootBench {
+                runs,
+                kernel,
+                initrd,
+                cpus,
+                memory_mib: memory,
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
