@@ -4,7 +4,9 @@
 #
 # Runs as PID 1 from the initramfs built by rootfs/build-test-initramfs.sh
 # (Debian's static busybox at /bin/busybox; its shell runs applets directly).
-# Prints PEAPOD_GUEST_INIT_OK plus what the guest sees, then powers off.
+# Sends the VMM's boot signal, prints PEAPOD_GUEST_INIT_OK plus what the guest
+# sees, then reboots, which ends the VM (`reboot=k`: the i8042 reset; QEMU
+# with -no-reboot exits too).
 # Lines start with "peapod-test:" so that a harness can grep them.
 
 export PATH=/bin:/sbin
@@ -15,7 +17,16 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /sys/fs/cgroup
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 
+# peapod's boot signal: the byte 123 written to guest-physical 0xc0000000 (see
+# src/vmm/devices/boot_signal.rs). Needs /dev/mem (a kernel with CONFIG_DEVMEM).
+if [ -c /dev/mem ] && devmem 0xc0000000 8 123 2>/dev/null; then
+    boot_signal="sent"
+else
+    boot_signal="unavailable (no /dev/mem: kernel without CONFIG_DEVMEM)"
+fi
+
 echo "PEAPOD_GUEST_INIT_OK"
+echo "peapod-test: boot_signal $boot_signal"
 echo "peapod-test: uptime_s $(cut -d' ' -f1 /proc/uptime)"
 echo "peapod-test: kernel $(uname -r) $(uname -m)"
 echo "peapod-test: nproc $(nproc)"
@@ -65,4 +76,5 @@ if mount -t overlay overlay -o lowerdir=/bin,upperdir=/run/ovl/upper,workdir=/ru
 fi
 echo "PEAPOD_GUEST_INIT_DONE"
 
-poweroff -f
+# Without ACPI, poweroff only halts the CPUs; a reboot ends the VM.
+reboot -f

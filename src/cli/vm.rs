@@ -1,24 +1,117 @@
-//! `peapod vm ...`: low-level microVM commands.
+//! `peapod vm ...`: low-level microVM commands. One VM per process.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
-use crate::vmm::builder;
+use crate::vmm::boot::linux::DEFAULT_CMDLINE;
+use crate::vmm::builder::{self, Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig};
 use crate::vmm::vcpu::VcpuStop;
+
+/// Exit status when the guest ended badly (triple fault, crash, failed vCPU); peapod's own
+/// errors exit with [`super::EXIT_PEAPOD_ERROR`].
+pub const EXIT_GUEST_FAILED: u8 = 1;
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Boot the built-in guest, which prints "hello from a peapod guest" on its serial port
     /// and halts: a check that KVM, the vCPU and the serial device work on this host.
     Hello,
+    /// Boot a Linux kernel in a microVM and run it until the guest reboots (exit status 0)
+    /// or fails (exit status 1, with the reason).
+    Boot(BootArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Kernel image: ELF vmlinux (PVH entry used when present) or bzImage [default: the
+    /// kernel built by kernel/build.sh, or PEAPOD_GUEST_KERNEL]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs (cpio, gzip-compressed or not) loaded at the top of RAM below 3 GiB
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, replacing the default; `virtio_mmio.device=` entries for
+    /// attached devices are appended either way
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Guest RAM in MiB (above 3072, RAM continues at 4 GiB)
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// Where the guest's serial console goes: stdout, off, or a file path
+    #[arg(long, default_value = "stdout")]
+    console: ConsoleArg,
+    /// A raw disk image as a virtio-blk device (/dev/vda, /dev/vdb, ... in order); append
+    /// ",ro" for read-only. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskArg>,
+    /// Attach a virtio-rng device (/dev/hwrng in the guest)
+    #[arg(long)]
+    rng: bool,
+    /// Print when the guest first wrote to its console and when it wrote the boot signal
+    /// (see vmm::devices::boot_signal), in ms since peapod started, on stderr at the end:
+    /// `boot-timing: first_output_ms=.. boot_signal_ms=.. total_ms=..`
+    #[arg(long)]
+    boot_timing: bool,
+}
+
+#[derive(Debug, Clone)]
+enum ConsoleArg {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+impl FromStr for ConsoleArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(ConsoleArg::Stdout),
+            "off" => Ok(ConsoleArg::Off),
+            "" => Err("give stdout, off or a file path".into()),
+            path => Ok(ConsoleArg::File(PathBuf::from(path))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DiskArg(DiskConfig);
+
+impl FromStr for DiskArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            Some((_, opt)) => {
+                return Err(format!("unknown disk option `{opt}`: use PATH or PATH,ro"));
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err("the disk path is empty: use PATH or PATH,ro".into());
+        }
+        Ok(DiskArg(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        }))
+    }
 }
 
 pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         VmCommand::Hello => hello(),
+        VmCommand::Boot(args) => boot(args),
     }
 }
 
@@ -30,5 +123,74 @@ fn hello() -> anyhow::Result<ExitCode> {
     match stop {
         VcpuStop::Halted => Ok(ExitCode::SUCCESS),
         other => bail!("the built-in guest stopped with {other:?} instead of halting"),
+    }
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let kernel = match args.kernel {
+        Some(path) => path,
+        None => crate::guest_kernel::default_kernel()?,
+    };
+    let config = LinuxVmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline: Some(args.cmdline),
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        console: match args.console {
+            ConsoleArg::Stdout => Console::Stdout,
+            ConsoleArg::Off => Console::Off,
+            ConsoleArg::File(path) => Console::File(path),
+        },
+        disks: args.disks.into_iter().map(|d| d.0).collect(),
+        rng: args.rng,
+    };
+    let outcome = builder::boot_linux(config, start).context("cannot boot the VM")?;
+    let _ = std::io::stdout().flush();
+    if args.boot_timing {
+        eprintln!("{}", outcome.times);
+    }
+    if outcome.exit.is_clean() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("peapod: the VM failed: {}", outcome.exit);
+    Ok(ExitCode::from(EXIT_GUEST_FAILED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_arguments_parse_with_their_mode() {
+        let d = |s: &str| s.parse::<DiskArg>().map(|d| d.0);
+        assert_eq!(
+            d("/img/root.ext4").unwrap(),
+            DiskConfig {
+                path: "/img/root.ext4".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(
+            d("/img/a,b.erofs,ro").unwrap(),
+            DiskConfig {
+                path: "/img/a,b.erofs".into(),
+                read_only: true
+            }
+        );
+        assert!(!d("x,rw").unwrap().read_only);
+        assert!(d("/img,readonly").unwrap_err().contains("PATH,ro"));
+        assert!(d(",ro").is_err());
+    }
+
+    #[test]
+    fn console_arguments_parse() {
+        assert!(matches!("stdout".parse(), Ok(ConsoleArg::Stdout)));
+        assert!(matches!("off".parse(), Ok(ConsoleArg::Off)));
+        assert!(
+            matches!("/tmp/c.log".parse(), Ok(ConsoleArg::File(p)) if p == std::path::Path::new("/tmp/c.log"))
+        );
+        assert!("".parse::<ConsoleArg>().is_err());
     }
 }

@@ -4,20 +4,26 @@
 //! - [`memory`], [`layout`]: guest RAM and where things live in the guest's address space.
 //! - [`vm`]: a KVM VM with its memory slots.
 //! - [`bus`]: address-range buses (PIO and MMIO) that vCPU exits are dispatched through.
-//! - [`vcpu`]: vCPU setup, the run loop and exit handling.
-//! - [`boot`]: long-mode entry (GDT, page tables, registers).
-//! - [`devices`]: emulated devices (serial port).
+//! - [`vcpu`]: vCPU setup (MSRs, LAPIC, registers), the run loop and exit handling.
+//! - [`cpuid`]: the CPUID each vCPU sees.
+//! - [`boot`]: long-mode and PVH entry, Linux loading (kernel, initrd, command line, memory
+//!   map, PVH start info, zero page), the MP table.
+//! - [`devices`]: emulated legacy devices (serial port, i8042, boot signal).
+//! - [`virtio`]: virtio-mmio devices.
+//! - [`stop`]: how a running VM ends and why.
 //! - [`hello`]: the built-in guest program.
 //! - [`builder`]: the one place that assembles and starts VMs.
 
 pub mod boot;
 pub mod builder;
 pub mod bus;
+pub mod cpuid;
 pub mod devices;
 pub mod hello;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod stop;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -15,11 +15,90 @@
 //! | interrupted (`KVM_EXIT_INTR`, `EINTR`) | continue |
 //! | failed entry, internal error, anything else | error naming the exit |
 
-use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
+use kvm_bindings::{Msrs, kvm_fpu, kvm_lapic_state, kvm_msr_entry, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
-use crate::vmm::boot::LongModeEntry;
+use crate::vmm::boot::{LongModeEntry, PvhEntry};
 use crate::vmm::bus::{Bus, BusError};
+use crate::vmm::stop::VmStop;
+
+/// Model-specific registers set at boot, and their values (as Firecracker and QEMU do): the
+/// system-call MSRs cleared, the TSC at 0, fast string operations on, MTRRs on with
+/// write-back as the default memory type.
+pub mod msr {
+    pub const IA32_TSC: u32 = 0x10;
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const CSTAR: u32 = 0xc000_0083;
+    pub const SYSCALL_MASK: u32 = 0xc000_0084;
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// IA32_MISC_ENABLE: fast string operations.
+    pub const MISC_ENABLE_FAST_STRING: u64 = 1;
+    /// MTRRdefType: MTRRs enabled (bit 11), default type write-back (6).
+    pub const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
+}
+
+/// The boot MSRs (see [`msr`]).
+pub fn boot_msrs() -> Vec<kvm_msr_entry> {
+    use msr::*;
+    [
+        (IA32_SYSENTER_CS, 0),
+        (IA32_SYSENTER_ESP, 0),
+        (IA32_SYSENTER_EIP, 0),
+        (STAR, 0),
+        (CSTAR, 0),
+        (KERNEL_GS_BASE, 0),
+        (SYSCALL_MASK, 0),
+        (LSTAR, 0),
+        (IA32_TSC, 0),
+        (IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
+        (MTRR_DEF_TYPE, MTRR_ENABLE_WRITE_BACK),
+    ]
+    .into_iter()
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
+    .collect()
+}
+
+/// Local APIC register offsets and LVT delivery modes.
+const APIC_LVT_LINT0: usize = 0x350;
+const APIC_LVT_LINT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+
+fn lapic_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
+    let b = &lapic.regs[offset..offset + 4];
+    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+}
+
+fn set_lapic_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
+    for (dst, src) in lapic.regs[offset..offset + 4]
+        .iter_mut()
+        .zip(value.to_le_bytes())
+    {
+        *dst = src as std::os::raw::c_char;
+    }
+}
+
+/// Wires the local APIC's LINT0 to the PIC (ExtINT) and LINT1 to NMI, as a PC's firmware does
+/// (and as the MP table says): the delivery-mode field (bits 8..=10) of each LVT entry.
+pub fn set_lint_modes(lapic: &mut kvm_lapic_state) {
+    for (offset, mode) in [
+        (APIC_LVT_LINT0, APIC_MODE_EXTINT),
+        (APIC_LVT_LINT1, APIC_MODE_NMI),
+    ] {
+        let value = lapic_reg(lapic, offset);
+        set_lapic_reg(lapic, offset, (value & !0x700) | (mode << 8));
+    }
+}
 
 /// The vCPU exits peapod tells apart; borrowed data points into the vCPU's `kvm_run` page
 /// (what a read fills in goes back to the guest on the next `KVM_RUN`).
@@ -242,22 +321,109 @@ impl Vcpu {
         })
     }
 
+    /// Puts the vCPU at a PVH entry point: 32-bit protected mode, paging off, `ebx` at the
+    /// start info, a clean FPU. The PVH GDT must be in guest memory ([`PvhEntry::write`]).
+    pub fn enter_pvh(&self, entry: &PvhEntry) -> Result<(), VcpuError> {
+        let mut sregs: kvm_sregs = self.fd.get_sregs().map_err(|source| VcpuError::Setup {
+            what: "KVM_GET_SREGS",
+            source,
+        })?;
+        entry.apply_to_sregs(&mut sregs);
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(|source| VcpuError::Setup {
+                what: "KVM_SET_SREGS",
+                source,
+            })?;
+        self.fd
+            .set_regs(&entry.regs())
+            .map_err(|source| VcpuError::Setup {
+                what: "KVM_SET_REGS",
+                source,
+            })?;
+        self.fd
+            .set_fpu(&crate::vmm::boot::initial_fpu())
+            .map_err(|source| VcpuError::Setup {
+                what: "KVM_SET_FPU",
+                source,
+            })
+    }
+
+    /// Sets the [`boot_msrs`].
+    pub fn set_boot_msrs(&self) -> Result<(), VcpuError> {
+        let entries = boot_msrs();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Setup {
+            what: "building the MSR list",
+            source: vmm_sys_util::errno::Error::new(libc::E2BIG),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(|source| VcpuError::Setup {
+            what: "KVM_SET_MSRS",
+            source,
+        })?;
+        if set != entries.len() {
+            let refused = entries.get(set).map_or(0, |e| e.index);
+            tracing::warn!(
+                "vCPU {}: KVM set only {set} of {} boot MSRs (refused {refused:#x})",
+                self.id,
+                entries.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// LINT0 ExtINT, LINT1 NMI on the in-kernel local APIC (see [`set_lint_modes`]).
+    pub fn set_lint_modes(&self) -> Result<(), VcpuError> {
+        let mut lapic = self.fd.get_lapic().map_err(|source| VcpuError::Setup {
+            what: "KVM_GET_LAPIC",
+            source,
+        })?;
+        set_lint_modes(&mut lapic);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(|source| VcpuError::Setup {
+                what: "KVM_SET_LAPIC",
+                source,
+            })
+    }
+
     /// Runs the guest until it stops (or an exit cannot be handled). A signal that interrupts
-    /// `KVM_RUN` re-enters the guest: there is no external stop request yet (the multi-vCPU
-    /// step adds one, checked here, with `immediate_exit`).
+    /// `KVM_RUN` re-enters the guest (this loop has no stop request; see [`Vcpu::run_until`]).
     pub fn run(&mut self) -> Result<VcpuStop, VcpuError> {
         loop {
-            let exit = match self.fd.run() {
-                Ok(exit) => VcpuExit::from(exit),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    VcpuExit::Interrupted
-                }
-                Err(e) => return Err(VcpuError::Run(e)),
-            };
-            if let ExitAction::Stop(stop) = handle_exit(exit, &self.pio, &self.mmio)? {
-                tracing::debug!("vCPU {} stopped: {stop:?}", self.id);
+            if let Some(stop) = self.run_once()? {
                 return Ok(stop);
             }
+        }
+    }
+
+    /// Runs the guest until it stops, an exit cannot be handled, or `stop` is requested (by
+    /// another vCPU, a device, or the VMM), which is checked before every entry. `None` means
+    /// the VM was stopped from outside. Whoever requests a stop kicks this thread out of
+    /// `KVM_RUN` with a signal; a kick that lands just before `KVM_RUN` is lost, so the kicker
+    /// repeats it until the thread has left.
+    pub fn run_until(&mut self, stop: &VmStop) -> Result<Option<VcpuStop>, VcpuError> {
+        while !stop.is_requested() {
+            if let Some(stopped) = self.run_once()? {
+                return Ok(Some(stopped));
+            }
+        }
+        Ok(None)
+    }
+
+    fn run_once(&mut self) -> Result<Option<VcpuStop>, VcpuError> {
+        let exit = match self.fd.run() {
+            Ok(exit) => VcpuExit::from(exit),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                VcpuExit::Interrupted
+            }
+            Err(e) => return Err(VcpuError::Run(e)),
+        };
+        match handle_exit(exit, &self.pio, &self.mmio)? {
+            ExitAction::Stop(stop) => {
+                tracing::debug!("vCPU {} stopped: {stop:?}", self.id);
+                Ok(Some(stop))
+            }
+            ExitAction::Continue => Ok(None),
         }
     }
 }
@@ -446,6 +612,36 @@ mod tests {
             handle_exit(exit, &pio, &mmio),
             Err(VcpuError::Device(BusError::Poisoned(_)))
         ));
+    }
+
+    #[test]
+    fn boot_msrs_enable_fast_strings_and_write_back_mtrrs() {
+        let msrs = boot_msrs();
+        let get = |index| msrs.iter().find(|e| e.index == index).map(|e| e.data);
+        assert_eq!(get(msr::IA32_MISC_ENABLE), Some(1));
+        assert_eq!(get(msr::MTRR_DEF_TYPE), Some(0x806));
+        assert_eq!(get(msr::LSTAR), Some(0));
+        assert_eq!(get(msr::IA32_TSC), Some(0));
+        let mut indices: Vec<_> = msrs.iter().map(|e| e.index).collect();
+        indices.dedup();
+        assert_eq!(indices.len(), msrs.len(), "no MSR twice");
+    }
+
+    #[test]
+    fn lint0_is_extint_and_lint1_is_nmi_other_bits_kept() {
+        let mut lapic = kvm_lapic_state::default();
+        // KVM's reset value: masked (bit 16), mode fixed.
+        set_lapic_reg(&mut lapic, APIC_LVT_LINT0, 0x1_0000);
+        set_lapic_reg(&mut lapic, APIC_LVT_LINT1, 0x1_0000 | 0x500);
+        set_lapic_reg(&mut lapic, 0x340, 0xdead_beef);
+        set_lint_modes(&mut lapic);
+        assert_eq!(lapic_reg(&lapic, APIC_LVT_LINT0), 0x1_0700);
+        assert_eq!(lapic_reg(&lapic, APIC_LVT_LINT1), 0x1_0400);
+        assert_eq!(
+            lapic_reg(&lapic, 0x340),
+            0xdead_beef,
+            "neighbours untouched"
+        );
     }
 
     #[test]

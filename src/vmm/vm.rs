@@ -5,7 +5,7 @@ use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::vmm::kvm::Kvm;
-use crate::vmm::layout::KVM_TSS_ADDRESS;
+use crate::vmm::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::vmm::memory::GuestMemory;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum VmError {
     },
     #[error("guest memory region at {0:#x} has no host mapping")]
     HostAddress(u64),
-    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    #[error("KVM_SET_IDENTITY_MAP_ADDR or KVM_SET_TSS_ADDR failed: {0}")]
     TssAddress(#[source] vmm_sys_util::errno::Error),
     #[error("cannot create the in-kernel {what}: {source}")]
     Irqchip {
@@ -54,6 +54,8 @@ impl Vm {
     /// Creates a VM and registers every region of `memory` as a KVM memory slot.
     pub fn new(kvm: &Kvm, memory: GuestMemory) -> Result<Self, VmError> {
         let fd = kvm.fd().create_vm().map_err(VmError::Create)?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(VmError::TssAddress)?;
         fd.set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(VmError::TssAddress)?;
         let vm = Vm { fd, memory };

@@ -107,6 +107,18 @@ pub const BOOT_GDT: [GdtEntry; 4] = [
     GdtEntry::new(0x808b, 0, 0xfffff),
 ];
 
+/// The GDT for the PVH entry (32-bit protected mode, paging off): null, 32-bit code, data and
+/// a 32-bit TSS, in the same slots as [`BOOT_GDT`].
+pub const PVH_GDT: [GdtEntry; 4] = [
+    GdtEntry::new(0, 0, 0),
+    // Present, ring 0, code, execute/read, accessed; G and D/B (32-bit).
+    GdtEntry::new(0xc09b, 0, 0xfffff),
+    // Present, ring 0, data, read/write, accessed; G and D/B.
+    GdtEntry::new(0xc093, 0, 0xfffff),
+    // Present, ring 0, system: busy 32-bit TSS of 104 bytes.
+    GdtEntry::new(0x008b, 0, 0x67),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +142,18 @@ mod tests {
         assert_eq!(BOOT_GDT[1].0, 0x00af_9b00_0000_ffff);
         assert_eq!(BOOT_GDT[2].0, 0x00cf_9300_0000_ffff);
         assert_eq!(BOOT_GDT[3].0, 0x008f_8b00_0000_ffff);
+    }
+
+    #[test]
+    fn the_pvh_gdt_has_32_bit_flat_code_and_data() {
+        let cs = PVH_GDT[CODE_INDEX as usize].segment(CODE_INDEX);
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.limit, cs.type_),
+            (0x08, 0, 1, 0xffff_ffff, 0xb)
+        );
+        let tr = PVH_GDT[TSS_INDEX as usize].segment(TSS_INDEX);
+        assert_eq!((tr.s, tr.type_, tr.limit, tr.present), (0, 0xb, 0x67, 1));
+        assert_eq!(PVH_GDT[CODE_INDEX as usize].0, 0x00cf_9b00_0000_ffff);
     }
 
     #[test]
