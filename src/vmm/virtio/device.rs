@@ -1,5 +1,6 @@
 //! What every virtio device implements, whatever transport carries it.
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -77,6 +78,27 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
     /// Back to the state before activation: drop queues, memory and interrupt.
     fn reset(&mut self);
+}
+
+/// The host side of a device that waits on file descriptors of its own (vsock's sockets), served
+/// on the device thread by a [`super::event::HostFdHandler`] next to the device's
+/// [`super::event::MmioQueueHandler`].
+///
+/// It is a separate object from the [`VirtioDevice`] inside the transport (the two share the
+/// device's state behind a lock of their own), so host I/O never takes the transport's lock and
+/// the transport needs no knowledge of it.
+pub trait HostFdSource: Send {
+    /// A short name for messages, e.g. "virtio-vsock".
+    fn name(&self) -> &'static str;
+    /// The descriptors to watch for readability, fixed for the source's lifetime. A device
+    /// whose set of descriptors changes (one per connection) keeps them in an epoll set of its
+    /// own and returns that set's descriptor.
+    fn host_fds(&self) -> Vec<BorrowedFd<'_>>;
+    /// Descriptor `index` of [`Self::host_fds`] is readable. Called whether or not the driver
+    /// has started the device. The descriptors are watched level-triggered: an implementation
+    /// consumes the readiness or is called again at once. An error stops the watching of that
+    /// descriptor.
+    fn process_host_event(&mut self, index: usize) -> Result<(), DeviceError>;
 }
 
 /// Copies `config[offset..]` into `data`; bytes past the end of `config` read as zero. Any

@@ -5,18 +5,31 @@
 //! [`MmioQueueHandler`] per device and calls `run()` in a loop. The eventfds are the ones KVM
 //! signals on a guest write to QueueNotify (ioeventfd); tests write to them directly and run a
 //! single iteration.
+//!
+//! A device that also waits on host descriptors of its own (vsock: a listening socket and one
+//! socket per connection) provides a [`HostFdSource`], which the VMM adds to the same manager
+//! wrapped in a [`HostFdHandler`].
 
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::device::HostFdSource;
 use super::mmio::MmioTransport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     #[error("{device}: cannot duplicate the notify eventfd of queue {index}: {source}")]
     CloneEventFd {
+        device: &'static str,
+        index: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{device}: cannot duplicate host descriptor {index} to watch it: {source}")]
+    CloneHostFd {
         device: &'static str,
         index: usize,
         #[source]
@@ -108,6 +121,81 @@ impl MutEventSubscriber for MmioQueueHandler {
         let _ = evt.read();
         if let Err(e) = self.serve(index) {
             tracing::error!("{e}; no longer serving queue {index}");
+            let _ = ops.remove(events);
+        }
+    }
+}
+
+/// Watches a device's own host descriptors ([`HostFdSource::host_fds`]) on the device thread
+/// and hands each readiness to the source.
+pub struct HostFdHandler<S: HostFdSource> {
+    source: S,
+    /// Duplicates of the source's descriptors, so that what is registered with the event
+    /// manager stays open for as long as it is registered.
+    fds: Vec<OwnedFd>,
+}
+
+impl<S: HostFdSource> std::fmt::Debug for HostFdHandler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFdHandler")
+            .field("device", &self.source.name())
+            .field("fds", &self.fds)
+            .finish()
+    }
+}
+
+impl<S: HostFdSource> HostFdHandler<S> {
+    pub fn new(source: S) -> Result<Self, EventError> {
+        let name = source.name();
+        let fds = source
+            .host_fds()
+            .iter()
+            .enumerate()
+            .map(|(index, fd)| {
+                fd.try_clone_to_owned()
+                    .map_err(|source| EventError::CloneHostFd {
+                        device: name,
+                        index,
+                        source,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostFdHandler { source, fds })
+    }
+}
+
+impl<S: HostFdSource> MutEventSubscriber for HostFdHandler<S> {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, fd) in self.fds.iter().enumerate() {
+            // Descriptor counts are small (they come from the device model, not the guest).
+            let event = Events::with_data(fd, index as u32, EventSet::IN);
+            if let Err(e) = ops.add(event) {
+                tracing::error!(
+                    "{}: cannot watch host descriptor {index}; its host I/O will hang: {e}",
+                    self.source.name()
+                );
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let index = events.data() as usize;
+        let name = self.source.name();
+        if index >= self.fds.len() {
+            tracing::error!("{name}: event for unknown host descriptor {index}");
+            let _ = ops.remove(events);
+            return;
+        }
+        if !events.event_set().contains(EventSet::IN) {
+            tracing::error!(
+                "{name}: host descriptor {index} failed ({:?}); no longer watching it",
+                events.event_set()
+            );
+            let _ = ops.remove(events);
+            return;
+        }
+        if let Err(e) = self.source.process_host_event(index) {
+            tracing::error!("{e}; no longer watching host descriptor {index}");
             let _ = ops.remove(events);
         }
     }

@@ -266,6 +266,43 @@ fn memory_error(addr: GuestAddress, source: vm_memory::GuestMemoryError) -> Chai
     }
 }
 
+/// Pops the next chain the driver made available on `queue`, or `None` if there is none.
+/// Fails if the available ring names a descriptor past the table. A device that pops a chain
+/// it then cannot use hands it back with `queue.go_to_previous_position()`.
+pub fn pop_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemory,
+) -> Result<Option<Chain<'a>>, QueueError> {
+    let size = queue.size();
+    let Some(chain) = queue.iter(mem).map_err(QueueError::AvailRing)?.next() else {
+        return Ok(None);
+    };
+    let head = chain.head_index();
+    if head >= size {
+        return Err(QueueError::HeadOutOfRange { head, size });
+    }
+    Ok(Some(chain))
+}
+
+/// Puts `head` on the used ring with `len` bytes written into it. Does not interrupt the
+/// guest: call [`notify_used`] once after a batch.
+pub fn add_used(
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    head: u16,
+    len: u32,
+) -> Result<(), QueueError> {
+    queue.add_used(mem, head, len).map_err(QueueError::UsedRing)
+}
+
+/// Interrupts the guest about used buffers, unless the driver asked not to be.
+pub fn notify_used(queue: &mut Queue, mem: &GuestMemory, interrupt: &Interrupt) {
+    match queue.needs_notification(mem) {
+        Ok(false) => {}
+        Ok(true) | Err(_) => interrupt.signal_used_buffer(),
+    }
+}
+
 /// Serves every chain the driver has made available on `queue` (at most one queue's worth, so
 /// a guest that keeps adding cannot keep the device thread here): `serve` handles one chain
 /// and returns how many bytes it wrote into it, which goes on the used ring. Raises the
@@ -296,10 +333,7 @@ pub fn serve_queue(
     }
     // Tell the driver about what was used even if the ring turned out broken part-way.
     if used > 0 {
-        match queue.needs_notification(mem) {
-            Ok(false) => {}
-            Ok(true) | Err(_) => interrupt.signal_used_buffer(),
-        }
+        notify_used(queue, mem, interrupt);
     }
     result.map(|()| used)
 }
