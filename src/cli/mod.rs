@@ -3,6 +3,7 @@
 
 mod bench;
 mod doctor;
+mod image;
 mod machine;
 mod vm;
 
@@ -37,6 +38,9 @@ pub enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// OCI images: import, list, inspect, remove, prune, and guest block images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -45,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => doctor::run(args),
         Command::Vm(cmd) => vm::run(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Image(cmd) => image::run(cmd),
     }
 }
