@@ -10,5 +10,7 @@ pub mod cpio;
 pub mod dirs;
 pub mod guest_kernel;
 pub mod host;
+pub mod image;
 pub mod machine;
+pub mod protocol;
 pub mod vmm;

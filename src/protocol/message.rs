@@ -1,0 +1,809 @@
+//! The messages: [`Request`] (host → agent), [`Response`] (agent → host), the stdio
+//! [`StreamHello`], and the specs they carry. All serde types refuse unknown fields; enums
+//! are externally tagged in `snake_case` (`{"start_container":{"container_id":"web"}}`).
+//! [`ContainerSpec::validate`] and friends check what the agent must not take on trust
+//! (ids become path components, paths must be absolute and free of `..`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Longest container or exec id.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Longest entropy seed the host may send with [`SandboxSpec`].
+pub const MAX_ENTROPY_SEED: usize = 512;
+
+/// A request from the host. Every request gets exactly one [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The handshake, first on every control connection. Its shape never changes.
+    Hello { version: u32 },
+    /// Pod-wide settings, once before the first container. → `Ok`.
+    CreateSandbox(SandboxSpec),
+    /// Mounts the rootfs, creates namespaces and the cgroup, and stops right before
+    /// executing the process (like `runc create`). → `Ok`.
+    CreateContainer(ContainerSpec),
+    /// Executes the container's process. → `Started`.
+    StartContainer { container_id: String },
+    /// Starts one more process inside a running container's namespaces and cgroup.
+    /// → `Started`.
+    Exec {
+        container_id: String,
+        exec_id: String,
+        process: ProcessSpec,
+    },
+    /// Blocks until the process has exited. → `Exited`.
+    Wait { process: ProcessRef },
+    /// Sends a signal (a Linux signal number) to the process. → `Ok`.
+    Signal { process: ProcessRef, signal: i32 },
+    /// Reads the container's cgroup counters. → `Stats`.
+    Stats { container_id: String },
+    /// Kills what is left of the container, unmounts it, removes its cgroup. → `Ok`.
+    RemoveContainer { container_id: String },
+    /// Answers `Ok`, then syncs and reboots the guest, which ends the VM.
+    Shutdown,
+}
+
+/// The agent's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    /// Handshake answer: the agent's protocol version and build.
+    Hello {
+        version: u32,
+        agent: String,
+    },
+    Ok,
+    /// The process runs; `pid` is its pid in the guest's (the agent's) pid namespace.
+    Started {
+        pid: u32,
+    },
+    Exited(ExitStatus),
+    Stats(ContainerStats),
+    Error(WireError),
+}
+
+/// A typed error sent to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message}")]
+pub struct WireError {
+    pub kind: ErrorKind,
+    /// Human-readable, names the thing and the fix where there is one.
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WireError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ErrorKind {
+    /// Host and agent speak different protocol versions.
+    VersionMismatch { agent: u32, host: u32 },
+    /// A request came before `Hello`.
+    HandshakeRequired,
+    /// A malformed or invalid request (bad id, relative path, zero limit, ...).
+    InvalidArgument,
+    /// No such container, exec or process.
+    NotFound,
+    /// The id is taken (container, exec, or an attached stream).
+    AlreadyExists,
+    /// Not possible in the current state (start twice, exec into a stopped container, a
+    /// container before the sandbox, ...).
+    InvalidState,
+    /// Setting up the container failed in the guest (mount, namespace, cgroup, exec).
+    Setup,
+    /// Anything else that failed inside the agent.
+    Internal,
+}
+
+/// Pod-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// The pod's hostname, also each container's unless it sets its own.
+    pub hostname: String,
+    /// Written to the pod's `/etc/resolv.conf` (`nameserver` lines).
+    #[serde(default)]
+    pub dns_servers: Vec<IpAddr>,
+    /// `search` domains of `/etc/resolv.conf`.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// Extra `/etc/hosts` lines (`ip` and names); localhost lines are always there.
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+    /// Random bytes from the host, credited to the guest's entropy pool.
+    #[serde(default)]
+    pub entropy_seed: Vec<u8>,
+    /// Namespaced sysctls (`net.*`, `kernel.shm*`, ...), written under `/proc/sys`.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub ip: IpAddr,
+    pub names: Vec<String>,
+}
+
+/// An OCI-runtime-like container spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    pub id: String,
+    /// Defaults to the sandbox's hostname.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub rootfs: RootfsSpec,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    pub process: ProcessSpec,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// The container image, a read-only filesystem on a guest block device; writes go to a
+/// tmpfs overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootfsSpec {
+    /// Guest block device, e.g. `/dev/vdb`.
+    pub device: PathBuf,
+    pub fs_type: FsType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsType {
+    Erofs,
+    Ext4,
+}
+
+impl FsType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsType::Erofs => "erofs",
+            FsType::Ext4 => "ext4",
+        }
+    }
+}
+
+/// An extra mount inside the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// Absolute path inside the container; created if missing.
+    pub destination: PathBuf,
+    pub source: MountSource,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MountSource {
+    /// A fresh tmpfs (`emptyDir` with medium Memory).
+    Tmpfs { size_bytes: Option<u64> },
+    /// A filesystem on a guest block device (a volume disk).
+    Block { device: PathBuf, fs_type: FsType },
+}
+
+/// A process to run: the container's own or an exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// `args[0]` is the program: a path, or a name looked up in the `PATH` of `env`.
+    pub args: Vec<String>,
+    /// `NAME=value` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Absolute working directory inside the container.
+    #[serde(default = "root_dir")]
+    pub cwd: PathBuf,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// A pseudo-terminal instead of pipes: one `pty` stream, no stdin/stdout/stderr ones.
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open for a `stdin` stream; otherwise it is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from("/")
+}
+
+/// cgroup v2 limits of a container (all its processes, execs included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// `memory.max` in bytes.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: `quota_us` of CPU time per `period_us`.
+    #[serde(default)]
+    pub cpu: Option<CpuMax>,
+    /// `pids.max`.
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuMax {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+/// Names a process: a container's own (`exec_id` none) or one of its execs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessRef {
+    pub container_id: String,
+    #[serde(default)]
+    pub exec_id: Option<String>,
+}
+
+impl ProcessRef {
+    pub fn container(id: impl Into<String>) -> Self {
+        ProcessRef {
+            container_id: id.into(),
+            exec_id: None,
+        }
+    }
+
+    pub fn exec(container_id: impl Into<String>, exec_id: impl Into<String>) -> Self {
+        ProcessRef {
+            container_id: container_id.into(),
+            exec_id: Some(exec_id.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.exec_id {
+            None => write!(f, "container {}", self.container_id),
+            Some(e) => write!(f, "exec {e} of container {}", self.container_id),
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitStatus {
+    /// Shell convention: the exit code, or 128 + the signal number.
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// The container's cgroup recorded an OOM kill while this process ran and the process
+    /// died of SIGKILL.
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub fn exited(code: i32) -> Self {
+        ExitStatus {
+            code,
+            signal: None,
+            oom_killed: false,
+        }
+    }
+
+    pub fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: 128 + signal,
+            signal: Some(signal),
+            oom_killed: false,
+        }
+    }
+}
+
+/// cgroup v2 counters of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStats {
+    /// `memory.current`, bytes.
+    pub memory_current: u64,
+    /// `memory.peak`, bytes (Linux 5.19+).
+    pub memory_peak: Option<u64>,
+    /// `cpu.stat` `usage_usec`, `user_usec`, `system_usec`.
+    pub cpu_usage_usec: u64,
+    pub cpu_user_usec: u64,
+    pub cpu_system_usec: u64,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `memory.events` `oom_kill`.
+    pub oom_kills: u64,
+}
+
+/// The one frame a host sends first on a stdio connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamHello {
+    pub version: u32,
+    pub process: ProcessRef,
+    pub stream: StreamKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    Stdin,
+    Stdout,
+    Stderr,
+    Pty,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Stdin => "stdin",
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+            StreamKind::Pty => "pty",
+        }
+    }
+}
+
+/// Checks an id that becomes a path component and a cgroup name: 1 to 64 of
+/// `[A-Za-z0-9_.-]`, starting with a letter or digit.
+pub fn validate_id(what: &str, id: &str) -> Result<(), WireError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.as_bytes()[0].is_ascii_alphanumeric()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} {id:?} is not a valid id: use 1 to {MAX_ID_LEN} letters, digits, '_', '.' \
+             or '-', starting with a letter or digit"
+        )))
+    }
+}
+
+/// Checks an absolute, normalized path without `.` or `..` components.
+pub fn validate_abs_path(what: &str, path: &Path) -> Result<(), WireError> {
+    let ok = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path.as_os_str().as_encoded_bytes().contains(&0);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} {} must be an absolute path without '.' or '..'",
+            path.display()
+        )))
+    }
+}
+
+fn invalid(message: String) -> WireError {
+    WireError::new(ErrorKind::InvalidArgument, message)
+}
+
+fn validate_device(what: &str, device: &Path) -> Result<(), WireError> {
+    validate_abs_path(what, device)?;
+    if !device.starts_with("/dev") {
+        return Err(invalid(format!(
+            "{what} {} must be a block device under /dev (e.g. /dev/vdb)",
+            device.display()
+        )));
+    }
+    Ok(())
+}
+
+fn no_nul(what: &str, s: &str) -> Result<(), WireError> {
+    if s.contains('\0') {
+        return Err(invalid(format!("{what} {s:?} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+impl SandboxSpec {
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_hostname(&self.hostname)?;
+        if self.entropy_seed.len() > MAX_ENTROPY_SEED {
+            return Err(invalid(format!(
+                "entropy_seed has {} bytes, at most {MAX_ENTROPY_SEED} are accepted",
+                self.entropy_seed.len()
+            )));
+        }
+        for name in &self.dns_search {
+            validate_hostname(name)?;
+        }
+        for entry in &self.hosts {
+            for name in &entry.names {
+                validate_hostname(name)?;
+            }
+        }
+        for (key, value) in &self.sysctls {
+            let ok = !key.is_empty()
+                && key.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                });
+            if !ok {
+                return Err(invalid(format!(
+                    "sysctl {key:?} is not a dotted name like net.ipv4.ip_forward"
+                )));
+            }
+            no_nul("sysctl value", value)?;
+        }
+        Ok(())
+    }
+}
+
+/// A hostname or DNS name: 1 to 253 bytes of letters, digits, '-', '.'.
+pub fn validate_hostname(name: &str) -> Result<(), WireError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "hostname {name:?} must be 1 to 253 letters, digits, '-' or '.'"
+        )))
+    }
+}
+
+impl ContainerSpec {
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_id("container id", &self.id)?;
+        if let Some(h) = &self.hostname {
+            validate_hostname(h)?;
+        }
+        validate_device("rootfs device", &self.rootfs.device)?;
+        for m in &self.mounts {
+            validate_abs_path("mount destination", &m.destination)?;
+            if m.destination == Path::new("/") {
+                return Err(invalid(
+                    "a mount cannot replace the container's / (use rootfs)".into(),
+                ));
+            }
+            match &m.source {
+                MountSource::Tmpfs {
+                    size_bytes: Some(0),
+                } => {
+                    return Err(invalid(format!(
+                        "tmpfs at {}: size_bytes must be above 0",
+                        m.destination.display()
+                    )));
+                }
+                MountSource::Tmpfs { .. } => {}
+                MountSource::Block { device, .. } => validate_device("volume device", device)?,
+            }
+        }
+        self.process.validate()?;
+        self.resources.validate()
+    }
+}
+
+impl ProcessSpec {
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.args.is_empty() || self.args[0].is_empty() {
+            return Err(invalid("process args must name a program (args[0])".into()));
+        }
+        for a in &self.args {
+            no_nul("argument", a)?;
+        }
+        for e in &self.env {
+            no_nul("environment entry", e)?;
+            if !e.contains('=') || e.starts_with('=') {
+                return Err(invalid(format!(
+                    "environment entry {e:?} must be NAME=value"
+                )));
+            }
+        }
+        validate_abs_path("working directory", &self.cwd)
+    }
+}
+
+impl Resources {
+    pub fn validate(&self) -> Result<(), WireError> {
+        if self.memory_max == Some(0) {
+            return Err(invalid("memory_max must be above 0 bytes".into()));
+        }
+        if self.pids_max == Some(0) {
+            return Err(invalid("pids_max must be above 0".into()));
+        }
+        if let Some(cpu) = self.cpu {
+            // The kernel's own bounds for cpu.max.
+            if !(1_000..=1_000_000).contains(&cpu.period_us) || cpu.quota_us < 1_000 {
+                return Err(invalid(format!(
+                    "cpu quota {} us per period {} us: the period must be 1000..=1000000 us \
+                     and the quota at least 1000 us",
+                    cpu.quota_us, cpu.period_us
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::protocol::{decode_frame, encode_frame};
+
+    pub(crate) fn sample_process() -> ProcessSpec {
+        ProcessSpec {
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            cwd: "/".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![10],
+            tty: false,
+            stdin: true,
+        }
+    }
+
+    pub(crate) fn sample_container(id: &str) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            hostname: None,
+            rootfs: RootfsSpec {
+                device: "/dev/vdb".into(),
+                fs_type: FsType::Erofs,
+            },
+            mounts: vec![
+                MountSpec {
+                    destination: "/scratch".into(),
+                    source: MountSource::Tmpfs {
+                        size_bytes: Some(1 << 20),
+                    },
+                    read_only: false,
+                },
+                MountSpec {
+                    destination: "/data".into(),
+                    source: MountSource::Block {
+                        device: "/dev/vdc".into(),
+                        fs_type: FsType::Ext4,
+                    },
+                    read_only: true,
+                },
+            ],
+            process: sample_process(),
+            resources: Resources {
+                memory_max: Some(64 << 20),
+                cpu: Some(CpuMax {
+                    quota_us: 50_000,
+                    period_us: 100_000,
+                }),
+                pids_max: Some(128),
+            },
+        }
+    }
+
+    fn all_requests() -> Vec<Request> {
+        vec![
+            Request::Hello { version: 1 },
+            Request::CreateSandbox(SandboxSpec {
+                hostname: "pod".into(),
+                dns_servers: vec!["10.0.2.3".parse().unwrap(), "::1".parse().unwrap()],
+                dns_search: vec!["svc.cluster.local".into()],
+                hosts: vec![HostEntry {
+                    ip: "10.0.0.5".parse().unwrap(),
+                    names: vec!["db".into()],
+                }],
+                entropy_seed: vec![1, 2, 3],
+                sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+            }),
+            Request::CreateContainer(sample_container("web")),
+            Request::StartContainer {
+                container_id: "web".into(),
+            },
+            Request::Exec {
+                container_id: "web".into(),
+                exec_id: "e1".into(),
+                process: ProcessSpec {
+                    tty: true,
+                    ..sample_process()
+                },
+            },
+            Request::Wait {
+                process: ProcessRef::container("web"),
+            },
+            Request::Signal {
+                process: ProcessRef::exec("web", "e1"),
+                signal: 15,
+            },
+            Request::Stats {
+                container_id: "web".into(),
+            },
+            Request::RemoveContainer {
+                container_id: "web".into(),
+            },
+            Request::Shutdown,
+        ]
+    }
+
+    fn all_responses() -> Vec<Response> {
+        let mut v = vec![
+            Response::Hello {
+                version: 1,
+                agent: "peapod-agent 0.1.0".into(),
+            },
+            Response::Ok,
+            Response::Started { pid: 42 },
+            Response::Exited(ExitStatus::exited(3)),
+            Response::Exited(ExitStatus {
+                oom_killed: true,
+                ..ExitStatus::signaled(9)
+            }),
+            Response::Stats(ContainerStats {
+                memory_current: 1,
+                memory_peak: Some(2),
+                cpu_usage_usec: 3,
+                cpu_user_usec: 4,
+                cpu_system_usec: 5,
+                pids_current: 6,
+                oom_kills: 7,
+            }),
+        ];
+        for kind in [
+            ErrorKind::VersionMismatch { agent: 1, host: 2 },
+            ErrorKind::HandshakeRequired,
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::AlreadyExists,
+            ErrorKind::InvalidState,
+            ErrorKind::Setup,
+            ErrorKind::Internal,
+        ] {
+            v.push(Response::Error(WireError::new(kind, "why")));
+        }
+        v
+    }
+
+    fn round_trip<T>(msg: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let buf = encode_frame(msg).unwrap();
+        let (back, used) = decode_frame::<T>(&buf).unwrap().unwrap();
+        assert_eq!(&back, msg);
+        assert_eq!(used, buf.len());
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        for r in all_requests() {
+            round_trip(&r);
+        }
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        for r in all_responses() {
+            round_trip(&r);
+        }
+    }
+
+    #[test]
+    fn stream_hellos_round_trip() {
+        for stream in [
+            StreamKind::Stdin,
+            StreamKind::Stdout,
+            StreamKind::Stderr,
+            StreamKind::Pty,
+        ] {
+            round_trip(&StreamHello {
+                version: 1,
+                process: ProcessRef::exec("web", "e1"),
+                stream,
+            });
+        }
+    }
+
+    #[test]
+    fn wire_shape_is_stable_for_the_handshake() {
+        let json = serde_json::to_string(&Request::Hello { version: 1 }).unwrap();
+        assert_eq!(json, r#"{"hello":{"version":1}}"#);
+        let json = serde_json::to_string(&Response::Error(WireError::new(
+            ErrorKind::VersionMismatch { agent: 1, host: 2 },
+            "m",
+        )))
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"error":{"kind":{"version_mismatch":{"agent":1,"host":2}},"message":"m"}}"#
+        );
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let spec: ContainerSpec = serde_json::from_str(
+            r#"{"id":"a","rootfs":{"device":"/dev/vdb","fs_type":"ext4"},
+                "process":{"args":["/bin/true"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.process.cwd, Path::new("/"));
+        assert!(spec.mounts.is_empty());
+        assert_eq!(spec.resources, Resources::default());
+        spec.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_everywhere() {
+        for json in [
+            r#"{"create_container":{"id":"a","rootfs":{"device":"/dev/vdb","fs_type":"ext4","x":1},"process":{"args":["a"]}}}"#,
+            r#"{"create_container":{"id":"a","rootfs":{"device":"/dev/vdb","fs_type":"xfs"},"process":{"args":["a"]}}}"#,
+            r#"{"wait":{"process":{"container_id":"a","pid":3}}}"#,
+            r#"{"create_sandbox":{"hostname":"h","dns":[]}}"#,
+        ] {
+            assert!(serde_json::from_str::<Request>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn validation_catches_what_becomes_paths() {
+        sample_container("web").validate().unwrap();
+        for id in ["", "../x", "a/b", ".hidden", &"x".repeat(65)] {
+            let err = validate_id("container id", id).unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument);
+        }
+        let mut c = sample_container("web");
+        c.rootfs.device = "/tmp/../dev/vdb".into();
+        assert!(c.validate().is_err());
+        let mut c = sample_container("web");
+        c.rootfs.device = "/etc/passwd".into();
+        assert!(c.validate().unwrap_err().message.contains("under /dev"));
+        let mut c = sample_container("web");
+        c.mounts[0].destination = "relative".into();
+        assert!(c.validate().is_err());
+        let mut c = sample_container("web");
+        c.process.args.clear();
+        assert!(c.validate().unwrap_err().message.contains("args[0]"));
+        let mut c = sample_container("web");
+        c.process.env.push("NOEQUALS".into());
+        assert!(c.validate().is_err());
+        let mut c = sample_container("web");
+        c.resources.cpu = Some(CpuMax {
+            quota_us: 10,
+            period_us: 100_000,
+        });
+        assert!(c.validate().is_err());
+        let mut s = SandboxSpec {
+            hostname: "pod".into(),
+            ..Default::default()
+        };
+        s.validate().unwrap();
+        s.sysctls.insert("../../etc".into(), "1".into());
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn exit_status_follows_the_shell_convention() {
+        assert_eq!(ExitStatus::signaled(9).code, 137);
+        assert_eq!(ExitStatus::exited(3).signal, None);
+    }
+}
