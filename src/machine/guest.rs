@@ -139,8 +139,11 @@ fn open_link() -> Result<File, GuestError> {
     termios::cfmakeraw(&mut attrs);
     attrs.control_flags |= ControlFlags::CLOCAL;
     attrs.control_flags &= !ControlFlags::CRTSCTS;
-    termios::cfsetspeed(&mut attrs, termios::BaudRate::B115200)
-        .map_err(|e| GuestError::Link(e.into()))?;
+    // 115200 baud, set in the CBAUD bits of c_cflag (what cfsetspeed does): the libc crate
+    // binds cfsetspeed to a versioned glibc symbol that static links cannot resolve, and this
+    // code is part of the static guest build too.
+    let speed = (attrs.control_flags.bits() & !libc::CBAUD) | libc::B115200;
+    attrs.control_flags = ControlFlags::from_bits_retain(speed);
     termios::tcsetattr(&file, SetArg::TCSANOW, &attrs).map_err(|e| GuestError::Link(e.into()))?;
     Ok(file)
 }
