@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{median, ratio};
+use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 
 /// What the test init prints when it runs (rootfs/test-init.sh).
 pub const INIT_MARKER: &str = "PEAPOD_GUEST_INIT_OK";
@@ -48,6 +49,10 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
     let peapod = std::env::current_exe()?;
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    // One command line for both: peapod's default (which keeps Linux's i8042 driver from
+    // probing for a keyboard and mouse that are not there; microvm has no i8042 at all)
+    // plus `quiet`, so that console output costs the same on both.
+    let cmdline = format!("{DEFAULT_CMDLINE} quiet");
     for i in 0..bench.runs {
         // interleaved, so both see the same machine state
         let mut vm = Command::new(&peapod);
@@ -58,7 +63,8 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
             .arg(&bench.initrd)
             .args(["--cpus", &bench.cpus.to_string()])
             .args(["--memory", &bench.memory_mib.to_string()])
-            .args(["--cmdline", "console=ttyS0 reboot=k panic=-1 quiet"]);
+            .arg("--cmdline")
+            .arg(&cmdline);
         ours.push(boot_once(vm, bench.memory_mib).context("peapod vm boot")?);
         let mut microvm = Command::new(&qemu);
         microvm
@@ -82,7 +88,7 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
             .arg(&bench.initrd)
             .args([
                 "-append",
-                "console=ttyS0 reboot=k panic=-1 quiet",
+                &cmdline,
                 "-serial",
                 "stdio",
             ]);
