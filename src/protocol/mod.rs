@@ -63,7 +63,7 @@
 //! pipe (and the process blocks once the pipe is full) until the host attaches, so the host
 //! may attach before or after [`Request::StartContainer`] / [`Request::Exec`].
 
-// The host-side client (`client`) comes with the agent.
+pub mod client;
 pub mod frame;
 pub mod message;
 
