@@ -6,7 +6,7 @@
 //! - [`interrupt`]: InterruptStatus and the line to the guest (a KVM irqfd, or a counter).
 //! - [`queue`]: popping available chains, checking every descriptor, moving their bytes.
 //! - [`event`]: the device thread's subscriber that serves a queue when the guest kicks it.
-//! - [`block`], [`rng`]: the devices.
+//! - [`block`], [`rng`], [`vsock`]: the devices.
 //!
 //! Attaching a device, as the VM builder does it:
 //!
@@ -35,6 +35,7 @@ pub mod queue;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod vsock;
 
 pub use device::{Activation, DeviceError, VirtioDevice};
 pub use event::MmioQueueHandler;
