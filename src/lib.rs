@@ -4,6 +4,7 @@
 //! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
 //! monitor), `cpio` (initramfs archives).
 
+pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod cpio;

@@ -1,0 +1,875 @@
+//! Containers inside the pod VM: the cgroup and directories the agent prepares, and the two
+//! helpers the agent runs as its own binary again (single-threaded, so they may fork and
+//! change namespaces freely):
+//!
+//! * `container-init` ([`container_init_main`]): PID 1 of a new PID namespace. It joins the
+//!   container's cgroup, unshares mount/UTS/IPC namespaces, joins the pod's network
+//!   namespace, mounts the rootfs (the image's block device read-only, a tmpfs upper, an
+//!   overlay), `/proc`, a minimal `/dev`, a read-only `/sys` and the pod's `/etc` files,
+//!   pivots into it and sets the hostname ([`setup_container`], unit-tested through
+//!   [`Os`]); then reports `ready` and waits for the agent's start byte. On start it forks
+//!   the container's process (PID 2), forwards every signal it gets to it, reaps orphans,
+//!   and when the process ends reports its status and exits, which kills whatever is left in
+//!   the namespace. Being a tiny init (like `docker run --init`) rather than the process
+//!   itself means the process gets signals with their default actions (a shell's
+//!   `kill $$` works) and orphans are reaped.
+//! * `exec-init` ([`exec_init_main`]): started by the agent inside a running container's PID
+//!   namespace, it joins the container's cgroup and its other namespaces and executes the
+//!   process; an error is reported on its status pipe, success closes it (close-on-exec).
+//!
+//! The helper protocol: the agent writes one JSON config on the helper's fd 3 and closes it;
+//! the helper writes [`HelperEvent`] JSON lines on fd 4; `container-init` reads the start
+//! byte on fd 5 (end of file without a byte: abort).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::os::{Os, RealOs};
+use super::process::{exit_status, inherited_fd, pipe};
+use crate::protocol::{ContainerStats, MountSource, MountSpec, ProcessSpec, Resources, RootfsSpec};
+
+/// The agent's runtime directory (a tmpfs).
+pub const RUN_DIR: &str = "/run/peapod";
+/// Per-container directories: `<id>/lower` (the image), `<id>/rw` (tmpfs with the overlay's
+/// upper and work dirs), `<id>/root` (the overlay).
+pub const CONTAINERS_DIR: &str = "/run/peapod/containers";
+/// The pod's network namespace, bind-mounted here by the agent.
+pub const POD_NETNS: &str = "/run/peapod/netns";
+/// The pod's `/etc` files (`hosts`, `resolv.conf`, `hostname`), bound into each container.
+pub const POD_ETC: &str = "/run/peapod/etc";
+/// The cgroup v2 mount.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The parent of the containers' cgroups.
+pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/peapod";
+/// The controllers enabled for containers.
+pub const CONTROLLERS: &str = "+cpu +memory +pids";
+
+/// A `PATH` for looking up programs when the process's environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Device nodes of a container's `/dev`, bound from the guest's.
+const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Process(#[from] super::process::ProcessError),
+    #[error("helper protocol: {0}")]
+    Helper(String),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
+    let what = what.into();
+    move |source| ContainerError::Io { what, source }
+}
+
+/// What `container-init` needs, sent by the agent on fd 3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerInit {
+    pub id: String,
+    pub hostname: String,
+    pub rootfs: RootfsSpec,
+    pub mounts: Vec<MountSpec>,
+    pub process: ProcessSpec,
+    /// The container's cgroup directory.
+    pub cgroup: PathBuf,
+    /// The pod's network namespace file.
+    pub netns: Option<PathBuf>,
+    /// Directory with the pod's `/etc` files, if any.
+    pub etc: Option<PathBuf>,
+    /// The container's directory under [`CONTAINERS_DIR`].
+    pub dir: PathBuf,
+}
+
+/// What `exec-init` needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecInit {
+    /// The container's init, whose namespaces the process joins.
+    pub container_pid: i32,
+    pub cgroup: PathBuf,
+    pub process: ProcessSpec,
+}
+
+/// A line a helper writes on its status pipe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum HelperEvent {
+    /// The container is set up and waits for its start byte.
+    Ready,
+    /// Setting up failed; the helper exits.
+    SetupFailed { message: String },
+    /// The process executes.
+    Started,
+    /// The process could not be executed (it exits with `code`, 126 or 127).
+    ExecFailed { message: String, code: i32 },
+    /// The container's process ended (the shell convention plus the signal).
+    Exited { code: i32, signal: Option<i32> },
+}
+
+/// Reads the next event from a helper's status pipe; `None` at end of file.
+pub fn read_event(r: &mut impl BufRead) -> Result<Option<HelperEvent>, ContainerError> {
+    let mut line = String::new();
+    // Bounded: a helper writes short lines; refuse anything absurd.
+    let n = r
+        .take(64 * 1024)
+        .read_line(&mut line)
+        .map_err(io_err("reading a helper's status"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(line.trim_end())
+        .map(Some)
+        .map_err(|e| ContainerError::Helper(format!("bad status line {line:?}: {e}")))
+}
+
+fn write_event(w: &mut impl Write, event: &HelperEvent) {
+    if let Ok(mut line) = serde_json::to_string(event) {
+        line.push('\n');
+        let _ = w.write_all(line.as_bytes());
+    }
+}
+
+/// The container's cgroup directory.
+pub fn cgroup_dir(id: &str) -> PathBuf {
+    Path::new(CGROUP_PARENT).join(id)
+}
+
+/// Creates the container's cgroup and writes its limits.
+pub fn create_cgroup(os: &dyn Os, id: &str, res: &Resources) -> io::Result<PathBuf> {
+    let dir = cgroup_dir(id);
+    os.mkdir_all(&dir, 0o755)?;
+    if let Some(max) = res.memory_max {
+        os.write_file(&dir.join("memory.max"), max.to_string().as_bytes())?;
+        // The guest has no swap; say so anyway so a limit is a limit.
+        let _ = os.write_file(&dir.join("memory.swap.max"), b"0");
+    }
+    if let Some(cpu) = res.cpu {
+        os.write_file(
+            &dir.join("cpu.max"),
+            format!("{} {}", cpu.quota_us, cpu.period_us).as_bytes(),
+        )?;
+    }
+    if let Some(max) = res.pids_max {
+        os.write_file(&dir.join("pids.max"), max.to_string().as_bytes())?;
+    }
+    Ok(dir)
+}
+
+/// The container's directories under [`CONTAINERS_DIR`], made by the agent (the helper
+/// mounts on them in its own mount namespace).
+pub fn create_dirs(os: &dyn Os, id: &str) -> io::Result<PathBuf> {
+    let dir = Path::new(CONTAINERS_DIR).join(id);
+    for sub in ["lower", "rw", "root"] {
+        os.mkdir_all(&dir.join(sub), 0o700)?;
+    }
+    Ok(dir)
+}
+
+/// Removes what [`create_dirs`] and [`create_cgroup`] made (best effort, all of it).
+pub fn remove_dirs(os: &dyn Os, id: &str) -> io::Result<()> {
+    let dir = Path::new(CONTAINERS_DIR).join(id);
+    let mut result = Ok(());
+    for sub in ["lower", "rw", "root", ""] {
+        if let Err(e) = os.remove_dir(&dir.join(sub)) {
+            result = Err(e);
+        }
+    }
+    if let Err(e) = os.remove_dir(&cgroup_dir(id)) {
+        result = Err(e);
+    }
+    result
+}
+
+/// `oom_kill` of the cgroup's `memory.events` (0 when unreadable).
+pub fn oom_kills(os: &dyn Os, cgroup: &Path) -> u64 {
+    os.read_to_string(&cgroup.join("memory.events"))
+        .map(|s| keyed(&s, "oom_kill"))
+        .unwrap_or(0)
+}
+
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(k, _)| *k == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn single(os: &dyn Os, path: &Path) -> Option<u64> {
+    os.read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The container's cgroup counters.
+pub fn read_stats(os: &dyn Os, cgroup: &Path) -> io::Result<ContainerStats> {
+    let cpu = os.read_to_string(&cgroup.join("cpu.stat"))?;
+    Ok(ContainerStats {
+        memory_current: single(os, &cgroup.join("memory.current")).unwrap_or(0),
+        memory_peak: single(os, &cgroup.join("memory.peak")),
+        cpu_usage_usec: keyed(&cpu, "usage_usec"),
+        cpu_user_usec: keyed(&cpu, "user_usec"),
+        cpu_system_usec: keyed(&cpu, "system_usec"),
+        pids_current: single(os, &cgroup.join("pids.current")).unwrap_or(0),
+        oom_kills: oom_kills(os, cgroup),
+    })
+}
+
+/// Everything `container-init` does before it waits for the start byte, in order.
+pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
+    // Into the cgroup first, so that everything below is accounted to the container.
+    os.write_file(&init.cgroup.join("cgroup.procs"), b"0")?;
+    os.unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)?;
+    if let Some(netns) = &init.netns {
+        os.setns(netns, CloneFlags::CLONE_NEWNET)?;
+    }
+    // Nothing mounted from here on propagates back to the agent.
+    os.mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let lower = init.dir.join("lower");
+    let rw = init.dir.join("rw");
+    let root = init.dir.join("root");
+    let nodev = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    os.mount(
+        Some(&init.rootfs.device),
+        &lower,
+        Some(init.rootfs.fs_type.as_str()),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None,
+    )?;
+    os.mount(
+        Some(Path::new("tmpfs")),
+        &rw,
+        Some("tmpfs"),
+        nodev,
+        Some("mode=0755"),
+    )?;
+    os.mkdir_all(&rw.join("upper"), 0o755)?;
+    os.mkdir_all(&rw.join("work"), 0o755)?;
+    let overlay = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        rw.join("upper").display(),
+        rw.join("work").display()
+    );
+    os.mount(
+        Some(Path::new("overlay")),
+        &root,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(&overlay),
+    )?;
+    for m in &init.mounts {
+        mount_extra(os, &root, m)?;
+    }
+    mount_proc_dev_sys(os, &root)?;
+    if let Some(etc) = &init.etc {
+        for name in ["hosts", "resolv.conf", "hostname"] {
+            let target = root.join("etc").join(name);
+            os.mkdir_all(&root.join("etc"), 0o755)?;
+            // The overlay is writable: make the file the bind mount needs.
+            os.write_file(&target, b"")?;
+            os.mount(Some(&etc.join(name)), &target, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    os.pivot_root(&root)?;
+    os.sethostname(&init.hostname)
+}
+
+/// `dest` (absolute, checked by the protocol) under `root`.
+fn inside(root: &Path, dest: &Path) -> PathBuf {
+    root.join(dest.strip_prefix("/").unwrap_or(dest))
+}
+
+fn mount_extra(os: &dyn Os, root: &Path, m: &MountSpec) -> io::Result<()> {
+    // Mount targets are made in the container's own overlay before the pivot; a symlink in
+    // the image could point one outside, but only within this container's private mount
+    // namespace, and the old root is detached at the pivot.
+    let target = inside(root, &m.destination);
+    os.mkdir_all(&target, 0o755)?;
+    let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if m.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    match &m.source {
+        MountSource::Tmpfs { size_bytes } => {
+            let data = match size_bytes {
+                Some(n) => format!("mode=1777,size={n}"),
+                None => "mode=1777".into(),
+            };
+            os.mount(
+                Some(Path::new("tmpfs")),
+                &target,
+                Some("tmpfs"),
+                flags,
+                Some(&data),
+            )
+        }
+        MountSource::Block { device, fs_type } => {
+            os.mount(Some(device), &target, Some(fs_type.as_str()), flags, None)
+        }
+    }
+}
+
+fn mount_proc_dev_sys(os: &dyn Os, root: &Path) -> io::Result<()> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let proc = root.join("proc");
+    os.mkdir_all(&proc, 0o555)?;
+    os.mount(Some(Path::new("proc")), &proc, Some("proc"), hardened, None)?;
+
+    let dev = root.join("dev");
+    os.mkdir_all(&dev, 0o755)?;
+    os.mount(
+        Some(Path::new("tmpfs")),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=65536k"),
+    )?;
+    for node in DEV_NODES {
+        let target = dev.join(node);
+        os.write_file(&target, b"")?;
+        os.mount(
+            Some(&Path::new("/dev").join(node)),
+            &target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+    }
+    let pts = dev.join("pts");
+    os.mkdir_all(&pts, 0o755)?;
+    os.mount(
+        Some(Path::new("devpts")),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    os.mkdir_all(&shm, 0o1777)?;
+    os.mount(
+        Some(Path::new("shm")),
+        &shm,
+        Some("tmpfs"),
+        hardened,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (target, link) in [
+        ("pts/ptmx", "ptmx"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
+    ] {
+        os.symlink(Path::new(target), &dev.join(link))?;
+    }
+
+    let sys = root.join("sys");
+    os.mkdir_all(&sys, 0o555)?;
+    os.mount(
+        Some(Path::new("sysfs")),
+        &sys,
+        Some("sysfs"),
+        hardened | MsFlags::MS_RDONLY,
+        None,
+    )
+}
+
+/// Finds `program` the way `execvp` would, in `PATH` of `env` (or a default `PATH`).
+pub fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (String, i32)> {
+    let found = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return match p.metadata() {
+            Ok(_) if found(&p) => Ok(p),
+            Ok(_) => Err((format!("{program}: permission denied"), 126)),
+            Err(e) => Err((format!("{program}: {e}"), 127)),
+        };
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| found(p))
+        .ok_or_else(|| (format!("{program}: command not found in PATH {path}"), 127))
+}
+
+/// Sets the process's groups and ids, changes to its directory and executes it; returns
+/// only on failure, with the message and exit code (126/127) to report.
+fn exec_process(p: &ProcessSpec) -> (String, i32) {
+    let program = match resolve_program(&p.args[0], &p.env) {
+        Ok(path) => path,
+        Err(e) => return e,
+    };
+    let groups: Vec<Gid> = p
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    if let Err(e) = nix::unistd::setgroups(&groups) {
+        return (format!("setgroups {:?}: {e}", p.additional_gids), 126);
+    }
+    if let Err(e) = nix::unistd::setgid(Gid::from_raw(p.gid)) {
+        return (format!("setgid {}: {e}", p.gid), 126);
+    }
+    if let Err(e) = nix::unistd::setuid(Uid::from_raw(p.uid)) {
+        return (format!("setuid {}: {e}", p.uid), 126);
+    }
+    if let Err(e) = nix::unistd::chdir(&p.cwd) {
+        return (
+            format!(
+                "cannot change to the working directory {}: {e}",
+                p.cwd.display()
+            ),
+            126,
+        );
+    }
+    let cstr = |s: &str| CString::new(s).unwrap_or_default();
+    let Ok(path) = CString::new(program.as_os_str().as_encoded_bytes()) else {
+        return (format!("{}: NUL in path", program.display()), 127);
+    };
+    let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
+    let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
+    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+    let code = if err == nix::errno::Errno::ENOENT {
+        127
+    } else {
+        126
+    };
+    (format!("cannot execute {}: {err}", program.display()), code)
+}
+
+/// `peapod-agent container-init`: see the module docs.
+pub fn container_init_main() -> i32 {
+    let (mut config, mut status, mut start) =
+        match (inherited_fd(3), inherited_fd(4), inherited_fd(5)) {
+            (Ok(c), Ok(s), Ok(st)) => (File::from(c), File::from(s), File::from(st)),
+            _ => return 120,
+        };
+    let mut text = String::new();
+    let init: ContainerInit = match config
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_str(&text).map_err(|e| e.to_string()))
+    {
+        Ok(init) => init,
+        Err(message) => {
+            write_event(&mut status, &HelperEvent::SetupFailed { message });
+            return 1;
+        }
+    };
+    drop(config);
+    if let Err(e) = setup_container(&RealOs, &init) {
+        write_event(
+            &mut status,
+            &HelperEvent::SetupFailed {
+                message: e.to_string(),
+            },
+        );
+        return 1;
+    }
+    write_event(&mut status, &HelperEvent::Ready);
+    let mut byte = [0u8; 1];
+    if !matches!(start.read(&mut byte), Ok(1)) {
+        return 0;
+    }
+    drop(start);
+    run_container_process(&init.process, status)
+}
+
+/// Forks the container's process, forwards signals to it, reaps, and reports how it ended.
+fn run_container_process(process: &ProcessSpec, mut status: File) -> i32 {
+    let all = SigSet::all();
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
+    let (err_r, err_w) = match pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            let message = e.to_string();
+            write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
+            return 126;
+        }
+    };
+    // SAFETY: container-init is single-threaded (it never starts a thread), so the child
+    // may do anything a normal process does.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => {
+            drop(err_r);
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let (message, code) = exec_process(process);
+            let mut w = File::from(err_w);
+            let _ = write!(w, "{code} {message}");
+            std::process::exit(code);
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            let message = format!("fork: {e}");
+            write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
+            return 126;
+        }
+    };
+    drop(err_w);
+    let mut failure = String::new();
+    let _ = File::from(err_r).read_to_string(&mut failure);
+    match failure.split_once(' ') {
+        Some((code, message)) => write_event(
+            &mut status,
+            &HelperEvent::ExecFailed {
+                message: message.into(),
+                code: code.parse().unwrap_or(127),
+            },
+        ),
+        None => write_event(&mut status, &HelperEvent::Started),
+    }
+    loop {
+        let Ok(sig) = all.wait() else { continue };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(child, sig);
+            continue;
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) if ws.pid() == Some(child) => {
+                    let end = exit_status(ws);
+                    write_event(
+                        &mut status,
+                        &HelperEvent::Exited {
+                            code: end.code,
+                            signal: end.signal,
+                        },
+                    );
+                    return end.code;
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Joins the namespaces of the container whose init is `pid` (mount last: it changes what
+/// `/proc` is).
+pub fn join_container(os: &dyn Os, exec: &ExecInit) -> io::Result<()> {
+    os.write_file(&exec.cgroup.join("cgroup.procs"), b"0")?;
+    let ns = Path::new("/proc")
+        .join(exec.container_pid.to_string())
+        .join("ns");
+    for (name, kind) in [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ] {
+        os.setns(&ns.join(name), kind)?;
+    }
+    os.chdir(Path::new("/"))
+}
+
+/// `peapod-agent exec-init`: see the module docs.
+pub fn exec_init_main() -> i32 {
+    let (mut config, mut status) = match (inherited_fd(3), inherited_fd(4)) {
+        (Ok(c), Ok(s)) => (File::from(c), File::from(s)),
+        _ => return 120,
+    };
+    let mut text = String::new();
+    let exec: ExecInit = match config
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_str(&text).map_err(|e| e.to_string()))
+    {
+        Ok(exec) => exec,
+        Err(message) => {
+            write_event(&mut status, &HelperEvent::SetupFailed { message });
+            return 126;
+        }
+    };
+    drop(config);
+    if let Err(e) = join_container(&RealOs, &exec) {
+        write_event(
+            &mut status,
+            &HelperEvent::SetupFailed {
+                message: e.to_string(),
+            },
+        );
+        return 126;
+    }
+    let (message, code) = exec_process(&exec.process);
+    write_event(&mut status, &HelperEvent::ExecFailed { message, code });
+    code
+}
+
+/// Reads helper events until one that is not [`HelperEvent::Ready`]-like noise; used by the
+/// agent with a buffered reader over the status pipe.
+pub fn status_reader(fd: std::os::fd::OwnedFd) -> BufReader<File> {
+    BufReader::new(File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::os::{Call, RecordingOs};
+    use crate::protocol::{CpuMax, FsType};
+
+    fn init() -> ContainerInit {
+        ContainerInit {
+            id: "web".into(),
+            hostname: "pod".into(),
+            rootfs: RootfsSpec {
+                device: "/dev/vdb".into(),
+                fs_type: FsType::Erofs,
+            },
+            mounts: vec![MountSpec {
+                destination: "/data".into(),
+                source: MountSource::Tmpfs {
+                    size_bytes: Some(4096),
+                },
+                read_only: false,
+            }],
+            process: ProcessSpec {
+                args: vec!["/bin/sh".into()],
+                env: vec![],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                tty: false,
+                stdin: false,
+            },
+            cgroup: cgroup_dir("web"),
+            netns: Some(POD_NETNS.into()),
+            etc: Some(POD_ETC.into()),
+            dir: Path::new(CONTAINERS_DIR).join("web"),
+        }
+    }
+
+    fn mount_targets(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, .. } => Some(target.display().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn setup_joins_the_cgroup_then_namespaces_then_mounts_then_pivots() {
+        let os = RecordingOs::new();
+        setup_container(&os, &init()).unwrap();
+        let calls = os.calls();
+        assert_eq!(
+            calls[0],
+            Call::WriteFile("/sys/fs/cgroup/peapod/web/cgroup.procs".into(), "0".into())
+        );
+        assert_eq!(
+            calls[1],
+            Call::Unshare(
+                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+            )
+        );
+        assert_eq!(
+            calls[2],
+            Call::Setns(POD_NETNS.into(), CloneFlags::CLONE_NEWNET)
+        );
+        assert!(matches!(&calls[3], Call::Mount { target, flags, .. }
+            if target == Path::new("/") && flags.contains(MsFlags::MS_PRIVATE | MsFlags::MS_REC)));
+        let c = "/run/peapod/containers/web";
+        let targets = mount_targets(&calls);
+        assert_eq!(
+            &targets[1..4],
+            [format!("{c}/lower"), format!("{c}/rw"), format!("{c}/root")]
+        );
+        assert!(targets.contains(&format!("{c}/root/data")));
+        assert!(targets.contains(&format!("{c}/root/proc")));
+        assert!(targets.contains(&format!("{c}/root/dev/null")));
+        assert!(targets.contains(&format!("{c}/root/etc/resolv.conf")));
+        // The image is read-only, /sys too, and the overlay has its dirs.
+        assert!(calls.iter().any(
+            |call| matches!(call, Call::Mount { source: Some(s), flags, fstype: Some(t), .. }
+            if s == Path::new("/dev/vdb") && t == "erofs" && flags.contains(MsFlags::MS_RDONLY))
+        ));
+        assert!(calls.iter().any(
+            |call| matches!(call, Call::Mount { fstype: Some(t), flags, .. }
+            if t == "sysfs" && flags.contains(MsFlags::MS_RDONLY))
+        ));
+        assert!(
+            calls
+                .iter()
+                .any(|call| matches!(call, Call::Mount { data: Some(d), .. }
+            if d == &format!("lowerdir={c}/lower,upperdir={c}/rw/upper,workdir={c}/rw/work")))
+        );
+        let n = calls.len();
+        assert_eq!(calls[n - 2], Call::PivotRoot(format!("{c}/root").into()));
+        assert_eq!(calls[n - 1], Call::Sethostname("pod".into()));
+    }
+
+    #[test]
+    fn a_failing_mount_stops_setup_before_the_pivot() {
+        let os = RecordingOs::new()
+            .failing(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"));
+        let err = setup_container(&os, &init()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        assert!(!os.calls().iter().any(|c| matches!(c, Call::PivotRoot(_))));
+    }
+
+    #[test]
+    fn no_pod_netns_or_etc_means_no_setns_or_binds() {
+        let os = RecordingOs::new();
+        let mut i = init();
+        i.netns = None;
+        i.etc = None;
+        setup_container(&os, &i).unwrap();
+        let calls = os.calls();
+        assert!(!calls.iter().any(|c| matches!(c, Call::Setns(..))));
+        assert!(!mount_targets(&calls).iter().any(|t| t.contains("/etc/")));
+    }
+
+    #[test]
+    fn cgroup_limits_are_written_in_cgroup_v2_syntax() {
+        let os = RecordingOs::new();
+        let dir = create_cgroup(
+            &os,
+            "web",
+            &Resources {
+                memory_max: Some(32 << 20),
+                cpu: Some(CpuMax {
+                    quota_us: 50_000,
+                    period_us: 100_000,
+                }),
+                pids_max: Some(64),
+            },
+        )
+        .unwrap();
+        assert_eq!(dir, Path::new("/sys/fs/cgroup/peapod/web"));
+        let writes: Vec<_> = os
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::WriteFile(p, s) => {
+                    Some((p.file_name().unwrap().to_str().unwrap().to_string(), s))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(writes.contains(&("memory.max".into(), "33554432".into())));
+        assert!(writes.contains(&("cpu.max".into(), "50000 100000".into())));
+        assert!(writes.contains(&("pids.max".into(), "64".into())));
+        let os = RecordingOs::new();
+        create_cgroup(&os, "idle", &Resources::default()).unwrap();
+        assert_eq!(os.calls().len(), 1, "no limits, no writes");
+    }
+
+    #[test]
+    fn stats_and_oom_kills_come_from_the_cgroup_files() {
+        let cg = cgroup_dir("web");
+        let os = RecordingOs::new()
+            .with_file(cg.join("memory.current"), "4096\n")
+            .with_file(cg.join("memory.peak"), "8192\n")
+            .with_file(
+                cg.join("cpu.stat"),
+                "usage_usec 30\nuser_usec 20\nsystem_usec 10\nnr_periods 0\n",
+            )
+            .with_file(cg.join("pids.current"), "2\n")
+            .with_file(
+                cg.join("memory.events"),
+                "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n",
+            );
+        let stats = read_stats(&os, &cg).unwrap();
+        assert_eq!(
+            stats,
+            ContainerStats {
+                memory_current: 4096,
+                memory_peak: Some(8192),
+                cpu_usage_usec: 30,
+                cpu_user_usec: 20,
+                cpu_system_usec: 10,
+                pids_current: 2,
+                oom_kills: 1,
+            }
+        );
+        assert_eq!(oom_kills(&RecordingOs::new(), &cg), 0);
+    }
+
+    #[test]
+    fn exec_joins_every_namespace_with_mount_last() {
+        let os = RecordingOs::new();
+        join_container(
+            &os,
+            &ExecInit {
+                container_pid: 77,
+                cgroup: cgroup_dir("web"),
+                process: init().process,
+            },
+        )
+        .unwrap();
+        let calls = os.calls();
+        assert!(matches!(&calls[0], Call::WriteFile(p, _) if p.ends_with("web/cgroup.procs")));
+        assert_eq!(
+            calls[4],
+            Call::Setns("/proc/77/ns/mnt".into(), CloneFlags::CLONE_NEWNS)
+        );
+        assert_eq!(calls[5], Call::Chdir("/".into()));
+    }
+
+    #[test]
+    fn helper_events_are_json_lines() {
+        let mut buf = Vec::new();
+        write_event(&mut buf, &HelperEvent::Ready);
+        write_event(
+            &mut buf,
+            &HelperEvent::Exited {
+                code: 137,
+                signal: Some(9),
+            },
+        );
+        let mut r = &buf[..];
+        assert_eq!(read_event(&mut r).unwrap(), Some(HelperEvent::Ready));
+        assert!(matches!(
+            read_event(&mut r).unwrap(),
+            Some(HelperEvent::Exited { code: 137, .. })
+        ));
+        assert_eq!(read_event(&mut r).unwrap(), None);
+        assert!(read_event(&mut &b"garbage\n"[..]).is_err());
+    }
+
+    #[test]
+    fn programs_are_found_like_execvp() {
+        assert_eq!(
+            resolve_program("sh", &["PATH=/nonexistent:/bin".into()]).unwrap(),
+            Path::new("/bin/sh")
+        );
+        assert_eq!(
+            resolve_program("no-such-program-x", &[]).unwrap_err().1,
+            127
+        );
+        assert_eq!(resolve_program("/etc/passwd", &[]).unwrap_err().1, 126);
+        assert_eq!(resolve_program("/no/such", &[]).unwrap_err().1, 127);
+    }
+}

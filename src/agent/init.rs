@@ -1,0 +1,359 @@
+//! What the agent does as the guest's init: leave the initramfs for a tmpfs root (so that
+//! containers can `pivot_root`), mount the API filesystems and cgroup2, prepare the
+//! containers' cgroup parent, the pod's network namespace, entropy and hostname, and power
+//! the VM off.
+//!
+//! This kernel has no ACPI: `reboot(RB_AUTOBOOT)` (with `reboot=k`, a reset through the
+//! i8042) is how a guest ends its VM, and peapod's VMM ends with exit status 0 on it.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use super::container::{CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, CONTROLLERS, POD_ETC, RUN_DIR};
+use super::os::Os;
+
+/// Set in the environment of the agent once it runs from its tmpfs root.
+pub const SWITCHED_ENV: &str = "PEAPOD_AGENT_ROOT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("init: {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("init: {what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn io_at(what: impl Into<String>) -> impl FnOnce(io::Error) -> InitError {
+    let what = what.into();
+    move |source| InitError::Io { what, source }
+}
+
+fn sys_at(what: impl Into<String>) -> impl FnOnce(nix::Error) -> InitError {
+    let what = what.into();
+    move |source| InitError::Sys { what, source }
+}
+
+/// The initramfs root is the kernel's `rootfs`, which `pivot_root` cannot leave, so
+/// containers could only `chroot` (escapable). Copy the agent into a tmpfs, make that the
+/// root (`MS_MOVE` + `chroot`, what `switch_root` does) and execute it again there. Returns
+/// only on failure; does nothing (`Ok`) when already switched.
+pub fn switch_to_tmpfs_root() -> Result<(), InitError> {
+    if std::env::var_os(SWITCHED_ENV).is_some() {
+        return Ok(());
+    }
+    let new = Path::new("/newroot");
+    fs::create_dir_all(new).map_err(io_at("mkdir /newroot"))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(sys_at("mount a tmpfs on /newroot"))?;
+    for dir in ["dev", "proc", "sys", "run", "tmp", "root"] {
+        fs::create_dir_all(new.join(dir)).map_err(io_at(format!("mkdir /newroot/{dir}")))?;
+    }
+    let exe = fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/init".into());
+    let exe = if exe.exists() { exe } else { "/init".into() };
+    fs::copy(&exe, new.join("init")).map_err(io_at(format!("copy {}", exe.display())))?;
+    // The copy is the one that runs; free the initramfs's.
+    let _ = fs::remove_file(&exe);
+    nix::unistd::chdir(new).map_err(sys_at("chdir /newroot"))?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(sys_at("move /newroot onto /"))?;
+    nix::unistd::chroot(".").map_err(sys_at("chroot"))?;
+    nix::unistd::chdir("/").map_err(sys_at("chdir /"))?;
+    let init = CString::new("/init").unwrap_or_default();
+    let env = CString::new(format!("{SWITCHED_ENV}=1")).unwrap_or_default();
+    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &[env]).unwrap_err();
+    Err(InitError::Sys {
+        what: "execute /init from the tmpfs root".into(),
+        source: err,
+    })
+}
+
+/// Mounts what every Linux userland expects plus cgroup2, and prepares the directories
+/// the agent uses. Idempotent enough for a restart: an already-mounted target fails with
+/// EBUSY, which is ignored.
+pub fn mount_system(os: &dyn Os) -> io::Result<()> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", "proc", hardened, None),
+        ("sysfs", "/sys", "sysfs", hardened, None),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666"),
+        ),
+        ("shm", "/dev/shm", "tmpfs", hardened, Some("mode=1777")),
+        ("cgroup2", CGROUP_ROOT, "cgroup2", hardened, None),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        let target = Path::new(target);
+        os.mkdir_all(target, 0o755)?;
+        match os.mount(Some(Path::new(source)), target, Some(fstype), flags, data) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            other => other?,
+        }
+    }
+    os.write_file(
+        &Path::new(CGROUP_ROOT).join("cgroup.subtree_control"),
+        CONTROLLERS.as_bytes(),
+    )?;
+    os.mkdir_all(Path::new(CGROUP_PARENT), 0o755)?;
+    os.write_file(
+        &Path::new(CGROUP_PARENT).join("cgroup.subtree_control"),
+        CONTROLLERS.as_bytes(),
+    )?;
+    for dir in [RUN_DIR, CONTAINERS_DIR, POD_ETC] {
+        os.mkdir_all(Path::new(dir), 0o755)?;
+    }
+    Ok(())
+}
+
+/// Writes the pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` under [`POD_ETC`].
+pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Result<()> {
+    let mut hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        spec.hostname
+    );
+    for entry in &spec.hosts {
+        hosts.push_str(&format!("{}\t{}\n", entry.ip, entry.names.join(" ")));
+    }
+    let mut resolv = String::new();
+    for server in &spec.dns_servers {
+        resolv.push_str(&format!("nameserver {server}\n"));
+    }
+    if !spec.dns_search.is_empty() {
+        resolv.push_str(&format!("search {}\n", spec.dns_search.join(" ")));
+    }
+    let etc = Path::new(POD_ETC);
+    os.write_file(&etc.join("hosts"), hosts.as_bytes())?;
+    os.write_file(&etc.join("resolv.conf"), resolv.as_bytes())?;
+    os.write_file(
+        &etc.join("hostname"),
+        format!("{}\n", spec.hostname).as_bytes(),
+    )?;
+    for (key, value) in &spec.sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        os.write_file(&path, value.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Creates the pod's network namespace (loopback up) and bind-mounts it on `path`, so
+/// that it outlives the thread that made it.
+pub fn create_pod_netns(path: &Path) -> Result<(), InitError> {
+    let path = path.to_path_buf();
+    std::thread::spawn(move || -> Result<(), InitError> {
+        File::create(&path).map_err(io_at(format!("create {}", path.display())))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(sys_at("create the pod's network namespace"))?;
+        loopback_up()?;
+        nix::mount::mount(
+            Some("/proc/thread-self/ns/net"),
+            &path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys_at(format!(
+            "bind the network namespace on {}",
+            path.display()
+        )))
+    })
+    .join()
+    .map_err(|_| InitError::Io {
+        what: "the network namespace thread panicked".into(),
+        source: io::Error::other("panic"),
+    })?
+}
+
+/// `ip link set lo up` in the calling thread's network namespace.
+fn loopback_up() -> Result<(), InitError> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys_at("socket for lo"))?;
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its flags into
+    // `req`, which lives across the call; the fd is a socket we own.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+    if rc < 0 {
+        return Err(InitError::Sys {
+            what: "read lo's flags".into(),
+            source: nix::Error::last(),
+        });
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc < 0 {
+        return Err(InitError::Sys {
+            what: "bring lo up".into(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Adds the host's random bytes to the guest's entropy pool and credits them
+/// (`RNDADDENTROPY`); the virtio-rng device, when attached, keeps feeding it too.
+pub fn seed_entropy(seed: &[u8]) -> Result<(), InitError> {
+    if seed.is_empty() {
+        return Ok(());
+    }
+    let file = File::options()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(io_at("open /dev/urandom"))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + seed.len());
+    info.extend_from_slice(&((seed.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(seed.len() as i32).to_ne_bytes());
+    info.extend_from_slice(seed);
+    // _IOW('R', 0x03, int[2])
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    // SAFETY: the kernel reads the header and then buf_size bytes, all inside `info`, which
+    // outlives the call; the fd is /dev/urandom, opened above.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) };
+    if rc < 0 {
+        return Err(InitError::Sys {
+            what: "RNDADDENTROPY".into(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// Syncs and reboots, which ends the VM with exit status 0.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Only reachable when not PID 1 with CAP_SYS_BOOT (a test run): end the process.
+    std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::os::{Call, RecordingOs};
+    use crate::protocol::{HostEntry, SandboxSpec};
+
+    #[test]
+    fn system_mounts_come_before_cgroup_setup() {
+        let os = RecordingOs::new();
+        mount_system(&os).unwrap();
+        let calls = os.calls();
+        let targets: Vec<_> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, .. } => Some(target.display().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                "/proc",
+                "/sys",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/sys/fs/cgroup",
+                "/run",
+                "/tmp"
+            ]
+        );
+        assert!(calls.contains(&Call::WriteFile(
+            "/sys/fs/cgroup/peapod/cgroup.subtree_control".into(),
+            "+cpu +memory +pids".into()
+        )));
+    }
+
+    #[test]
+    fn a_failing_mount_is_an_error() {
+        let os = RecordingOs::new()
+            .failing(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/proc")));
+        assert_eq!(
+            mount_system(&os).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+    }
+
+    #[test]
+    fn pod_etc_files_carry_the_sandbox_settings() {
+        let os = RecordingOs::new();
+        let mut spec = SandboxSpec {
+            hostname: "pod1".into(),
+            dns_servers: vec!["10.0.0.1".parse().unwrap()],
+            dns_search: vec!["example.org".into()],
+            hosts: vec![HostEntry {
+                ip: "10.0.0.5".parse().unwrap(),
+                names: vec!["db".into(), "db.local".into()],
+            }],
+            ..Default::default()
+        };
+        spec.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        write_pod_etc(&os, &spec).unwrap();
+        let read = |name: &str| os.read_to_string(&Path::new(POD_ETC).join(name)).unwrap();
+        assert!(read("hosts").contains("10.0.0.5\tdb db.local\n"));
+        assert!(read("hosts").contains("127.0.1.1\tpod1\n"));
+        assert_eq!(
+            read("resolv.conf"),
+            "nameserver 10.0.0.1\nsearch example.org\n"
+        );
+        assert_eq!(read("hostname"), "pod1\n");
+        assert!(os.calls().contains(&Call::WriteFile(
+            "/proc/sys/net/ipv4/ip_forward".into(),
+            "1".into()
+        )));
+    }
+}

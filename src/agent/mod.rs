@@ -1,0 +1,74 @@
+//! The guest agent, `peapod-agent`: PID 1 of every pod VM. It sets the guest up
+//! ([`init`]), serves the host's [`crate::protocol`] on vsock ([`server`]) and runs the
+//! pod's containers ([`container`]), with its OS calls behind [`os::Os`] so that the setup
+//! logic is unit-tested without root.
+//!
+//! The same binary is also the two helpers the agent starts for containers
+//! (`container-init`, `exec-init`; see [`container`]): a helper is single-threaded, so it
+//! can fork and change namespaces, which the multi-threaded agent cannot safely do.
+
+pub mod container;
+pub mod init;
+pub mod os;
+pub mod process;
+pub mod server;
+
+use std::sync::Arc;
+
+use crate::protocol::{CONTROL_PORT, STDIO_PORT};
+
+/// `peapod-agent [container-init|exec-init]`; returns the exit status (the agent itself
+/// never returns: it powers the VM off).
+pub fn main() -> i32 {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("container-init") => container::container_init_main(),
+        Some("exec-init") => container::exec_init_main(),
+        None if std::process::id() == 1 => run_agent(),
+        _ => {
+            eprintln!(
+                "peapod-agent: the guest agent runs as PID 1 of a pod VM (the initramfs's \
+                 /init); build one with rootfs/build-agent-initramfs.sh"
+            );
+            2
+        }
+    }
+}
+
+fn run_agent() -> ! {
+    if let Err(e) = init::switch_to_tmpfs_root() {
+        fatal(&e.to_string());
+    }
+    let os: Arc<dyn os::Os> = Arc::new(os::RealOs);
+    if let Err(e) = init::mount_system(os.as_ref()) {
+        fatal(&format!("mounting the system filesystems: {e}"));
+    }
+    let _ = nix::unistd::sethostname("peapod");
+    let reaper = process::Reaper::new();
+    reaper.start();
+    let agent = server::Agent::new(os, reaper, true);
+    let stdio = match server::VsockListener::bind(STDIO_PORT) {
+        Ok(l) => l,
+        Err(e) => fatal(&format!("listening on vsock port {STDIO_PORT}: {e}")),
+    };
+    let control = match server::VsockListener::bind(CONTROL_PORT) {
+        Ok(l) => l,
+        Err(e) => fatal(&format!("listening on vsock port {CONTROL_PORT}: {e}")),
+    };
+    let a = Arc::clone(&agent);
+    std::thread::spawn(move || server::serve(stdio, move |conn| a.serve_stream(conn)));
+    // The ready line: the runtime's console tail shows how far a failed boot got.
+    eprintln!("peapod-agent: ready on vsock ports {CONTROL_PORT} and {STDIO_PORT}");
+    server::serve(control, move |mut conn| {
+        if agent.serve_control(&mut conn) {
+            init::power_off();
+        }
+    });
+    init::power_off()
+}
+
+/// Reports on the console and ends the VM: an agent that cannot serve is a dead pod.
+fn fatal(message: &str) -> ! {
+    eprintln!("peapod-agent: fatal: {message}");
+    init::power_off()
+}

@@ -1,0 +1,301 @@
+//! Processes the agent starts, and their exit statuses.
+//!
+//! The agent is PID 1, so it reaps every child with one [`Reaper`] thread
+//! (`waitpid(-1)`); statuses of the children it registered are kept for whoever waits on
+//! them, anything else is a zombie reaped and forgotten. A child is registered while the
+//! reaper's lock is held across the fork, so even a child that exits at once is never lost.
+//!
+//! Children are started with [`spawn_helper`]: a fork from a short-lived thread that first
+//! enters (or creates) the PID namespace the child must live in — `unshare(CLONE_NEWPID)`
+//! and `setns(CLONE_NEWPID)` only change the PID namespace of the calling thread's future
+//! children — then, in the child, only async-signal-safe calls (`dup2`, `execve`) until the
+//! agent binary runs again as a helper (`container-init`, `exec-init`).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::sched::CloneFlags;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::protocol::ExitStatus;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot open the PID namespace {path}: {source}")]
+    PidNs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a helper argument or path contains a NUL byte")]
+    Nul,
+    #[error("the spawning thread panicked")]
+    Thread,
+}
+
+fn sys(what: &'static str) -> impl FnOnce(Errno) -> ProcessError {
+    move |source| ProcessError::Sys { what, source }
+}
+
+/// Exit statuses of registered children, filled by the reaper thread.
+#[derive(Default)]
+pub struct Reaper {
+    statuses: Mutex<HashMap<i32, Option<WaitStatus>>>,
+    changed: Condvar,
+}
+
+impl Reaper {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Starts the thread that reaps every child of this process.
+    pub fn start(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || me.run())
+            .expect("the reaper thread starts at boot");
+    }
+
+    fn run(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), None) {
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    let mut map = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(slot) = map.get_mut(&pid.as_raw()) {
+                        *slot = Some(status);
+                        self.changed.notify_all();
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    // ECHILD: no children now; wait for the next registration.
+                    let map = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = self.changed.wait_timeout(map, Duration::from_millis(500));
+                }
+            }
+        }
+    }
+
+    /// Runs `spawn` (which forks) with the registry locked, and registers the child.
+    pub fn register<F>(&self, spawn: F) -> Result<Pid, ProcessError>
+    where
+        F: FnOnce() -> Result<Pid, ProcessError>,
+    {
+        let mut map = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = spawn()?;
+        map.insert(pid.as_raw(), None);
+        self.changed.notify_all();
+        Ok(pid)
+    }
+
+    /// Blocks until `pid` (a registered child) has been reaped, and forgets it.
+    pub fn wait(&self, pid: Pid) -> WaitStatus {
+        let mut map = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match map.get(&pid.as_raw()) {
+                Some(Some(status)) => {
+                    let status = *status;
+                    map.remove(&pid.as_raw());
+                    return status;
+                }
+                Some(None) => {}
+                // Not registered (a bug): report it as gone rather than hang.
+                None => return WaitStatus::Exited(pid, 255),
+            }
+            map = self.changed.wait(map).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Like [`Reaper::wait`] but gives up after `timeout`.
+    pub fn wait_timeout(&self, pid: Pid, timeout: Duration) -> Option<WaitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut map = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match map.get(&pid.as_raw()) {
+                Some(Some(status)) => {
+                    let status = *status;
+                    map.remove(&pid.as_raw());
+                    return Some(status);
+                }
+                Some(None) => {}
+                None => return None,
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            map = self
+                .changed
+                .wait_timeout(map, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The shell convention for a wait status.
+pub fn exit_status(status: WaitStatus) -> ExitStatus {
+    match status {
+        WaitStatus::Exited(_, code) => ExitStatus::exited(code),
+        WaitStatus::Signaled(_, signal, _) => ExitStatus::signaled(signal as i32),
+        // Stopped/continued are not asked for; treat anything else as a failure.
+        _ => ExitStatus::exited(255),
+    }
+}
+
+/// Where a spawned helper's PID namespace comes from.
+pub enum PidNs {
+    /// A new one; the helper is its PID 1.
+    New,
+    /// The one of this namespace file (`/proc/PID/ns/pid`).
+    Join(PathBuf),
+}
+
+/// Forks and executes `/proc/self/exe ARGS...` with `fds[i]` as its file descriptor `i`
+/// (0, 1, 2 and the helper's pipes), in the PID namespace `pid_ns`, registering the child
+/// with `reaper`. The caller's ends of the fds are not touched; drop the child's ends after.
+pub fn spawn_helper(
+    reaper: &Reaper,
+    pid_ns: PidNs,
+    args: &[&str],
+    fds: &[&OwnedFd],
+) -> Result<Pid, ProcessError> {
+    let exe = CString::new("/proc/self/exe").map_err(|_| ProcessError::Nul)?;
+    let argv: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(*a).map_err(|_| ProcessError::Nul))
+        .collect::<Result<_, _>>()?;
+    // The environment of a helper: PATH only (the agent's own is the kernel's).
+    let envp =
+        vec![CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").map_err(|_| ProcessError::Nul)?];
+    // Copies above every target number, so that dup2 never maps a fd onto itself (which
+    // would keep its close-on-exec flag).
+    let high: Vec<OwnedFd> = fds
+        .iter()
+        .map(|fd| {
+            let raw = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(100)).map_err(sys("dup a fd"))?;
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect::<Result<_, ProcessError>>()?;
+    let ns_file = match &pid_ns {
+        PidNs::New => None,
+        PidNs::Join(path) => Some(File::open(path).map_err(|source| ProcessError::PidNs {
+            path: path.clone(),
+            source,
+        })?),
+    };
+    let raw_fds: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
+    reaper.register(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                match &ns_file {
+                    None => nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+                        .map_err(sys("create a PID namespace"))?,
+                    Some(f) => nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWPID)
+                        .map_err(sys("join the PID namespace"))?,
+                }
+                fork_exec(&exe, &argv, &envp, &raw_fds)
+            })
+            .join()
+            .map_err(|_| ProcessError::Thread)?
+        })
+    })
+}
+
+/// Forks; the child maps `fds` to 0.., executes `exe` and never returns.
+fn fork_exec(
+    exe: &CString,
+    argv: &[CString],
+    envp: &[CString],
+    fds: &[RawFd],
+) -> Result<Pid, ProcessError> {
+    // SAFETY: the child of a multi-threaded process may only make async-signal-safe calls:
+    // it calls dup2, fcntl, execve and _exit on values prepared before the fork, and
+    // allocates nothing.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            for (target, fd) in fds.iter().enumerate() {
+                // SAFETY: dup2 on descriptors this process holds; async-signal-safe.
+                if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
+                    // SAFETY: _exit is async-signal-safe and ends the child at once.
+                    unsafe { libc::_exit(120) };
+                }
+            }
+            let _ = nix::unistd::execve(exe, argv, envp);
+            // SAFETY: as above.
+            unsafe { libc::_exit(121) }
+        }
+    }
+}
+
+/// A pipe whose both ends close on exec.
+pub fn pipe() -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))
+}
+
+/// Takes a descriptor the agent passed to this helper process, marking it close-on-exec.
+pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
+    // SAFETY: F_GETFD only reads the descriptor's flags, whether or not it is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(ProcessError::Sys {
+            what: "take an inherited fd",
+            source: Errno::last(),
+        });
+    }
+    // SAFETY: the descriptor is open (checked above): the agent dup2'd it into this helper
+    // before executing it, and nothing else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(sys("take an inherited fd"))?;
+    Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+
+    #[test]
+    fn wait_statuses_follow_the_shell_convention() {
+        let pid = Pid::from_raw(5);
+        assert_eq!(
+            exit_status(WaitStatus::Exited(pid, 7)),
+            ExitStatus::exited(7)
+        );
+        let killed = exit_status(WaitStatus::Signaled(pid, Signal::SIGKILL, false));
+        assert_eq!(killed.code, 137);
+        assert_eq!(killed.signal, Some(9));
+    }
+
+    #[test]
+    fn registered_statuses_are_kept_until_waited_for() {
+        let reaper = Reaper::new();
+        let pid = reaper.register(|| Ok(Pid::from_raw(42))).unwrap();
+        {
+            let mut map = reaper.statuses.lock().unwrap();
+            *map.get_mut(&42).unwrap() = Some(WaitStatus::Exited(pid, 3));
+        }
+        assert_eq!(
+            reaper.wait_timeout(pid, Duration::from_millis(10)),
+            Some(WaitStatus::Exited(pid, 3))
+        );
+        assert_eq!(reaper.wait_timeout(pid, Duration::from_millis(10)), None);
+        let other = reaper.register(|| Ok(Pid::from_raw(43))).unwrap();
+        assert_eq!(reaper.wait_timeout(other, Duration::from_millis(10)), None);
+    }
+}

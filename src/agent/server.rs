@@ -1,0 +1,960 @@
+//! The agent's listeners and connections: control connections carrying
+//! [`Request`]/[`Response`] frames, and stdio connections (see [`crate::protocol`] for the
+//! transport). Every connection gets its own thread; the pod's state lives in [`Agent`].
+//!
+//! Connections are `UnixStream`s: an accepted vsock socket is wrapped in one (its fd only
+//! ever sees read, write and shutdown, which any stream socket supports), so the same code
+//! serves Unix sockets in the unit tests.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::container::{
+    self, ContainerInit, ExecInit, HelperEvent, POD_ETC, POD_NETNS, read_event,
+};
+use super::init;
+use super::os::Os;
+use super::process::{PidNs, Reaper, exit_status, pipe, spawn_helper};
+use crate::protocol::{
+    ContainerSpec, ErrorKind, ExitStatus, FrameError, PROTOCOL_VERSION, ProcessRef, ProcessSpec,
+    Request, Response, SandboxSpec, StreamHello, StreamKind, WireError, read_frame, validate_id,
+    write_frame,
+};
+
+/// How long `Shutdown` waits for the host to read its answer before powering off.
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
+/// How long removing a container waits for its processes to die.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Something that hands out connections.
+pub trait Accept: Send + 'static {
+    fn accept(&self) -> io::Result<UnixStream>;
+}
+
+impl Accept for UnixListener {
+    fn accept(&self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).map(|(s, _)| s)
+    }
+}
+
+/// A vsock listener on `VMADDR_CID_ANY`.
+pub struct VsockListener(OwnedFd);
+
+impl VsockListener {
+    pub fn bind(port: u32) -> io::Result<Self> {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, VsockAddr, bind, listen, socket,
+        };
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io::Error::from)?;
+        bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port)).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("bind vsock port {port}: {e}"),
+            )
+        })?;
+        listen(&fd, Backlog::new(128).map_err(io::Error::from)?).map_err(io::Error::from)?;
+        Ok(VsockListener(fd))
+    }
+}
+
+impl Accept for VsockListener {
+    fn accept(&self) -> io::Result<UnixStream> {
+        use nix::sys::socket::{SockFlag, accept4};
+        let fd = accept4(&self.0, SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)?;
+        Ok(UnixStream::from(fd))
+    }
+}
+
+/// Serves `listener` forever, one thread per connection.
+pub fn serve<L: Accept>(listener: L, handle: impl Fn(UnixStream) + Send + Sync + Clone + 'static) {
+    loop {
+        match listener.accept() {
+            Ok(conn) => {
+                let handle = handle.clone();
+                std::thread::spawn(move || handle(conn));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("peapod-agent: accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> WireError {
+    WireError::new(kind, message)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One process: a container's own (its init's pid) or an exec.
+struct Proc {
+    pid: Pid,
+    /// Host-side ends of its stdio waiting for an attach.
+    streams: Mutex<HashMap<StreamKind, OwnedFd>>,
+    attached: Mutex<HashSet<StreamKind>>,
+    exit: Mutex<Option<ExitStatus>>,
+    exited: Condvar,
+}
+
+impl Proc {
+    fn new(pid: Pid, streams: HashMap<StreamKind, OwnedFd>) -> Arc<Self> {
+        Arc::new(Proc {
+            pid,
+            streams: Mutex::new(streams),
+            attached: Mutex::new(HashSet::new()),
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, status: ExitStatus) {
+        *lock(&self.exit) = Some(status);
+        self.exited.notify_all();
+    }
+
+    fn status(&self) -> Option<ExitStatus> {
+        *lock(&self.exit)
+    }
+
+    fn wait(&self) -> ExitStatus {
+        let mut exit = lock(&self.exit);
+        loop {
+            if let Some(status) = *exit {
+                return status;
+            }
+            exit = self.exited.wait(exit).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let exit = lock(&self.exit);
+        let (exit, _) = self
+            .exited
+            .wait_timeout_while(exit, timeout, |e| e.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        *exit
+    }
+}
+
+enum Phase {
+    /// Set up, waiting for its start byte.
+    Created {
+        start: OwnedFd,
+        events: BufReader<File>,
+    },
+    Started,
+}
+
+struct Container {
+    cgroup: PathBuf,
+    phase: Mutex<Phase>,
+    main: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+#[derive(Default)]
+struct State {
+    sandbox: Option<SandboxSpec>,
+    containers: HashMap<String, Arc<Container>>,
+}
+
+/// The pod's state and what the requests do to it.
+pub struct Agent {
+    os: Arc<dyn Os>,
+    reaper: Arc<Reaper>,
+    state: Mutex<State>,
+    /// Make the pod's own network namespace (off in unit tests, which are not root).
+    pod_netns: bool,
+}
+
+/// The stdio of a process about to start: the child's ends and the host's.
+struct Stdio {
+    child: [OwnedFd; 3],
+    host: HashMap<StreamKind, OwnedFd>,
+}
+
+fn stdio_for(p: &ProcessSpec) -> Result<Stdio, WireError> {
+    let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
+    let mut host = HashMap::new();
+    let stdin = if p.stdin {
+        let (r, w) = pipe().map_err(|e| internal(&e))?;
+        host.insert(StreamKind::Stdin, w);
+        r
+    } else {
+        File::open("/dev/null").map_err(|e| internal(&e))?.into()
+    };
+    let (out_r, out_w) = pipe().map_err(|e| internal(&e))?;
+    let (err_r, err_w) = pipe().map_err(|e| internal(&e))?;
+    host.insert(StreamKind::Stdout, out_r);
+    host.insert(StreamKind::Stderr, err_r);
+    Ok(Stdio {
+        child: [stdin, out_w, err_w],
+        host,
+    })
+}
+
+fn check_no_tty(p: &ProcessSpec) -> Result<(), WireError> {
+    if p.tty {
+        return Err(err(
+            ErrorKind::InvalidArgument,
+            "tty: this agent does not allocate pseudo-terminals yet; use pipes (tty: false)",
+        ));
+    }
+    Ok(())
+}
+
+impl Agent {
+    pub fn new(os: Arc<dyn Os>, reaper: Arc<Reaper>, pod_netns: bool) -> Arc<Self> {
+        Arc::new(Agent {
+            os,
+            reaper,
+            state: Mutex::new(State::default()),
+            pod_netns,
+        })
+    }
+
+    /// Serves one control connection until it closes; returns true when the host asked
+    /// for a shutdown (answered already; the caller powers off).
+    pub fn serve_control(&self, conn: &mut UnixStream) -> bool {
+        let mut greeted = false;
+        loop {
+            let request: Request = match read_frame(conn) {
+                Ok(r) => r,
+                Err(FrameError::Closed) => return false,
+                Err(e) => {
+                    let _ = write_frame(
+                        conn,
+                        &Response::Error(err(ErrorKind::InvalidArgument, e.to_string())),
+                    );
+                    return false;
+                }
+            };
+            let response = match request {
+                Request::Hello { version } if version == PROTOCOL_VERSION => {
+                    greeted = true;
+                    Response::Hello {
+                        version: PROTOCOL_VERSION,
+                        agent: format!("peapod-agent {}", env!("CARGO_PKG_VERSION")),
+                    }
+                }
+                Request::Hello { version } => {
+                    let _ = write_frame(
+                        conn,
+                        &Response::Error(err(
+                            ErrorKind::VersionMismatch {
+                                agent: PROTOCOL_VERSION,
+                                host: version,
+                            },
+                            format!(
+                                "this agent speaks protocol version {PROTOCOL_VERSION}, the host {version}"
+                            ),
+                        )),
+                    );
+                    return false;
+                }
+                _ if !greeted => Response::Error(err(
+                    ErrorKind::HandshakeRequired,
+                    "send hello with the protocol version first",
+                )),
+                Request::Shutdown => {
+                    if write_frame(conn, &Response::Ok).is_ok() {
+                        // Let the answer reach the host before the VM goes away: wait
+                        // until the host closes (or a moment passes).
+                        let _ = conn.shutdown(Shutdown::Write);
+                        let _ = conn.set_read_timeout(Some(SHUTDOWN_LINGER));
+                        let _ = conn.read(&mut [0u8; 1]);
+                    }
+                    return true;
+                }
+                other => match self.handle(other) {
+                    Ok(r) => r,
+                    Err(e) => Response::Error(e),
+                },
+            };
+            if write_frame(conn, &response).is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Serves one stdio connection: its hello, then bytes until either side ends.
+    pub fn serve_stream(&self, mut conn: UnixStream) {
+        let hello: StreamHello = match read_frame(&mut conn) {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = write_frame(
+                    &mut conn,
+                    &Response::Error(err(ErrorKind::InvalidArgument, e.to_string())),
+                );
+                return;
+            }
+        };
+        let fd = match self.take_stream(&hello) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = write_frame(&mut conn, &Response::Error(e));
+                return;
+            }
+        };
+        if write_frame(&mut conn, &Response::Ok).is_err() {
+            return;
+        }
+        let mut pipe = File::from(fd);
+        match hello.stream {
+            StreamKind::Stdin => {
+                let _ = io::copy(&mut conn, &mut pipe);
+                // Dropping the pipe gives the process end of file.
+            }
+            _ => {
+                let _ = io::copy(&mut pipe, &mut conn);
+                let _ = conn.shutdown(Shutdown::Write);
+            }
+        }
+    }
+
+    fn take_stream(&self, hello: &StreamHello) -> Result<OwnedFd, WireError> {
+        if hello.version != PROTOCOL_VERSION {
+            return Err(err(
+                ErrorKind::VersionMismatch {
+                    agent: PROTOCOL_VERSION,
+                    host: hello.version,
+                },
+                format!(
+                    "this agent speaks protocol version {PROTOCOL_VERSION}, the host {}",
+                    hello.version
+                ),
+            ));
+        }
+        let proc = self.process(&hello.process)?;
+        if let Some(fd) = lock(&proc.streams).remove(&hello.stream) {
+            lock(&proc.attached).insert(hello.stream);
+            return Ok(fd);
+        }
+        if lock(&proc.attached).contains(&hello.stream) {
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{} of {} is attached already",
+                    hello.stream.as_str(),
+                    hello.process
+                ),
+            ));
+        }
+        Err(err(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} has no {} stream (stdin needs stdin: true; pty is not supported)",
+                hello.process,
+                hello.stream.as_str()
+            ),
+        ))
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, WireError> {
+        lock(&self.state)
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    format!("no container {id:?} in this pod"),
+                )
+            })
+    }
+
+    fn process(&self, p: &ProcessRef) -> Result<Arc<Proc>, WireError> {
+        let c = self.container(&p.container_id)?;
+        match &p.exec_id {
+            None => Ok(Arc::clone(&c.main)),
+            Some(e) => lock(&c.execs)
+                .get(e)
+                .cloned()
+                .ok_or_else(|| err(ErrorKind::NotFound, format!("no {p}"))),
+        }
+    }
+
+    /// Everything but `Hello` and `Shutdown`.
+    pub fn handle(&self, request: Request) -> Result<Response, WireError> {
+        match request {
+            Request::Hello { .. } | Request::Shutdown => Err(err(
+                ErrorKind::Internal,
+                "hello and shutdown are handled by the connection",
+            )),
+            Request::CreateSandbox(spec) => self.create_sandbox(spec).map(|_| Response::Ok),
+            Request::CreateContainer(spec) => self.create_container(spec).map(|_| Response::Ok),
+            Request::StartContainer { container_id } => self.start(&container_id),
+            Request::Exec {
+                container_id,
+                exec_id,
+                process,
+            } => self.exec(&container_id, &exec_id, process),
+            Request::Wait { process } => Ok(Response::Exited(self.process(&process)?.wait())),
+            Request::Signal { process, signal } => self.signal(&process, signal),
+            Request::Stats { container_id } => {
+                let c = self.container(&container_id)?;
+                container::read_stats(self.os.as_ref(), &c.cgroup)
+                    .map(Response::Stats)
+                    .map_err(|e| err(ErrorKind::Internal, format!("stats of {container_id}: {e}")))
+            }
+            Request::RemoveContainer { container_id } => {
+                self.remove(&container_id).map(|_| Response::Ok)
+            }
+        }
+    }
+
+    fn create_sandbox(&self, spec: SandboxSpec) -> Result<(), WireError> {
+        spec.validate()?;
+        let mut state = lock(&self.state);
+        if state.sandbox.is_some() {
+            return Err(err(ErrorKind::InvalidState, "the sandbox exists already"));
+        }
+        let setup = |e: &dyn std::fmt::Display| err(ErrorKind::Setup, format!("sandbox: {e}"));
+        self.os.sethostname(&spec.hostname).map_err(|e| setup(&e))?;
+        init::write_pod_etc(self.os.as_ref(), &spec).map_err(|e| setup(&e))?;
+        init::seed_entropy(&spec.entropy_seed).map_err(|e| setup(&e))?;
+        if self.pod_netns {
+            init::create_pod_netns(Path::new(POD_NETNS)).map_err(|e| setup(&e))?;
+        }
+        state.sandbox = Some(spec);
+        Ok(())
+    }
+
+    fn create_container(&self, spec: ContainerSpec) -> Result<(), WireError> {
+        spec.validate()?;
+        check_no_tty(&spec.process)?;
+        // Held throughout: creates are rare and short, and this keeps ids unique.
+        let mut state = lock(&self.state);
+        let Some(sandbox) = &state.sandbox else {
+            return Err(err(
+                ErrorKind::InvalidState,
+                "create the sandbox before its containers",
+            ));
+        };
+        if state.containers.contains_key(&spec.id) {
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("container {:?} exists already", spec.id),
+            ));
+        }
+        let id = spec.id.clone();
+        let setup = |what: &str, e: &dyn std::fmt::Display| {
+            err(ErrorKind::Setup, format!("container {id}: {what}: {e}"))
+        };
+        let os = self.os.as_ref();
+        let cgroup =
+            container::create_cgroup(os, &id, &spec.resources).map_err(|e| setup("cgroup", &e))?;
+        let dir = match container::create_dirs(os, &id) {
+            Ok(dir) => dir,
+            Err(e) => {
+                let _ = container::remove_dirs(os, &id);
+                return Err(setup("directories", &e));
+            }
+        };
+        let init = ContainerInit {
+            id: id.clone(),
+            hostname: spec
+                .hostname
+                .clone()
+                .unwrap_or_else(|| sandbox.hostname.clone()),
+            rootfs: spec.rootfs.clone(),
+            mounts: spec.mounts.clone(),
+            process: spec.process.clone(),
+            cgroup: cgroup.clone(),
+            netns: self.pod_netns.then(|| POD_NETNS.into()),
+            etc: Some(POD_ETC.into()),
+            dir,
+        };
+        match self.launch_container(&init) {
+            Ok((pid, streams, start, events)) => {
+                state.containers.insert(
+                    id,
+                    Arc::new(Container {
+                        cgroup,
+                        phase: Mutex::new(Phase::Created { start, events }),
+                        main: Proc::new(pid, streams),
+                        execs: Mutex::new(HashMap::new()),
+                    }),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                let _ = container::remove_dirs(os, &id);
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn launch_container(
+        &self,
+        init: &ContainerInit,
+    ) -> Result<(Pid, HashMap<StreamKind, OwnedFd>, OwnedFd, BufReader<File>), WireError> {
+        let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
+        let stdio = stdio_for(&init.process)?;
+        let (cfg_r, cfg_w) = pipe().map_err(|e| internal(&e))?;
+        let (status_r, status_w) = pipe().map_err(|e| internal(&e))?;
+        let (start_r, start_w) = pipe().map_err(|e| internal(&e))?;
+        let [stdin, stdout, stderr] = &stdio.child;
+        let pid = spawn_helper(
+            &self.reaper,
+            PidNs::New,
+            &["peapod-agent", "container-init"],
+            &[stdin, stdout, stderr, &cfg_r, &status_w, &start_r],
+        )
+        .map_err(|e| err(ErrorKind::Setup, format!("container {}: {e}", init.id)))?;
+        drop((stdio.child, cfg_r, status_w, start_r));
+        let mut events = BufReader::new(File::from(status_r));
+        let sent = serde_json::to_vec(init)
+            .map_err(|e| internal(&e))
+            .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
+        let outcome = sent.and_then(|_| {
+            read_event(&mut events).map_err(|e| err(ErrorKind::Setup, e.to_string()))
+        });
+        match outcome {
+            Ok(Some(HelperEvent::Ready)) => Ok((pid, stdio.host, start_w, events)),
+            other => {
+                drop(start_w);
+                let ws = self.reaper.wait_timeout(pid, REMOVE_TIMEOUT);
+                let why = match other {
+                    Ok(Some(HelperEvent::SetupFailed { message })) => message,
+                    Ok(Some(e)) => format!("unexpected {e:?}"),
+                    Ok(None) => format!("the container's init ended early ({ws:?})"),
+                    Err(e) => e.message,
+                };
+                Err(err(
+                    ErrorKind::Setup,
+                    format!("setting up container {} failed: {why}", init.id),
+                ))
+            }
+        }
+    }
+
+    fn start(&self, id: &str) -> Result<Response, WireError> {
+        let c = self.container(id)?;
+        let mut phase = lock(&c.phase);
+        let Phase::Created { .. } = &*phase else {
+            return Err(err(
+                ErrorKind::InvalidState,
+                format!("container {id} was started already"),
+            ));
+        };
+        let Phase::Created { start, mut events } = std::mem::replace(&mut *phase, Phase::Started)
+        else {
+            unreachable!("checked just above")
+        };
+        drop(phase);
+        let wrote = File::from(start).write_all(&[1]);
+        let first = match wrote {
+            Ok(()) => read_event(&mut events).ok().flatten(),
+            Err(_) => None,
+        };
+        let failure = match &first {
+            Some(HelperEvent::Started) => None,
+            Some(HelperEvent::ExecFailed { message, .. }) => Some(message.clone()),
+            other => Some(format!(
+                "the container's init ended before starting it ({other:?})"
+            )),
+        };
+        let last = match first {
+            Some(HelperEvent::Started) => None,
+            Some(HelperEvent::ExecFailed { code, .. }) => Some(ExitStatus::exited(code)),
+            _ => None,
+        };
+        self.monitor_container(Arc::clone(&c), events, last);
+        match failure {
+            None => Ok(Response::Started {
+                pid: c.main.pid.as_raw() as u32,
+            }),
+            Some(message) => Err(err(ErrorKind::Setup, format!("container {id}: {message}"))),
+        }
+    }
+
+    /// Follows the container's init until it ends and records the process's status.
+    fn monitor_container(
+        &self,
+        c: Arc<Container>,
+        mut events: BufReader<File>,
+        mut last: Option<ExitStatus>,
+    ) {
+        let reaper = Arc::clone(&self.reaper);
+        let os = Arc::clone(&self.os);
+        std::thread::spawn(move || {
+            while let Ok(Some(event)) = read_event(&mut events) {
+                if let HelperEvent::Exited { code, signal } = event {
+                    last = Some(ExitStatus {
+                        code,
+                        signal,
+                        oom_killed: false,
+                    });
+                }
+            }
+            let ws = reaper.wait(c.main.pid);
+            let mut status = last.unwrap_or_else(|| exit_status(ws));
+            status.oom_killed = status.signal == Some(Signal::SIGKILL as i32)
+                && container::oom_kills(os.as_ref(), &c.cgroup) > 0;
+            c.main.finish(status);
+        });
+    }
+
+    fn exec(&self, id: &str, exec_id: &str, process: ProcessSpec) -> Result<Response, WireError> {
+        validate_id("exec id", exec_id)?;
+        process.validate()?;
+        check_no_tty(&process)?;
+        let c = self.container(id)?;
+        if matches!(*lock(&c.phase), Phase::Created { .. }) || c.main.status().is_some() {
+            return Err(err(
+                ErrorKind::InvalidState,
+                format!("container {id} is not running: exec needs a started, running container"),
+            ));
+        }
+        let mut execs = lock(&c.execs);
+        if execs.contains_key(exec_id) {
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("exec {exec_id} of container {id} exists already"),
+            ));
+        }
+        let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
+        let stdio = stdio_for(&process)?;
+        let (cfg_r, cfg_w) = pipe().map_err(|e| internal(&e))?;
+        let (status_r, status_w) = pipe().map_err(|e| internal(&e))?;
+        let [stdin, stdout, stderr] = &stdio.child;
+        let ns = Path::new("/proc")
+            .join(c.main.pid.as_raw().to_string())
+            .join("ns/pid");
+        let pid = spawn_helper(
+            &self.reaper,
+            PidNs::Join(ns),
+            &["peapod-agent", "exec-init"],
+            &[stdin, stdout, stderr, &cfg_r, &status_w],
+        )
+        .map_err(|e| err(ErrorKind::Setup, format!("exec {exec_id} in {id}: {e}")))?;
+        drop((stdio.child, cfg_r, status_w));
+        let baseline = container::oom_kills(self.os.as_ref(), &c.cgroup);
+        let config = ExecInit {
+            container_pid: c.main.pid.as_raw(),
+            cgroup: c.cgroup.clone(),
+            process,
+        };
+        let sent = serde_json::to_vec(&config)
+            .map_err(|e| internal(&e))
+            .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
+        let mut events = BufReader::new(File::from(status_r));
+        let failure = match sent {
+            Err(e) => Some(e.message),
+            Ok(()) => match read_event(&mut events) {
+                Ok(None) => None,
+                Ok(Some(HelperEvent::ExecFailed { message, .. }))
+                | Ok(Some(HelperEvent::SetupFailed { message })) => Some(message),
+                Ok(Some(other)) => Some(format!("unexpected {other:?}")),
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        let proc = Proc::new(pid, stdio.host);
+        execs.insert(exec_id.to_string(), Arc::clone(&proc));
+        drop(execs);
+        let reaper = Arc::clone(&self.reaper);
+        let os = Arc::clone(&self.os);
+        let cgroup = c.cgroup.clone();
+        let watched = Arc::clone(&proc);
+        std::thread::spawn(move || {
+            let ws = reaper.wait(watched.pid);
+            let mut status = exit_status(ws);
+            status.oom_killed = matches!(ws, WaitStatus::Signaled(_, Signal::SIGKILL, _))
+                && container::oom_kills(os.as_ref(), &cgroup) > baseline;
+            watched.finish(status);
+        });
+        match failure {
+            None => Ok(Response::Started {
+                pid: pid.as_raw() as u32,
+            }),
+            Some(message) => Err(err(
+                ErrorKind::Setup,
+                format!("exec {exec_id} in container {id}: {message}"),
+            )),
+        }
+    }
+
+    fn signal(&self, p: &ProcessRef, signal: i32) -> Result<Response, WireError> {
+        let sig = Signal::try_from(signal).map_err(|_| {
+            err(
+                ErrorKind::InvalidArgument,
+                format!("{signal} is not a Linux signal number"),
+            )
+        })?;
+        let proc = self.process(p)?;
+        if proc.status().is_some() {
+            return Err(err(ErrorKind::InvalidState, format!("{p} has exited")));
+        }
+        kill(proc.pid, sig)
+            .map_err(|e| err(ErrorKind::Internal, format!("signal {sig} to {p}: {e}")))?;
+        Ok(Response::Ok)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), WireError> {
+        let c = self.container(id)?;
+        {
+            let mut phase = lock(&c.phase);
+            if let Phase::Created { .. } = &*phase {
+                // Dropping the start pipe makes the waiting init exit.
+                *phase = Phase::Started;
+                drop(phase);
+                let ws = self.reaper.wait_timeout(c.main.pid, REMOVE_TIMEOUT);
+                c.main
+                    .finish(ws.map_or(ExitStatus::signaled(9), exit_status));
+            }
+        }
+        if c.main.status().is_none() {
+            let _ = kill(c.main.pid, Signal::SIGKILL);
+            if c.main.wait_timeout(REMOVE_TIMEOUT).is_none() {
+                return Err(err(
+                    ErrorKind::Internal,
+                    format!("container {id} did not die within {REMOVE_TIMEOUT:?} of SIGKILL"),
+                ));
+            }
+        }
+        // Execs die with the PID namespace; give the cgroup a moment to empty.
+        let os = self.os.as_ref();
+        let mut result = container::remove_dirs(os, id);
+        for _ in 0..50 {
+            if result.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            result = container::remove_dirs(os, id);
+        }
+        lock(&self.state).containers.remove(id);
+        result.map_err(|e| err(ErrorKind::Internal, format!("removing container {id}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::container::cgroup_dir;
+    use crate::agent::os::{Call, RecordingOs};
+    use crate::protocol::client::{Client, ClientError, attach_stream};
+    use crate::protocol::message::tests::sample_container;
+
+    fn agent(os: Arc<RecordingOs>) -> (Arc<Agent>, Client<UnixStream>) {
+        let agent = Agent::new(os, Reaper::new(), false);
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let a = Arc::clone(&agent);
+        std::thread::spawn(move || a.serve_control(&mut guest));
+        (agent, Client::handshake(host).unwrap())
+    }
+
+    #[test]
+    fn requests_before_hello_are_refused_and_a_wrong_version_is_named() {
+        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), false);
+        let (mut host, mut guest) = UnixStream::pair().unwrap();
+        let a = Arc::clone(&agent);
+        let t = std::thread::spawn(move || a.serve_control(&mut guest));
+        write_frame(
+            &mut host,
+            &Request::Stats {
+                container_id: "x".into(),
+            },
+        )
+        .unwrap();
+        let r: Response = read_frame(&mut host).unwrap();
+        assert!(matches!(
+            r,
+            Response::Error(WireError {
+                kind: ErrorKind::HandshakeRequired,
+                ..
+            })
+        ));
+        write_frame(&mut host, &Request::Hello { version: 99 }).unwrap();
+        let r: Response = read_frame(&mut host).unwrap();
+        assert!(matches!(
+            r,
+            Response::Error(WireError {
+                kind: ErrorKind::VersionMismatch {
+                    agent: PROTOCOL_VERSION,
+                    host: 99
+                },
+                ..
+            })
+        ));
+        assert!(!t.join().unwrap(), "the connection closes after a mismatch");
+        let err = Client::handshake({
+            let (host, mut guest) = UnixStream::pair().unwrap();
+            std::thread::spawn(move || {
+                let _: Request = read_frame(&mut guest).unwrap();
+                write_frame(
+                    &mut guest,
+                    &Response::Hello {
+                        version: 0,
+                        agent: "old".into(),
+                    },
+                )
+                .unwrap();
+            });
+            host
+        })
+        .unwrap_err();
+        assert!(matches!(err, ClientError::VersionMismatch { agent: 0, .. }));
+    }
+
+    #[test]
+    fn the_sandbox_comes_first_and_only_once() {
+        let os = Arc::new(RecordingOs::new());
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        let err = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::InvalidState));
+        let spec = SandboxSpec {
+            hostname: "pod".into(),
+            ..Default::default()
+        };
+        c.create_sandbox(&spec).unwrap();
+        assert!(os.calls().contains(&Call::Sethostname("pod".into())));
+        assert_eq!(
+            c.create_sandbox(&spec).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidState)
+        );
+        let bad = SandboxSpec {
+            hostname: "no spaces".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.create_sandbox(&bad).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn unknown_containers_and_bad_arguments_are_typed_errors() {
+        let (_agent, mut c) = agent(Arc::new(RecordingOs::new()));
+        let web = ProcessRef::container("web");
+        assert_eq!(
+            c.start_container("web").unwrap_err().wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
+        assert_eq!(
+            c.wait(&web).unwrap_err().wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
+        assert_eq!(
+            c.stats("web").unwrap_err().wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
+        assert_eq!(
+            c.remove_container("web").unwrap_err().wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
+        assert_eq!(
+            c.signal(&web, 9999).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+        let mut spec = sample_container("../x");
+        assert_eq!(
+            c.create_container(&spec).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+        spec = sample_container("web");
+        spec.process.tty = true;
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = c.create_container(&spec).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(err.to_string().contains("tty"));
+        assert_eq!(
+            c.exec("web", "e/1", &spec.process).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn a_failing_setup_is_reported_and_cleaned_up() {
+        let os = Arc::new(
+            RecordingOs::new()
+                .failing(|c| matches!(c, Call::MkdirAll(p, _) if p.ends_with("lower"))),
+        );
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let err = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::Setup));
+        assert!(err.to_string().contains("directories"), "{err}");
+        assert!(
+            os.calls()
+                .contains(&Call::RemoveDir("/sys/fs/cgroup/peapod/web".into()))
+        );
+        assert_eq!(
+            c.start_container("web").unwrap_err().wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
+    }
+
+    #[test]
+    fn streams_attach_once_and_carry_bytes() {
+        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), false);
+        let (out_r, out_w) = pipe().unwrap();
+        let (in_r, in_w) = pipe().unwrap();
+        let mut streams = HashMap::new();
+        streams.insert(StreamKind::Stdout, out_r);
+        streams.insert(StreamKind::Stdin, in_w);
+        agent.state.lock().unwrap().containers.insert(
+            "web".into(),
+            Arc::new(Container {
+                cgroup: cgroup_dir("web"),
+                phase: Mutex::new(Phase::Started),
+                main: Proc::new(Pid::from_raw(1), streams),
+                execs: Mutex::new(HashMap::new()),
+            }),
+        );
+        let web = ProcessRef::container("web");
+        let connect = |kind| {
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            let a = Arc::clone(&agent);
+            std::thread::spawn(move || a.serve_stream(guest));
+            attach_stream(&mut host, &web, kind).map(|_| host)
+        };
+        let mut out = connect(StreamKind::Stdout).unwrap();
+        File::from(out_w).write_all(b"hello\n").unwrap();
+        let mut got = String::new();
+        out.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello\n", "end of file once the writer is gone");
+        let again = connect(StreamKind::Stdout).unwrap_err();
+        assert_eq!(again.wire_kind(), Some(ErrorKind::AlreadyExists));
+        assert_eq!(
+            connect(StreamKind::Stderr).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+        let mut input = connect(StreamKind::Stdin).unwrap();
+        input.write_all(b"typed").unwrap();
+        input.shutdown(Shutdown::Write).unwrap();
+        let mut typed = String::new();
+        File::from(in_r).read_to_string(&mut typed).unwrap();
+        assert_eq!(typed, "typed");
+    }
+}
