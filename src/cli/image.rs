@@ -1,9 +1,9 @@
 //! `peapod image ...`: the local image store.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -11,7 +11,10 @@ use clap::{Args, Subcommand};
 use crate::image::builtin;
 use crate::image::disk::{self, DiskFormat};
 use crate::image::import::{self, ImportOptions};
+use crate::image::pull::{self, LayerState, PullEvent, PullOptions};
 use crate::image::reference::ImageName;
+use crate::image::registry::ClientOptions;
+use crate::image::registry::auth::Credentials;
 use crate::image::rootfs;
 use crate::image::store::Store;
 use crate::image::unpack::{UnpackLimits, UnpackOptions};
@@ -64,6 +67,25 @@ pub enum ImageCommand {
         /// Which image of an input that holds several (its ref name or repo tag).
         #[arg(long = "ref")]
         reference: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Pull an image from an OCI distribution registry (linux/amd64).
+    Pull {
+        /// `[HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]`; no host means Docker Hub.
+        reference: String,
+        /// Store it under this NAME[:TAG] (default: the registry-qualified reference).
+        #[arg(long)]
+        name: Option<ImageName>,
+        /// USER:PASSWORD for the registry (default: an auth file's, else anonymous).
+        #[arg(long, env = "PEAPOD_REGISTRY_CREDS", hide_env_values = true)]
+        creds: Option<String>,
+        /// Plain HTTP (registries on 127.0.0.1 / localhost get it without asking).
+        #[arg(long)]
+        insecure: bool,
+        /// No progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -136,6 +158,45 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 "imported {:?} with {} layer(s): {} new blob(s), {} already stored",
                 report.kind, report.layers, report.added, report.reused
             );
+        }
+        ImageCommand::Pull {
+            reference,
+            name,
+            creds,
+            insecure,
+            quiet,
+            store,
+        } => {
+            let store = store.open()?;
+            let credentials = match creds {
+                Some(text) => Some(Credentials::parse(&text).context(
+                    "--creds (or PEAPOD_REGISTRY_CREDS) must be USER:PASSWORD with a non-empty USER",
+                )?),
+                None => None,
+            };
+            let opts = PullOptions {
+                client: ClientOptions {
+                    insecure,
+                    credentials,
+                },
+                name,
+            };
+            let mut display = PullProgress::new(quiet);
+            let start = Instant::now();
+            let report = pull::pull(&store, &reference, &opts, &mut |e| display.show(&e));
+            display.end();
+            let report = report.with_context(|| format!("cannot pull {reference}"))?;
+            writeln!(out, "{} {}", report.name, report.digest)?;
+            if !quiet {
+                eprintln!(
+                    "pulled {} layer(s), {} downloaded in {:.1?}: {} new blob(s), {} already stored",
+                    report.layers,
+                    human(report.downloaded),
+                    start.elapsed(),
+                    report.added,
+                    report.reused
+                );
+            }
         }
         ImageCommand::ImportDefault { store } => {
             let store = store.open()?;
@@ -227,6 +288,94 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pull progress on stderr: one line rewritten in place on a terminal, a line per layer
+/// otherwise (logs, CI).
+struct PullProgress {
+    quiet: bool,
+    tty: bool,
+    total: u64,
+    /// Bytes of finished (or already stored) layers.
+    finished: u64,
+    last_draw: Option<Instant>,
+    drawn: bool,
+}
+
+impl PullProgress {
+    fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            total: 0,
+            finished: 0,
+            last_draw: None,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, event: &PullEvent<'_>) {
+        if self.quiet {
+            return;
+        }
+        match *event {
+            PullEvent::Resolved {
+                digest,
+                layers,
+                bytes,
+            } => {
+                self.total = bytes;
+                eprintln!("manifest {digest}: {layers} layer(s), {}", human(bytes));
+            }
+            PullEvent::Layer {
+                index,
+                count,
+                digest,
+                size,
+                done,
+                state,
+            } => {
+                let short = &digest.hex()[..12];
+                let line = match state {
+                    LayerState::Stored => format!("layer {index}/{count} {short}: already stored"),
+                    LayerState::Downloading => format!(
+                        "layer {index}/{count} {short}: {} / {}   total {} / {}",
+                        human(done),
+                        human(size),
+                        human(self.finished + done),
+                        human(self.total)
+                    ),
+                    LayerState::Done => {
+                        format!("layer {index}/{count} {short}: {} verified", human(size))
+                    }
+                };
+                if state != LayerState::Downloading {
+                    self.finished += size;
+                    if self.tty {
+                        eprint!("\r\x1b[2K");
+                    }
+                    eprintln!("{line}");
+                    self.drawn = false;
+                } else if self.tty
+                    && self
+                        .last_draw
+                        .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+                {
+                    eprint!("\r\x1b[2K{line}");
+                    self.last_draw = Some(Instant::now());
+                    self.drawn = true;
+                }
+            }
+        }
+    }
+
+    /// Ends a half-drawn line (a failed pull).
+    fn end(&mut self) {
+        if self.drawn {
+            eprintln!();
+            self.drawn = false;
+        }
+    }
 }
 
 fn note_skipped(devices: u64, xattrs: u64) {

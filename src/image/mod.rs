@@ -1,5 +1,5 @@
 //! OCI images: a content-addressed store (`store`), imports from layouts, archives and
-//! tarballs (`import`), safe layer unpacking (`unpack`, `confine`, `rootfs`), guest block
+//! tarballs (`import`), pulls from registries (`pull`, `registry`), safe layer unpacking (`unpack`, `confine`, `rootfs`), guest block
 //! images cached by layer chain (`disk`), and the built-in busybox image (`builtin`).
 //!
 //! The pod runtime calls [`resolve`]: a reference in, a block image to attach and the
@@ -12,7 +12,9 @@ pub mod digest;
 pub mod disk;
 pub mod import;
 pub mod manifest;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 pub mod rootfs;
 pub mod store;
 pub mod unpack;
@@ -94,13 +96,20 @@ impl ResolvedImage {
     }
 }
 
-/// Finds a named image, importing the built-in default on first use.
+/// Finds a named image, importing the built-in default on first use. A name without a
+/// registry is also looked for as pulled (`busybox` as `docker.io/library/busybox:latest`).
 pub fn open(store: &Store, reference: &str) -> Result<(ImageName, StoredImage), ImageError> {
     let name = ImageName::parse(reference)?;
     let indexed = match store.lookup(&name) {
         Err(StoreError::NotFound { .. }) if name.to_string() == builtin::DEFAULT_IMAGE => {
             builtin::import_default(store, &builtin::find_busybox()?)?;
             store.lookup(&name)?
+        }
+        Err(not_found @ StoreError::NotFound { .. }) => {
+            match registry::reference::qualified(&name).map(|q| store.lookup(&q)) {
+                Some(Ok(found)) => found,
+                _ => return Err(not_found.into()),
+            }
         }
         other => other?,
     };
