@@ -1,0 +1,320 @@
+//! Image tests on the host: a real registry (Debian's `docker-registry`) on 127.0.0.1, an
+//! image pushed to it with skopeo, pulled with `peapod image pull`, flattened into an erofs
+//! block image whose files are checked.
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+use sha2::{Digest as _, Sha256};
+
+use crate::support::{Case, Place, check, run_peapod};
+
+pub fn cases() -> Vec<Case> {
+    vec![Case {
+        name: "image_pull_from_a_registry_and_build_its_block_image",
+        place: Place::Host,
+        run: image_pull_from_a_registry_and_build_its_block_image,
+        skip_if: Some(|| {
+            let missing: Vec<&str> = ["docker-registry", "skopeo", "mkfs.erofs", "fsck.erofs"]
+                .into_iter()
+                .filter(|tool| find_tool(tool).is_none())
+                .collect();
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "{} not installed (scripts/setup installs docker-registry, skopeo, erofs-utils)",
+                    missing.join(", ")
+                )
+            })
+        }),
+    }]
+}
+
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A registry process, killed when dropped.
+struct Registry {
+    child: Child,
+    host: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Result<Registry, Failed> {
+    // A free port: bound by us, released, then given to the registry.
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = dir.join("registry.yml");
+    fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("storage").display()
+        ),
+    )?;
+    let log = fs::File::create(dir.join("registry.log"))?;
+    let child = Command::new(find_tool("docker-registry").ok_or("no docker-registry")?)
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start docker-registry: {e}"))?;
+    let registry = Registry {
+        child,
+        host: format!("127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&registry.host).is_err() {
+        if Instant::now() > deadline {
+            let log = fs::read_to_string(dir.join("registry.log")).unwrap_or_default();
+            return Err(
+                format!("docker-registry did not listen on {}: {log}", registry.host).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(registry)
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    let sum = Sha256::digest(bytes);
+    let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+enum Entry<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a str),
+    Symlink(&'a str, &'a str),
+    Hard(&'a str, &'a str),
+}
+
+fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>, Failed> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        match entry {
+            Entry::Dir(name) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                tar.append_data(&mut h, name, std::io::empty())?;
+            }
+            Entry::File(name, text) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o644);
+                h.set_size(text.len() as u64);
+                tar.append_data(&mut h, name, text.as_bytes())?;
+            }
+            Entry::Symlink(name, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                tar.append_link(&mut h, name, target)?;
+            }
+            Entry::Hard(name, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o644);
+                h.set_size(0);
+                tar.append_link(&mut h, name, target)?;
+            }
+        }
+    }
+    Ok(tar.into_inner()?)
+}
+
+/// Writes an OCI layout with three gzip layers (files, a whiteout, an opaque directory, a
+/// hard link and a symlink) and a run config; its index names it `v1`.
+fn write_layout(dir: &Path) -> Result<(), Failed> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let put = |bytes: &[u8]| -> Result<(String, usize), Failed> {
+        let digest = sha256(bytes);
+        fs::write(blobs.join(&digest["sha256:".len()..]), bytes)?;
+        Ok((digest, bytes.len()))
+    };
+    let layers = [
+        layer_tar(&[
+            Entry::Dir("etc"),
+            Entry::File("etc/motd", "from layer 1"),
+            Entry::File("etc/gone", "deleted by layer 2"),
+            Entry::Dir("data"),
+            Entry::File("data/old", "hidden by the opaque dir"),
+        ])?,
+        layer_tar(&[
+            Entry::File("etc/.wh.gone", ""),
+            Entry::Dir("data"),
+            Entry::File("data/.wh..wh..opq", ""),
+            Entry::File("data/new", "layer 2 data"),
+        ])?,
+        layer_tar(&[
+            Entry::Dir("work"),
+            Entry::File("etc/motd", "from layer 3"),
+            Entry::Hard("etc/motd-link", "etc/motd"),
+            Entry::Symlink("etc/motd-sym", "/etc/motd"),
+        ])?,
+    ];
+    let mut descriptors = Vec::new();
+    let mut diff_ids = Vec::new();
+    for layer in &layers {
+        diff_ids.push(sha256(layer));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(layer)?;
+        let (digest, size) = put(&gz.finish()?)?;
+        descriptors.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest, "size": size,
+        }));
+    }
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/echo"], "Cmd": ["hello"],
+            "Env": ["PATH=/bin", "GREETING=hi"], "WorkingDir": "/work",
+        },
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config_size},
+        "layers": descriptors,
+    });
+    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}
+
+fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> {
+    let tmp = tempfile::tempdir()?;
+    let registry = start_registry(tmp.path())?;
+    let layout = tmp.path().join("layout");
+    write_layout(&layout)?;
+    let reference = format!("{}/e2e/app:1", registry.host);
+    let push = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker://{reference}"))
+        .output()?;
+    check(push.status.success(), "skopeo pushes the test image", &push)?;
+
+    let store = tmp.path().join("store");
+    let store_arg = store.to_str().ok_or("temp path is not UTF-8")?;
+    let pull = run_peapod(&["image", "pull", "--root", store_arg, &reference])?;
+    let stdout = String::from_utf8_lossy(&pull.stdout);
+    let stderr = String::from_utf8_lossy(&pull.stderr);
+    check(pull.status.success(), "peapod image pull succeeds", &pull)?;
+    check(
+        stdout.starts_with(&format!("{reference} sha256:")),
+        "pull prints NAME DIGEST",
+        &pull,
+    )?;
+    check(
+        stderr.contains("3 layer(s)")
+            && stderr.contains("layer 3/3")
+            && stderr.contains("verified"),
+        "pull shows layer progress",
+        &pull,
+    )?;
+    let again = run_peapod(&["image", "pull", "--root", store_arg, &reference])?;
+    check(
+        again.status.success() && String::from_utf8_lossy(&again.stderr).contains("0 new blob(s)"),
+        "a second pull downloads nothing new",
+        &again,
+    )?;
+
+    let inspect = run_peapod(&["image", "inspect", "--root", store_arg, &reference])?;
+    check(inspect.status.success(), "inspect succeeds", &inspect)?;
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    check(
+        info["config"]["Entrypoint"] == serde_json::json!(["/bin/echo"])
+            && info["config"]["WorkingDir"] == "/work"
+            && info["layers"].as_array().map(Vec::len) == Some(3),
+        "inspect shows the run config and 3 layers",
+        &inspect,
+    )?;
+
+    let build = run_peapod(&["image", "build-disk", "-v", "--root", store_arg, &reference])?;
+    check(build.status.success(), "build-disk succeeds", &build)?;
+    let disk = PathBuf::from(String::from_utf8_lossy(&build.stdout).trim());
+    let rebuild = run_peapod(&["image", "build-disk", "-v", "--root", store_arg, &reference])?;
+    check(
+        String::from_utf8_lossy(&rebuild.stderr).starts_with("cached"),
+        "the second build-disk is a cache hit",
+        &rebuild,
+    )?;
+
+    // Read the erofs image back with erofs-utils' own extractor.
+    let extracted = tmp.path().join("extracted");
+    let fsck = Command::new(find_tool("fsck.erofs").ok_or("no fsck.erofs")?)
+        .arg(format!("--extract={}", extracted.display()))
+        .arg(&disk)
+        .output()?;
+    check(
+        fsck.status.success(),
+        "fsck.erofs extracts the block image",
+        &fsck,
+    )?;
+    let read = |p: &str| fs::read_to_string(extracted.join(p)).unwrap_or_else(|e| format!("<{e}>"));
+    let found = [
+        ("etc/motd", read("etc/motd")),
+        ("etc/motd-link", read("etc/motd-link")),
+        ("data/new", read("data/new")),
+    ];
+    let expected = ["from layer 3", "from layer 3", "layer 2 data"];
+    for ((path, got), want) in found.iter().zip(expected) {
+        if got != want {
+            return Err(
+                format!("{path} in the block image: expected {want:?}, got {got:?}").into(),
+            );
+        }
+    }
+    let link = fs::read_link(extracted.join("etc/motd-sym"))?;
+    if link != Path::new("/etc/motd") {
+        return Err(format!("etc/motd-sym points at {}", link.display()).into());
+    }
+    for gone in ["etc/gone", "data/old"] {
+        if fs::symlink_metadata(extracted.join(gone)).is_ok() {
+            return Err(format!("{gone} should have been removed by a whiteout").into());
+        }
+    }
+    if !extracted.join("work").is_dir() {
+        return Err("the working directory /work is missing".into());
+    }
+    Ok(())
+}
