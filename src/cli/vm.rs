@@ -10,8 +10,11 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
-use crate::vmm::builder::{self, Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig};
+use crate::vmm::builder::{
+    self, Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig, VsockConfig,
+};
 use crate::vmm::vcpu::VcpuStop;
+use crate::vmm::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// Exit status when the guest ended badly (triple fault, crash, failed vCPU); peapod's own
 /// errors exit with [`super::EXIT_PEAPOD_ERROR`].
@@ -56,6 +59,15 @@ pub struct BootArgs {
     /// Attach a virtio-rng device (/dev/hwrng in the guest)
     #[arg(long)]
     rng: bool,
+    /// Attach a virtio-vsock device whose host side is the Unix socket UDS_PATH
+    /// (Firecracker's hybrid vsock): connect to it and send `CONNECT <port>\n` to reach a
+    /// guest listener (the answer is `OK <host_port>\n`); a guest connect to CID 2 port P
+    /// reaches a host listener on UDS_PATH_P
+    #[arg(long, value_name = "UDS_PATH")]
+    vsock: Option<PathBuf>,
+    /// The guest's vsock CID (with --vsock)
+    #[arg(long, default_value_t = DEFAULT_GUEST_CID, requires = "vsock")]
+    cid: u64,
     /// Print when the guest first wrote to its console and when it wrote the boot signal
     /// (see vmm::devices::boot_signal), in ms since peapod started, on stderr at the end:
     /// `boot-timing: first_output_ms=.. boot_signal_ms=.. total_ms=..`
@@ -145,6 +157,10 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
         },
         disks: args.disks.into_iter().map(|d| d.0).collect(),
         rng: args.rng,
+        vsock: args.vsock.map(|uds_path| VsockConfig {
+            uds_path,
+            guest_cid: args.cid,
+        }),
     };
     let outcome = builder::boot_linux(config, start).context("cannot boot the VM")?;
     let _ = std::io::stdout().flush();

@@ -6,7 +6,7 @@
 //! # Booting Linux
 //!
 //! [`boot_linux`] takes a [`LinuxVmConfig`] (kernel, initrd, command line, vCPUs, memory,
-//! console, virtio disks and rng) and runs the VM until it ends, returning how it ended
+//! console, virtio disks, rng and vsock) and runs the VM until it ends, returning how it ended
 //! ([`GuestExit`]) and its [`BootTimes`]. The steps, in order:
 //!
 //! 1. open and check KVM ([`Kvm::open`]);
@@ -14,9 +14,9 @@
 //! 3. create the VM with its TSS and identity-map pages, then the in-kernel PIC, IOAPIC,
 //!    local APICs and PIT;
 //! 4. devices: COM1 on IRQ 4 (irqfd) writing to the console, the i8042 (reset ends the VM),
-//!    the boot-signal page, then one virtio-mmio window per disk / rng at
+//!    the boot-signal page, then one virtio-mmio window per disk / rng / vsock at
 //!    [`VIRTIO_MMIO_START`] + 4 KiB × n on IRQ 5 + n (irqfd, ioeventfd per queue, served by
-//!    one device thread);
+//!    one device thread, which also serves vsock's host sockets);
 //! 5. the kernel ([`linux::load_kernel`]: PVH if the ELF has the note, else the 64-bit boot
 //!    protocol), the initrd at the top of low RAM, the command line (base + one
 //!    `virtio_mmio.device=` per device), the MP table, then the PVH start info or the zero page;
@@ -61,8 +61,10 @@ use crate::vmm::memory::{self, GuestMemory, MemoryError};
 use crate::vmm::stop::{GuestExit, VmStop};
 use crate::vmm::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vmm::virtio::block::{Block, BlockError};
+use crate::vmm::virtio::event::HostFdHandler;
 use crate::vmm::virtio::mmio::MmioError;
 use crate::vmm::virtio::rng::{Rng, RngError};
+use crate::vmm::virtio::vsock::{Vsock, VsockError, VsockHost};
 use crate::vmm::virtio::{
     Interrupt, MMIO_WINDOW_SIZE, MmioQueueHandler, MmioSlot, MmioTransport, VirtioDevice,
 };
@@ -139,6 +141,8 @@ pub enum BuildError {
     Disk(#[from] BlockError),
     #[error(transparent)]
     Rng(#[from] RngError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("the virtio device thread: {0}")]
     DeviceThread(String),
     #[error(
@@ -277,6 +281,17 @@ pub struct DiskConfig {
     pub read_only: bool,
 }
 
+/// A virtio-vsock device with Firecracker's hybrid host side (see
+/// [`crate::vmm::virtio::vsock`]): the host reaches guest port P by connecting to `uds_path`
+/// and sending `CONNECT P\n`; a guest connect to CID 2 port P reaches a host listener on
+/// `<uds_path>_P`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub uds_path: PathBuf,
+    /// The guest's CID, 3 or more.
+    pub guest_cid: u64,
+}
+
 /// Everything [`boot_linux`] needs.
 #[derive(Debug)]
 pub struct LinuxVmConfig {
@@ -294,6 +309,8 @@ pub struct LinuxVmConfig {
     pub disks: Vec<DiskConfig>,
     /// Attach a virtio-rng (the guest's `/dev/hwrng`, and entropy for its RNG).
     pub rng: bool,
+    /// Attach a virtio-vsock.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl LinuxVmConfig {
@@ -309,6 +326,7 @@ impl LinuxVmConfig {
             console: Console::Stdout,
             disks: Vec::new(),
             rng: false,
+            vsock: None,
         }
     }
 
@@ -321,7 +339,7 @@ impl LinuxVmConfig {
                 mptable::MAX_CPUS
             )));
         }
-        let devices = self.disks.len() + usize::from(self.rng);
+        let devices = self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some());
         let max = IRQ_LAST - VIRTIO_IRQ_FIRST + 1;
         if devices > max as usize {
             return Err(BuildError::TooManyDevices {
@@ -516,6 +534,12 @@ pub fn boot_linux(config: LinuxVmConfig, start: Instant) -> Result<VmOutcome, Bu
     if config.rng {
         devices.push(Box::new(Rng::new()?));
     }
+    let mut vsock_host: Option<VsockHost> = None;
+    if let Some(v) = &config.vsock {
+        let (device, host) = Vsock::new(&v.uds_path, v.guest_cid)?;
+        devices.push(Box::new(device));
+        vsock_host = Some(host);
+    }
     let mut fragments = Vec::new();
     for (n, device) in devices.into_iter().enumerate() {
         let slot = virtio_slot(n).ok_or(BuildError::TooManyDevices {
@@ -523,6 +547,11 @@ pub fn boot_linux(config: LinuxVmConfig, start: Instant) -> Result<VmOutcome, Bu
             max: IRQ_LAST - VIRTIO_IRQ_FIRST + 1,
         })?;
         fragments.push(attach_virtio(&vm, &mut mmio, &mut events, slot, device)?);
+    }
+    if let Some(host) = vsock_host {
+        let handler =
+            HostFdHandler::new(host).map_err(|e| BuildError::DeviceThread(e.to_string()))?;
+        events.add_subscriber(Arc::new(Mutex::new(handler)));
     }
     let has_virtio = !fragments.is_empty();
 
