@@ -14,4 +14,5 @@ pub mod host;
 pub mod image;
 pub mod machine;
 pub mod protocol;
+pub mod runtime;
 pub mod vmm;

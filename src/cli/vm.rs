@@ -124,6 +124,7 @@ pub fn run(cmd: VmCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         VmCommand::Hello => hello(),
         VmCommand::Boot(args) => boot(args),
+        VmCommand::RunContainer(args) => run_container(args),
     }
 }
 
@@ -174,6 +175,147 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(EXIT_GUEST_FAILED))
 }
 
+#[derive(Debug, clap::Args)]
+pub struct RunContainerArgs {
+    /// Filesystem image (ext4 or erofs) holding the container's root
+    #[arg(long, value_name = "IMAGE_FILE")]
+    rootfs: PathBuf,
+    /// An environment variable of CMD. Repeatable.
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// CMD's working directory (absolute) [default: /]
+    #[arg(long, short = 'w', value_name = "DIR", default_value = "/")]
+    workdir: PathBuf,
+    /// Run CMD as this user id (and group id; default: the same as UID)
+    #[arg(long, short = 'u', value_name = "UID[:GID]")]
+    user: Option<UserArg>,
+    /// The container's memory limit (cgroup memory.max) in MiB
+    #[arg(long, value_name = "MiB")]
+    memory_limit: Option<u64>,
+    /// Number of vCPUs of the pod VM
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    /// Guest RAM of the pod VM in MiB
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// The agent initramfs [default: $PEAPOD_AGENT_INITRAMFS, else
+    /// ~/.cache/peapod/agent/initramfs.cpio.gz from rootfs/build-agent-initramfs.sh]
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel image [default: the kernel built by kernel/build.sh, or PEAPOD_GUEST_KERNEL]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The pod's hostname
+    #[arg(long, default_value = "peapod")]
+    hostname: String,
+    /// Print the start-up split (agent ready, container started, first output, exit, VM
+    /// down, in ms from the VMM's spawn) on stderr at the end
+    #[arg(long)]
+    timing: bool,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UserArg {
+    uid: u32,
+    gid: u32,
+}
+
+impl FromStr for UserArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("`{v}` is not a numeric id: use UID or UID:GID (numbers)"))
+        };
+        match s.split_once(':') {
+            Some((u, g)) => Ok(UserArg {
+                uid: num(u)?,
+                gid: num(g)?,
+            }),
+            None => {
+                let uid = num(s)?;
+                Ok(UserArg { uid, gid: uid })
+            }
+        }
+    }
+}
+
+fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
+    use crate::protocol::{ProcessSpec, Resources};
+    use crate::runtime::{self, RunContainer};
+
+    let kernel = match args.kernel {
+        Some(path) => path,
+        None => crate::guest_kernel::default_kernel()?,
+    };
+    let initrd = match args.initrd {
+        Some(path) => path,
+        None => runtime::default_agent_initramfs()?,
+    };
+    let user = args.user.unwrap_or(UserArg { uid: 0, gid: 0 });
+    let process = ProcessSpec {
+        args: args.command,
+        env: args.env,
+        cwd: args.workdir,
+        uid: user.uid,
+        gid: user.gid,
+        additional_gids: Vec::new(),
+        tty: false,
+        stdin: false,
+    };
+    process
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid command: {e}"))?;
+    let resources = Resources {
+        memory_max: args.memory_limit.map(|mib| mib << 20),
+        ..Default::default()
+    };
+    resources
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
+    let run = RunContainer {
+        vm: runtime::PodVmConfig {
+            vmm_binary: std::env::current_exe().context("cannot find the peapod binary")?,
+            kernel,
+            initrd,
+            cpus: args.cpus,
+            memory_mib: args.memory,
+            disks: Vec::new(),
+            agent_timeout: runtime::container::agent_timeout_from_env(),
+        },
+        rootfs: args.rootfs,
+        fs_type: None,
+        process,
+        resources,
+        hostname: args.hostname,
+    };
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let outcome = runtime::run_container(&run, &mut stdout, &mut stderr)
+        .context("cannot run the container")?;
+    if let Some(why) = &outcome.start_error {
+        eprintln!("peapod: {why}");
+    }
+    let status = outcome.status;
+    if status.oom_killed {
+        eprintln!(
+            "peapod: the container was killed by the kernel's OOM killer (its memory limit is \
+             too low for it)"
+        );
+    } else if let Some(sig) = status.signal {
+        let name = nix::sys::signal::Signal::try_from(sig).map_or("?", |s| s.as_str());
+        eprintln!("peapod: the container was killed by signal {sig} ({name})");
+    }
+    if args.timing {
+        eprintln!("{}", outcome.timings);
+    }
+    Ok(ExitCode::from(u8::try_from(status.code).unwrap_or(255)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +350,22 @@ mod tests {
             matches!("/tmp/c.log".parse(), Ok(ConsoleArg::File(p)) if p == std::path::Path::new("/tmp/c.log"))
         );
         assert!("".parse::<ConsoleArg>().is_err());
+    }
+
+    #[test]
+    fn user_arguments_parse() {
+        assert_eq!(
+            "1000".parse::<UserArg>().unwrap(),
+            UserArg {
+                uid: 1000,
+                gid: 1000
+            }
+        );
+        assert_eq!(
+            "1000:50".parse::<UserArg>().unwrap(),
+            UserArg { uid: 1000, gid: 50 }
+        );
+        assert!("root".parse::<UserArg>().unwrap_err().contains("numeric"));
+        assert!("1:x".parse::<UserArg>().is_err());
     }
 }
