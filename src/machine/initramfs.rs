@@ -16,6 +16,8 @@ use crate::cpio::{CpioError, CpioWriter};
 
 /// Where peapod itself lives inside the L1.
 pub const GUEST_PEAPOD: &str = "/usr/bin/peapod";
+/// Where the host's mkfs.erofs (erofs-utils), if any, lives inside the L1.
+pub const GUEST_MKFS_EROFS: &str = "/usr/bin/mkfs.erofs";
 /// What the base archive tells init: which modules give /dev/kvm.
 pub const BASE_SPEC: &str = "/etc/peapod/machine.json";
 /// What the per-run archive tells init: the command.
@@ -177,6 +179,11 @@ pub fn base_archive(
     };
     plan.add_binary("/bin/busybox", &l1.busybox)?;
     plan.add_binary(GUEST_PEAPOD, peapod)?;
+    // Guest block images (`peapod image build-disk`, `vm run-container --image`) are made
+    // with mkfs.erofs inside the L1 too: carried, with its libraries, where the host has it.
+    if let Some(mkfs) = assets::find_in_path("mkfs.erofs") {
+        plan.add_binary(GUEST_MKFS_EROFS, &mkfs)?;
+    }
     plan.files.insert(
         "/init".into(),
         (0o755, Content::Bytes(INIT_SCRIPT.as_bytes().to_vec())),
