@@ -1,6 +1,7 @@
 //! Benchmarks that print a table: peapod side by side with its peers, as ratios.
 
 pub mod boot;
+pub mod image;
 pub mod machine;
 
 use std::time::Duration;

@@ -37,6 +37,20 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         memory: u32,
     },
+    /// Images: import + conversion of a 3-layer image to an erofs block image against
+    /// `umoci unpack` + `mkfs.erofs` by hand, block image sizes, and the second conversion
+    /// (a cache hit).
+    Image {
+        /// Conversions of each kind.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Bench this OCI layout (DIR[:REF]) instead of the generated 3-layer image.
+        #[arg(long, value_name = "DIR[:REF]")]
+        layout: Option<String>,
+        /// Where to put the stores, bundles and block images [default: the temp dir].
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -68,6 +82,18 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 initrd,
                 cpus,
                 memory_mib: memory,
+            })?;
+        }
+        BenchCommand::Image {
+            runs,
+            layout,
+            work_dir,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            crate::bench::image::run(&crate::bench::image::ImageBench {
+                runs,
+                layout,
+                work_dir,
             })?;
         }
     }
