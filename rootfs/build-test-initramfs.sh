@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the test initramfs: Debian's static busybox as /bin/busybox and
-# rootfs/test-init.sh as /init (a stand-in until the peapod guest agent).
+# Build the test initramfs: Debian's static busybox as /bin/busybox,
+# peapod-vsock-probe (built by scripts/build-guest-bins) as /bin/peapod-vsock-probe
+# and rootfs/test-init.sh as /init (a stand-in until the peapod guest agent).
 #
 #   rootfs/build-test-initramfs.sh [--output FILE]
 #
@@ -20,4 +21,16 @@ if command -v file >/dev/null 2>&1 && [[ $(LC_ALL=C file -L -- "$busybox") != *"
     exit 1
 fi
 
-exec "$script_dir/build.sh" --init "$script_dir/test-init.sh" --add "$busybox:/bin/busybox" "$@"
+# The vsock probe of the e2e tests (`peapod.test=e2e`, see test-init.sh), a static binary of
+# this package; PEAPOD_VSOCK_PROBE names a prebuilt one.
+probe=${PEAPOD_VSOCK_PROBE:-}
+if [[ -z $probe ]]; then
+    probe=$("$script_dir/../scripts/build-guest-bins" peapod-vsock-probe | tail -n 1)
+fi
+if [[ ! -x $probe ]]; then
+    printf 'peapod-rootfs: error: vsock probe %s not found\n  fix: scripts/build-guest-bins peapod-vsock-probe\n' "$probe" >&2
+    exit 1
+fi
+
+exec "$script_dir/build.sh" --init "$script_dir/test-init.sh" --add "$busybox:/bin/busybox" \
+    --add "$probe:/bin/peapod-vsock-probe" "$@"

@@ -25,6 +25,34 @@ else
     boot_signal="unavailable (no /dev/mem: kernel without CONFIG_DEVMEM)"
 fi
 
+# A test mode chosen on the kernel command line (`peapod.test=MODE`); without one, the
+# default report below.
+mode=$(sed -n 's/.*peapod\.test=\([^ ]*\).*/\1/p' /proc/cmdline)
+case $mode in
+e2e)
+    # peapod's VMM end-to-end test (tests/e2e/kvm_tests.rs), all in one boot:
+    # - CPUs: prints nproc;
+    # - /dev/vda, a raw disk: prints the text at its start, writes a pattern at 4 KiB;
+    # - vsock: an echo server on port 5001 for one host connection, and a round trip
+    #   to the host's listener on CID 2 port 5000.
+    echo "PEAPOD_GUEST_INIT_OK"
+    echo "peapod-test: nproc $(nproc)"
+    if [ -b /dev/vda ]; then
+        echo "peapod-test: disk_read $(head -c 64 /dev/vda | tr -dc 'A-Za-z0-9_-')"
+        printf 'PEAPOD-GUEST-WROTE-THIS' | dd of=/dev/vda bs=512 seek=8 conv=notrunc 2>/dev/null &&
+            sync && echo "peapod-test: disk_write ok"
+    fi
+    if [ -c /dev/vsock ]; then
+        timeout 120 peapod-vsock-probe listen 5001 1 &
+        listener=$!
+        peapod-vsock-probe send 2 5000 hello-from-guest
+        wait $listener
+    fi
+    echo "PEAPOD_GUEST_INIT_DONE"
+    reboot -f
+    ;;
+esac
+
 echo "PEAPOD_GUEST_INIT_OK"
 echo "peapod-test: boot_signal $boot_signal"
 echo "peapod-test: uptime_s $(cut -d' ' -f1 /proc/uptime)"

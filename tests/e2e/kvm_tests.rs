@@ -1,9 +1,26 @@
 //! KVM tests: real guests on a hardware-assisted `/dev/kvm` (the host's, or the L1's).
+//!
+//! `linux_guest_boots_with_disk_vsock_and_two_cpus` is the VMM's end-to-end test: one boot of
+//! the guest kernel with the test initramfs in its `peapod.test=e2e` mode
+//! (rootfs/test-init.sh) covers init, 2 vCPUs, virtio-blk both ways, vsock both ways and the
+//! guest's reboot ending the VMM with status 0. The `vm_boot_*` cases check how
+//! `peapod vm boot` refuses bad input; they fail before any guest runs.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
 use peapod::host::HostVirt;
+use peapod::vmm::boot::linux::DEFAULT_CMDLINE;
+use peapod::vmm::virtio::vsock::{connect_to_guest, host_listener_path};
 
-use crate::support::{Case, Place, check, run_peapod};
+use crate::support::{
+    Case, GUEST_KERNEL_ENV, Place, TEST_INITRAMFS_ENV, artifact, check, peapod, run_peapod,
+};
 
 pub fn cases() -> Vec<Case> {
     let case = |name, run| Case {
@@ -17,6 +34,22 @@ pub fn cases() -> Vec<Case> {
         case(
             "tiny_guest_writes_to_a_port_and_halts",
             tiny_guest_writes_to_a_port_and_halts,
+        ),
+        case(
+            "linux_guest_boots_with_disk_vsock_and_two_cpus",
+            linux_guest_boots_with_disk_vsock_and_two_cpus,
+        ),
+        case(
+            "vm_boot_refuses_a_garbage_kernel",
+            vm_boot_refuses_a_garbage_kernel,
+        ),
+        case(
+            "vm_boot_refuses_a_missing_initrd",
+            vm_boot_refuses_a_missing_initrd,
+        ),
+        case(
+            "vm_boot_refuses_too_little_memory",
+            vm_boot_refuses_too_little_memory,
         ),
     ]
 }
@@ -36,4 +69,217 @@ fn tiny_guest_writes_to_a_port_and_halts() -> Result<(), Failed> {
         "the guest's port writes reach stdout",
         &out,
     )
+}
+
+/// What the guest finds at the start of its disk.
+const DISK_PATTERN: &[u8] = b"PEAPOD-DISK-PATTERN-0123456789";
+/// What the guest writes at 4 KiB into its disk.
+const GUEST_WROTE: &[u8] = b"PEAPOD-GUEST-WROTE-THIS";
+/// Guest ports of the e2e mode: its echo listener, and the host port it connects to.
+const GUEST_ECHO_PORT: u32 = 5001;
+const HOST_PORT: u32 = 5000;
+/// How long a whole boot may take in the test bed (nested under TCG: seconds, usually).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let initrd = artifact(TEST_INITRAMFS_ENV)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let disk = dir.path().join("disk.raw");
+    let mut image = vec![0u8; 1 << 20];
+    image[..DISK_PATTERN.len()].copy_from_slice(DISK_PATTERN);
+    std::fs::write(&disk, &image).map_err(|e| format!("writing {}: {e}", disk.display()))?;
+    let uds = dir.path().join("vsock.sock");
+
+    // Guest → host: the host listens on UDS_5000 and answers with "echo:" + what it got.
+    let listener = UnixListener::bind(host_listener_path(&uds, HOST_PORT))
+        .map_err(|e| format!("cannot listen for the guest: {e}"))?;
+    let host_side = std::thread::spawn(move || -> Result<Vec<u8>, String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(BOOT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).map_err(|e| e.to_string())?;
+        let mut reply = b"echo:".to_vec();
+        reply.extend_from_slice(&got);
+        s.write_all(&reply).map_err(|e| e.to_string())?;
+        Ok(got)
+    });
+
+    let cmdline = format!("{DEFAULT_CMDLINE} peapod.test=e2e");
+    let mut child = Command::new(peapod())
+        .args([
+            "vm",
+            "boot",
+            "--cpus",
+            "2",
+            "--memory",
+            "256",
+            "--console",
+            "stdout",
+        ])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--cmdline")
+        .arg(&cmdline)
+        .arg("--disk")
+        .arg(&disk)
+        .arg("--vsock")
+        .arg(&uds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let (out_thread, err_thread) = (drain(Box::new(stdout)), drain(Box::new(stderr)));
+
+    // Host → guest: through the device's socket to the guest's echo listener, retried until
+    // the guest is up.
+    let host_to_guest = (|| -> Result<Vec<u8>, String> {
+        let mut s =
+            connect_to_guest(&uds, GUEST_ECHO_PORT, BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+        s.write_all(b"ping-from-host").map_err(|e| e.to_string())?;
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(BOOT_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).map_err(|e| e.to_string())?;
+        Ok(back)
+    })();
+
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                break child.wait().map_err(|e| format!("wait: {e}"))?;
+            }
+        }
+    };
+    let out = Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    };
+    let console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let has = |s: &str| console.contains(s);
+
+    check(
+        has("PEAPOD_GUEST_INIT_OK"),
+        "init ran and printed its marker",
+        &out,
+    )?;
+    check(has("peapod-test: nproc 2"), "the guest sees 2 vCPUs", &out)?;
+    check(
+        has("peapod-test: disk_read PEAPOD-DISK-PATTERN-0123456789"),
+        "the guest read the disk's pattern",
+        &out,
+    )?;
+    check(
+        has("peapod-test: disk_write ok"),
+        "the guest wrote its disk",
+        &out,
+    )?;
+    let written = std::fs::read(&disk).map_err(|e| format!("reading the disk back: {e}"))?;
+    check(
+        written.get(4096..4096 + GUEST_WROTE.len()) == Some(GUEST_WROTE),
+        "the guest's write reached the disk file at 4 KiB",
+        &out,
+    )?;
+    match &host_to_guest {
+        Ok(back) => check(
+            back == b"ping-from-host",
+            &format!(
+                "host → guest: the guest echoed {:?}",
+                String::from_utf8_lossy(back)
+            ),
+            &out,
+        )?,
+        Err(e) => check(false, &format!("host → guest over vsock: {e}"), &out)?,
+    }
+    check(
+        has("PEAPOD_VSOCK_ECHOED 14"),
+        "the guest's listener saw the host's bytes",
+        &out,
+    )?;
+    let from_guest = host_side.join().map_err(|_| "the host listener panicked")?;
+    check(
+        from_guest.as_deref() == Ok(&b"hello-from-guest"[..]),
+        &format!("guest → host: the host listener got {from_guest:?}"),
+        &out,
+    )?;
+    check(
+        has("PEAPOD_VSOCK_REPLY echo:hello-from-guest"),
+        "guest → host: the guest read the host's reply",
+        &out,
+    )?;
+    check(has("PEAPOD_GUEST_INIT_DONE"), "init finished", &out)?;
+    check(
+        out.status.code() == Some(0),
+        "the guest's `reboot -f` ends the VMM with status 0",
+        &out,
+    )?;
+    check(!uds.exists(), "the VMM removed its vsock socket", &out)
+}
+
+/// `peapod vm boot` with `args` must fail with a non-zero status, saying `expected`.
+fn boot_fails(args: &[&str], expected: &str) -> Result<(), Failed> {
+    let out = run_peapod(&[&["vm", "boot", "--console", "off"], args].concat())?;
+    check(
+        !out.status.success() && out.status.code().is_some(),
+        "a non-zero exit status",
+        &out,
+    )?;
+    check(
+        String::from_utf8_lossy(&out.stderr).contains(expected),
+        &format!("stderr says {expected:?}"),
+        &out,
+    )
+}
+
+fn vm_boot_refuses_a_garbage_kernel() -> Result<(), Failed> {
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let kernel = dir.path().join("garbage-vmlinux");
+    std::fs::write(&kernel, vec![0x5au8; 64 * 1024]).map_err(|e| e.to_string())?;
+    let kernel = path_str(&kernel)?;
+    boot_fails(&["--kernel", kernel], "is not a Linux kernel")?;
+    boot_fails(&["--kernel", kernel], kernel)
+}
+
+fn vm_boot_refuses_a_missing_initrd() -> Result<(), Failed> {
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let initrd = "/nonexistent/initramfs.cpio.gz";
+    boot_fails(
+        &["--kernel", path_str(&kernel)?, "--initrd", initrd],
+        &format!("cannot read initrd {initrd}"),
+    )
+}
+
+fn vm_boot_refuses_too_little_memory() -> Result<(), Failed> {
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let kernel = path_str(&kernel)?;
+    // Below the VMM's minimum, and too little for the kernel image.
+    boot_fails(
+        &["--kernel", kernel, "--memory", "1"],
+        "ask for more memory",
+    )?;
+    boot_fails(&["--kernel", kernel, "--memory", "8"], "--memory")
+}
+
+fn path_str(path: &Path) -> Result<&str, Failed> {
+    path.to_str()
+        .ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
 }
