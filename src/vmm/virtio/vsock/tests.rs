@@ -681,3 +681,83 @@ fn the_device_thread_wakes_for_host_connections() {
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(s.read(&mut [0u8; 8]).unwrap(), 0);
 }
+
+#[test]
+fn hostile_queues_and_packets_never_panic() {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _round in 0..100 {
+        let mut h = harness();
+        // A live connection for packets to land on, and a host listener for REQUESTs.
+        let (mut s, local) = h.host_connect(52);
+        let _listener = UnixListener::bind(host_listener_path(&h.uds, 7)).unwrap();
+        s.write_all(&[1; 3000]).unwrap();
+        for i in 0..16u16 {
+            let r = next();
+            let addr = match r % 4 {
+                0 => next(),
+                1 => MEM_SIZE - (next() % 64),
+                _ => TX_BUF + 0x100 * u64::from(i),
+            };
+            let len = if r & 0x10 == 0 {
+                next() as u32
+            } else {
+                (next() % 512) as u32
+            };
+            h.tx.write_desc(i, addr, len, (next() % 8) as u16, (next() % 20) as u16);
+            // Mostly headers that name the connection (or a neighbour), with any op, type,
+            // length and flags.
+            let hdr = Header {
+                src_cid: if r & 0x20 == 0 { CID } else { next() % 5 },
+                dst_cid: if r & 0x40 == 0 { HOST_CID } else { next() % 5 },
+                src_port: [52, 53, 7][(next() % 3) as usize],
+                dst_port: [local, 7, 8][(next() % 3) as usize],
+                len: if r & 0x80 == 0 {
+                    (next() % 600) as u32
+                } else {
+                    next() as u32
+                },
+                type_: if r & 0x100 == 0 { TYPE_STREAM } else { 2 },
+                op: (next() % 9) as u16,
+                flags: (next() % 4) as u32,
+                buf_alloc: next() as u32,
+                fwd_cnt: next() as u32,
+            };
+            let at = TX_BUF + 0x100 * u64::from(i);
+            h.mem
+                .write_slice(&hdr.to_bytes(), GuestAddress(at))
+                .unwrap();
+        }
+        for _ in 0..(next() % 20) {
+            h.tx.publish((next() % 18) as u16);
+        }
+        // Hostile rx descriptors too, next to the well-formed ones at the front.
+        for i in 32..RX_SIZE {
+            let r = next();
+            let addr = if r & 1 == 0 {
+                next()
+            } else {
+                RX_BUFS + next() % 0x1000
+            };
+            h.rx.write_desc(
+                i,
+                addr,
+                next() as u32 % 8192,
+                (next() % 8) as u16,
+                (next() % 70) as u16,
+            );
+        }
+        for _ in 0..(next() % 8) {
+            h.rx.publish(32 + (next() % 34) as u16);
+        }
+        // Served (each bad packet failing alone) or declared broken; never a panic or hang.
+        let _ = h.dev.process_queue(1);
+        let _ = h.dev.process_queue(0);
+        let _ = h.host.process_host_event(0);
+    }
+}
