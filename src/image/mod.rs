@@ -12,6 +12,7 @@ pub mod digest;
 pub mod disk;
 pub mod import;
 pub mod manifest;
+pub mod process;
 pub mod pull;
 pub mod reference;
 pub mod registry;
@@ -44,6 +45,8 @@ pub enum ImageError {
     Disk(#[from] DiskError),
     #[error("cannot make the default image peapod/busybox:latest: {0}")]
     Builtin(#[from] BuiltinError),
+    #[error(transparent)]
+    Process(#[from] process::ProcessError),
 }
 
 /// What the runtime needs from an image config to start its process (the OCI config's
@@ -88,6 +91,7 @@ pub struct ResolvedImage {
     pub manifest_digest: Digest,
     pub disk: DiskImage,
     pub config: ImageRunConfig,
+    pub image: StoredImage,
 }
 
 impl ResolvedImage {
@@ -131,7 +135,20 @@ pub fn resolve(
         manifest_digest: image.manifest_digest.clone(),
         disk,
         config: ImageRunConfig::from_config(&image.config),
+        image,
     })
+}
+
+/// What `peapod vm run-container --image` needs: the image resolved to its (cached) erofs
+/// block image, and the process its config and the command line make.
+pub fn prepare_run(
+    store: &Store,
+    reference: &str,
+    overrides: &process::Overrides,
+) -> Result<(ResolvedImage, process::Process), ImageError> {
+    let resolved = resolve(store, reference, DiskFormat::Erofs)?;
+    let process = process::process_for(store, &resolved.image, &resolved.config, overrides)?;
+    Ok((resolved, process))
 }
 
 /// `peapod image inspect`'s view of an image.
