@@ -52,6 +52,11 @@ const FIRST_STREAM_TOKEN: u64 = 2;
 pub enum MuxerError {
     #[error("vsock: {path} exists and is not a socket; remove it or pass another --vsock path")]
     PathTaken { path: PathBuf },
+    #[error(
+        "vsock: something is listening on {path} already (another VM?); pass another --vsock \
+         path"
+    )]
+    InUse { path: PathBuf },
     #[error("vsock: cannot listen on {path}: {source}")]
     Bind {
         path: PathBuf,
@@ -133,9 +138,12 @@ impl Muxer {
                     path: uds_path.to_owned(),
                 });
             }
-            // A socket left by a VMM that did not clean up; nobody can be listening on it
-            // that we would want to keep (a live VMM's socket would be taken over silently
-            // either way).
+            if UnixStream::connect(uds_path).is_ok() {
+                return Err(MuxerError::InUse {
+                    path: uds_path.to_owned(),
+                });
+            }
+            // A socket left by a VMM that did not clean up.
             let _ = std::fs::remove_file(uds_path);
         }
         let bind = |source| MuxerError::Bind {
@@ -782,6 +790,15 @@ mod tests {
         let err = Muxer::new(&path, 3, Timeouts::default()).unwrap_err();
         assert!(matches!(err, MuxerError::PathTaken { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn a_socket_in_use_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let _live = UnixListener::bind(&path).unwrap();
+        let err = Muxer::new(&path, 3, Timeouts::default()).unwrap_err();
+        assert!(matches!(err, MuxerError::InUse { .. }), "{err}");
     }
 
     #[test]
