@@ -178,14 +178,27 @@ fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
 #[derive(Debug, clap::Args)]
 pub struct RunContainerArgs {
     /// Filesystem image (ext4 or erofs) holding the container's root
-    #[arg(long, value_name = "IMAGE_FILE")]
-    rootfs: PathBuf,
+    #[arg(
+        long,
+        value_name = "IMAGE_FILE",
+        required_unless_present = "image",
+        conflicts_with = "image"
+    )]
+    rootfs: Option<PathBuf>,
+    /// An image from the store instead (NAME[:TAG]; `peapod image pull/import` put it there,
+    /// peapod/busybox:latest is built in): its cached erofs block image is the root, and its
+    /// Entrypoint, Cmd, Env, WorkingDir and User apply (CMD replaces Cmd, as with docker)
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// The image store (with --image)
+    #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT)]
+    store: PathBuf,
     /// An environment variable of CMD. Repeatable.
     #[arg(long = "env", short = 'e', value_name = "K=V")]
     env: Vec<String>,
-    /// CMD's working directory (absolute) [default: /]
-    #[arg(long, short = 'w', value_name = "DIR", default_value = "/")]
-    workdir: PathBuf,
+    /// CMD's working directory (absolute) [default: the image's WorkingDir, else /]
+    #[arg(long, short = 'w', value_name = "DIR")]
+    workdir: Option<PathBuf>,
     /// Run CMD as this user id (and group id; default: the same as UID)
     #[arg(long, short = 'u', value_name = "UID[:GID]")]
     user: Option<UserArg>,
@@ -212,8 +225,8 @@ pub struct RunContainerArgs {
     /// down, in ms from the VMM's spawn) on stderr at the end
     #[arg(long)]
     timing: bool,
-    /// The command and its arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (with --image: replaces the image's Cmd; optional)
+    #[arg(last = true, required_unless_present = "image", value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -244,6 +257,37 @@ impl FromStr for UserArg {
     }
 }
 
+/// `--image REF`: the image's block image (built on first use, then cached; the built-in
+/// peapod/busybox:latest is made on first use too) and its process, the command line's
+/// CMD, --env, --workdir and --user laid over the image's config.
+fn image_process(
+    reference: &str,
+    store: &std::path::Path,
+    overrides: &crate::image::process::Overrides,
+) -> anyhow::Result<(PathBuf, crate::protocol::ProcessSpec)> {
+    let store = crate::image::store::Store::open(store)
+        .with_context(|| format!("cannot open the image store at {}", store.display()))?;
+    let (resolved, process) = crate::image::prepare_run(&store, reference, overrides)
+        .with_context(|| format!("cannot prepare image {reference}"))?;
+    tracing::debug!(
+        image = %resolved.name,
+        disk = %resolved.block_image().display(),
+        cache_hit = resolved.disk.cache_hit,
+        "image resolved"
+    );
+    let spec = crate::protocol::ProcessSpec {
+        args: process.args,
+        env: process.env,
+        cwd: PathBuf::from(process.cwd),
+        uid: process.uid,
+        gid: process.gid,
+        additional_gids: process.additional_gids,
+        tty: false,
+        stdin: false,
+    };
+    Ok((resolved.disk.path, spec))
+}
+
 fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
     use crate::protocol::{ProcessSpec, Resources};
     use crate::runtime::{self, RunContainer};
@@ -256,16 +300,33 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => runtime::default_agent_initramfs()?,
     };
-    let user = args.user.unwrap_or(UserArg { uid: 0, gid: 0 });
-    let process = ProcessSpec {
-        args: args.command,
-        env: args.env,
-        cwd: args.workdir,
-        uid: user.uid,
-        gid: user.gid,
-        additional_gids: Vec::new(),
-        tty: false,
-        stdin: false,
+    let (rootfs, process) = match &args.image {
+        Some(reference) => {
+            let overrides = crate::image::process::Overrides {
+                command: args.command,
+                env: args.env,
+                workdir: args.workdir.map(|d| d.display().to_string()),
+                user: args.user.map(|u| format!("{}:{}", u.uid, u.gid)),
+            };
+            image_process(reference, &args.store, &overrides)?
+        }
+        None => {
+            let user = args.user.unwrap_or(UserArg { uid: 0, gid: 0 });
+            let rootfs = args
+                .rootfs
+                .context("give --rootfs IMAGE_FILE or --image REF")?;
+            let process = ProcessSpec {
+                args: args.command,
+                env: args.env,
+                cwd: args.workdir.unwrap_or_else(|| PathBuf::from("/")),
+                uid: user.uid,
+                gid: user.gid,
+                additional_gids: Vec::new(),
+                tty: false,
+                stdin: false,
+            };
+            (rootfs, process)
+        }
     };
     process
         .validate()
@@ -287,7 +348,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             disks: Vec::new(),
             agent_timeout: runtime::container::agent_timeout_from_env(),
         },
-        rootfs: args.rootfs,
+        rootfs,
         fs_type: None,
         process,
         resources,

@@ -12,26 +12,36 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{Case, Place, check, run_peapod};
+use crate::support::{
+    AGENT_INITRAMFS_ENV, Case, GUEST_KERNEL_ENV, Place, artifact, check, run_peapod,
+};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "image_pull_from_a_registry_and_build_its_block_image",
-        place: Place::Host,
-        run: image_pull_from_a_registry_and_build_its_block_image,
-        skip_if: Some(|| {
-            let missing: Vec<&str> = ["docker-registry", "skopeo", "mkfs.erofs", "fsck.erofs"]
-                .into_iter()
-                .filter(|tool| find_tool(tool).is_none())
-                .collect();
-            (!missing.is_empty()).then(|| {
+    vec![
+        Case {
+            name: "run_container_with_images_from_the_store",
+            place: Place::Kvm,
+            run: run_container_with_images_from_the_store,
+            skip_if: None,
+        },
+        Case {
+            name: "image_pull_from_a_registry_and_build_its_block_image",
+            place: Place::Host,
+            run: image_pull_from_a_registry_and_build_its_block_image,
+            skip_if: Some(|| {
+                let missing: Vec<&str> = ["docker-registry", "skopeo", "mkfs.erofs", "fsck.erofs"]
+                    .into_iter()
+                    .filter(|tool| find_tool(tool).is_none())
+                    .collect();
+                (!missing.is_empty()).then(|| {
                 format!(
                     "{} not installed (scripts/setup installs docker-registry, skopeo, erofs-utils)",
                     missing.join(", ")
                 )
             })
-        }),
-    }]
+            }),
+        },
+    ]
 }
 
 fn find_tool(name: &str) -> Option<PathBuf> {
@@ -103,6 +113,7 @@ fn sha256(bytes: &[u8]) -> String {
 enum Entry<'a> {
     Dir(&'a str),
     File(&'a str, &'a str),
+    Exec(&'a str, &'a [u8]),
     Symlink(&'a str, &'a str),
     Hard(&'a str, &'a str),
 }
@@ -125,6 +136,12 @@ fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>, Failed> {
                 h.set_size(text.len() as u64);
                 tar.append_data(&mut h, name, text.as_bytes())?;
             }
+            Entry::Exec(name, bytes) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o755);
+                h.set_size(bytes.len() as u64);
+                tar.append_data(&mut h, name, *bytes)?;
+            }
             Entry::Symlink(name, target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_mode(0o777);
@@ -145,13 +162,6 @@ fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>, Failed> {
 /// Writes an OCI layout with three gzip layers (files, a whiteout, an opaque directory, a
 /// hard link and a symlink) and a run config; its index names it `v1`.
 fn write_layout(dir: &Path) -> Result<(), Failed> {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
-    let put = |bytes: &[u8]| -> Result<(String, usize), Failed> {
-        let digest = sha256(bytes);
-        fs::write(blobs.join(&digest["sha256:".len()..]), bytes)?;
-        Ok((digest, bytes.len()))
-    };
     let layers = [
         layer_tar(&[
             Entry::Dir("etc"),
@@ -173,9 +183,30 @@ fn write_layout(dir: &Path) -> Result<(), Failed> {
             Entry::Symlink("etc/motd-sym", "/etc/motd"),
         ])?,
     ];
+    let run_config = serde_json::json!({
+        "Entrypoint": ["/bin/echo"], "Cmd": ["hello"],
+        "Env": ["PATH=/bin", "GREETING=hi"], "WorkingDir": "/work",
+    });
+    write_oci_layout(dir, &layers, run_config)
+}
+
+/// Writes an OCI layout of gzip `layers` (tars) with `run_config` as the config's `config`;
+/// its index names it `v1`.
+fn write_oci_layout(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    run_config: serde_json::Value,
+) -> Result<(), Failed> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let put = |bytes: &[u8]| -> Result<(String, usize), Failed> {
+        let digest = sha256(bytes);
+        fs::write(blobs.join(&digest["sha256:".len()..]), bytes)?;
+        Ok((digest, bytes.len()))
+    };
     let mut descriptors = Vec::new();
     let mut diff_ids = Vec::new();
-    for layer in &layers {
+    for layer in layers {
         diff_ids.push(sha256(layer));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(layer)?;
@@ -187,10 +218,7 @@ fn write_layout(dir: &Path) -> Result<(), Failed> {
     }
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {
-            "Entrypoint": ["/bin/echo"], "Cmd": ["hello"],
-            "Env": ["PATH=/bin", "GREETING=hi"], "WorkingDir": "/work",
-        },
+        "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
     let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
@@ -316,5 +344,104 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
     if !extracted.join("work").is_dir() {
         return Err("the working directory /work is missing".into());
     }
+    Ok(())
+}
+
+/// In a pod VM (test bed or hardware KVM), with an empty store: the built-in image (made
+/// on first use, its block image built with the carried mkfs.erofs), then an image
+/// imported from a layout whose Entrypoint, Cmd, Env, WorkingDir and User apply, and a CMD
+/// on the command line that replaces Cmd.
+fn run_container_with_images_from_the_store() -> Result<(), Failed> {
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let agent = artifact(AGENT_INITRAMFS_ENV)?;
+    let tmp = tempfile::tempdir()?;
+    let store = tmp.path().join("store");
+    let path = |p: &Path| -> Result<String, Failed> {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()).into())
+    };
+    let (kernel, agent, store_arg) = (path(&kernel)?, path(&agent)?, path(&store)?);
+    let run = |image: &str, extra: &[&str], cmd: &[&str]| {
+        let mut args = vec![
+            "vm",
+            "run-container",
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &agent,
+            "--store",
+            &store_arg,
+            "--image",
+            image,
+        ];
+        args.extend_from_slice(extra);
+        if !cmd.is_empty() {
+            args.push("--");
+            args.extend_from_slice(cmd);
+        }
+        run_peapod(&args)
+    };
+
+    let out = run("peapod/busybox:latest", &[], &["echo", "hi"])?;
+    check(
+        out.status.success() && out.stdout == b"hi\n",
+        "the built-in image runs `echo hi`",
+        &out,
+    )?;
+
+    // An image of our own: busybox, a user "app" (1000:1000), a run config.
+    let busybox = fs::read(peapod::image::builtin::find_busybox()?)?;
+    let layer = layer_tar(&[
+        Entry::Dir("bin"),
+        Entry::Exec("bin/busybox", &busybox),
+        Entry::Symlink("bin/sh", "busybox"),
+        Entry::Dir("etc"),
+        Entry::File(
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/srv:/bin/sh\n",
+        ),
+        Entry::File("etc/group", "root:x:0:\napp:x:1000:\n"),
+        Entry::Dir("srv"),
+        Entry::Dir("tmp"),
+    ])?;
+    let layout = tmp.path().join("layout");
+    write_oci_layout(
+        &layout,
+        &[layer],
+        serde_json::json!({
+            "Entrypoint": ["/bin/busybox"],
+            "Cmd": ["sh", "-c", "echo $GREETING from $(pwd) as $(id -u):$(id -g)"],
+            "Env": ["PATH=/bin", "GREETING=hello"],
+            "WorkingDir": "/srv",
+            "User": "app",
+        }),
+    )?;
+    let import = run_peapod(&[
+        "image",
+        "import",
+        "--root",
+        &store_arg,
+        "--name",
+        "e2e/app:1",
+        &path(&layout)?,
+    ])?;
+    check(import.status.success(), "the layout imports", &import)?;
+    let out = run("e2e/app:1", &[], &[])?;
+    check(
+        out.status.success() && out.stdout == b"hello from /srv as 1000:1000\n",
+        "Entrypoint + Cmd run with the image's Env, WorkingDir and User",
+        &out,
+    )?;
+    let out = run(
+        "e2e/app:1",
+        &["-e", "GREETING=bye", "-w", "/tmp", "-u", "0"],
+        &["sh", "-c", "echo $GREETING from $(pwd) as $(id -u)"],
+    )?;
+    check(
+        out.status.success() && out.stdout == b"bye from /tmp as 0\n",
+        "CMD replaces Cmd (after the Entrypoint); -e, -w, -u override the image",
+        &out,
+    )?;
     Ok(())
 }

@@ -85,13 +85,23 @@ pub fn guest_artifacts() -> Vec<(&'static str, Result<PathBuf, String>)> {
         .map(PathBuf::from)
         .map(Ok)
         .unwrap_or_else(|| script_output("rootfs/build-test-initramfs.sh"));
-    vec![(GUEST_KERNEL_ENV, kernel), (TEST_INITRAMFS_ENV, initramfs)]
+    let agent = std::env::var_os(AGENT_INITRAMFS_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| script_output("rootfs/build-agent-initramfs.sh"));
+    vec![
+        (GUEST_KERNEL_ENV, kernel),
+        (TEST_INITRAMFS_ENV, initramfs),
+        (AGENT_INITRAMFS_ENV, agent),
+    ]
 }
 
 /// The guest kernel the KVM tests boot.
 pub const GUEST_KERNEL_ENV: &str = "PEAPOD_GUEST_KERNEL";
 /// The busybox test initramfs (rootfs/build-test-initramfs.sh).
 pub const TEST_INITRAMFS_ENV: &str = "PEAPOD_TEST_INITRAMFS";
+/// The pod VM's agent initramfs (rootfs/build-agent-initramfs.sh).
+pub const AGENT_INITRAMFS_ENV: &str = "PEAPOD_AGENT_INITRAMFS";
 
 /// Runs one of the repository's build scripts; its last stdout line is the path it built.
 fn script_output(script: &str) -> Result<PathBuf, String> {
