@@ -33,8 +33,8 @@ e2e)
     # peapod's VMM end-to-end test (tests/e2e/kvm_tests.rs), all in one boot:
     # - CPUs: prints nproc;
     # - /dev/vda, a raw disk: prints the text at its start, writes a pattern at 4 KiB;
-    # - vsock: an echo server on port 5001 for one host connection, and a round trip
-    #   to the host's listener on CID 2 port 5000.
+    # - vsock: an echo server on port 5001 for two host connections (a ping, then bulk
+    #   data), and a round trip to the host's listener on CID 2 port 5000.
     echo "PEAPOD_GUEST_INIT_OK"
     echo "peapod-test: nproc $(nproc)"
     if [ -b /dev/vda ]; then
@@ -43,7 +43,7 @@ e2e)
             sync && echo "peapod-test: disk_write ok"
     fi
     if [ -c /dev/vsock ]; then
-        timeout 120 peapod-vsock-probe listen 5001 1 &
+        timeout 120 peapod-vsock-probe listen 5001 2 &
         listener=$!
         peapod-vsock-probe send 2 5000 hello-from-guest
         wait $listener

@@ -80,6 +80,8 @@ const GUEST_ECHO_PORT: u32 = 5001;
 const HOST_PORT: u32 = 5000;
 /// How long a whole boot may take in the test bed (nested under TCG: seconds, usually).
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bytes echoed through the guest in bulk (several credit windows' worth each way).
+const BULK_LEN: usize = 1 << 20;
 
 fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
     let kernel = artifact(GUEST_KERNEL_ENV)?;
@@ -158,6 +160,10 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
         Ok(back)
     })();
 
+    // Then bulk data both ways at once, through the credit windows of both sides.
+    let bulk: Vec<u8> = (0..BULK_LEN).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let bulk_back = host_to_guest.as_ref().ok().map(|_| echo_bulk(&uds, &bulk));
+
     let deadline = Instant::now() + BOOT_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -215,6 +221,18 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
         "the guest's listener saw the host's bytes",
         &out,
     )?;
+    match bulk_back {
+        Some(Ok(back)) => check(
+            back == bulk,
+            &format!(
+                "bulk host → guest → host: {} of {BULK_LEN} bytes came back intact",
+                back.len()
+            ),
+            &out,
+        )?,
+        Some(Err(e)) => check(false, &format!("bulk echo over vsock: {e}"), &out)?,
+        None => {}
+    }
     let from_guest = host_side.join().map_err(|_| "the host listener panicked")?;
     check(
         from_guest.as_deref() == Ok(&b"hello-from-guest"[..]),
@@ -233,6 +251,28 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
         &out,
     )?;
     check(!uds.exists(), "the VMM removed its vsock socket", &out)
+}
+
+/// Sends `data` to the guest's echo listener while reading the echo back.
+fn echo_bulk(uds: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = connect_to_guest(uds, GUEST_ECHO_PORT, BOOT_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(BOOT_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut writer = s.try_clone().map_err(|e| e.to_string())?;
+    let data_for_writer = data.to_vec();
+    let sender = std::thread::spawn(move || -> Result<(), String> {
+        writer
+            .write_all(&data_for_writer)
+            .map_err(|e| format!("write: {e}"))?;
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown: {e}"))
+    });
+    let mut back = Vec::new();
+    let read = s.read_to_end(&mut back).map_err(|e| format!("read: {e}"));
+    sender.join().map_err(|_| "the writer panicked")??;
+    read?;
+    Ok(back)
 }
 
 /// `peapod vm boot` with `args` must fail with a non-zero status, saying `expected`.
