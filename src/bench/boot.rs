@@ -86,12 +86,7 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
             .arg(&bench.kernel)
             .arg("-initrd")
             .arg(&bench.initrd)
-            .args([
-                "-append",
-                &cmdline,
-                "-serial",
-                "stdio",
-            ]);
+            .args(["-append", &cmdline, "-serial", "stdio"]);
         theirs.push(boot_once(microvm, bench.memory_mib).context("QEMU -M microvm")?);
         eprintln!(
             "run {}: peapod {:.0} ms, {} KiB; QEMU microvm {:.0} ms, {} KiB",
