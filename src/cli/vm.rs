@@ -28,6 +28,10 @@ pub enum VmCommand {
     /// Boot a Linux kernel in a microVM and run it until the guest reboots (exit status 0)
     /// or fails (exit status 1, with the reason).
     Boot(BootArgs),
+    /// Run CMD in a container inside its own pod VM: IMAGE_FILE (ext4 or erofs) is the
+    /// container's root, read-only with a tmpfs overlay; CMD's stdout/stderr stream back and
+    /// its exit status is peapod's (128+N when signal N killed it; 125 when peapod fails).
+    RunContainer(RunContainerArgs),
 }
 
 #[derive(Debug, clap::Args)]
