@@ -1,6 +1,7 @@
-//! Image tests on the host: a real registry (Debian's `docker-registry`) on 127.0.0.1, an
-//! image pushed to it with skopeo, pulled with `peapod image pull`, flattened into an erofs
-//! block image whose files are checked.
+//! Image tests. On the host: a real registry (Debian's `docker-registry`, basic auth) on
+//! 127.0.0.1, an image pushed to it with skopeo, pulled with `peapod image pull`, flattened
+//! into an erofs block image whose files are checked. In a pod VM: `vm run-container
+//! --image` with the built-in image and with an imported one.
 
 use std::fs;
 use std::io::Write;
@@ -65,17 +66,26 @@ impl Drop for Registry {
     }
 }
 
+/// The registry's one user (HTTP basic auth, htpasswd), and the bcrypt hash of its password.
+const REGISTRY_USER: &str = "e2e";
+const REGISTRY_PASSWORD: &str = "e2e-pass";
+const REGISTRY_HTPASSWD: &str = "e2e:$2b$04$nAlt3gk9lIp9gjDSzrdlBuiTcFRPynAX9mRoVJkZi8.QkRKIWUspa";
+
 fn start_registry(dir: &Path) -> Result<Registry, Failed> {
     // A free port: bound by us, released, then given to the registry.
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join("registry.yml");
+    let htpasswd = dir.join("htpasswd");
+    fs::write(&htpasswd, format!("{REGISTRY_HTPASSWD}\n"))?;
     fs::write(
         &config,
         format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
-            dir.join("storage").display()
+             http:\n  addr: 127.0.0.1:{port}\n\
+             auth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
+            dir.join("storage").display(),
+            htpasswd.display()
         ),
     )?;
     let log = fs::File::create(dir.join("registry.log"))?;
@@ -256,6 +266,7 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
             "--quiet",
             "--dest-tls-verify=false",
         ])
+        .arg(format!("--dest-creds={REGISTRY_USER}:{REGISTRY_PASSWORD}"))
         .arg(format!("oci:{}:v1", layout.display()))
         .arg(format!("docker://{reference}"))
         .output()?;
@@ -263,7 +274,17 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
 
     let store = tmp.path().join("store");
     let store_arg = store.to_str().ok_or("temp path is not UTF-8")?;
-    let pull = run_peapod(&["image", "pull", "--root", store_arg, &reference])?;
+    let anonymous = run_peapod(&["image", "pull", "--root", store_arg, &reference])?;
+    check(
+        !anonymous.status.success()
+            && String::from_utf8_lossy(&anonymous.stderr).contains("--creds"),
+        "a pull without credentials is refused, naming --creds",
+        &anonymous,
+    )?;
+    let creds = format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}");
+    let pull = run_peapod(&[
+        "image", "pull", "--root", store_arg, "--creds", &creds, &reference,
+    ])?;
     let stdout = String::from_utf8_lossy(&pull.stdout);
     let stderr = String::from_utf8_lossy(&pull.stderr);
     check(pull.status.success(), "peapod image pull succeeds", &pull)?;
@@ -279,7 +300,9 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
         "pull shows layer progress",
         &pull,
     )?;
-    let again = run_peapod(&["image", "pull", "--root", store_arg, &reference])?;
+    let again = run_peapod(&[
+        "image", "pull", "--root", store_arg, "--creds", &creds, &reference,
+    ])?;
     check(
         again.status.success() && String::from_utf8_lossy(&again.stderr).contains("0 new blob(s)"),
         "a second pull downloads nothing new",
