@@ -15,8 +15,9 @@ use crate::image::pull::{self, LayerState, PullEvent, PullOptions};
 use crate::image::reference::ImageName;
 use crate::image::registry::ClientOptions;
 use crate::image::registry::auth::Credentials;
+use crate::image::registry::reference::qualified;
 use crate::image::rootfs;
-use crate::image::store::Store;
+use crate::image::store::{Store, StoreError};
 use crate::image::unpack::{UnpackLimits, UnpackOptions};
 
 #[derive(Debug, Args)]
@@ -230,7 +231,16 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Rm { name, store } => {
             let store = store.open()?;
-            let removed = store.remove(&name)?;
+            // `busybox` also names a pulled docker.io/library/busybox:latest.
+            let removed = match store.remove(&name) {
+                Err(not_found @ StoreError::NotFound { .. }) => {
+                    match qualified(&name).map(|q| store.remove(&q)) {
+                        Some(Ok(removed)) => removed,
+                        _ => return Err(not_found.into()),
+                    }
+                }
+                other => other?,
+            };
             writeln!(out, "untagged {} ({})", removed.name, removed.manifest)?;
         }
         ImageCommand::Prune { store } => {

@@ -23,6 +23,10 @@ use super::store::{CommitReport, MAX_JSON_BLOB, Staging, Store, StoreError, copy
 /// Indexes nested deeper than this are refused.
 const MAX_INDEX_DEPTH: usize = 4;
 
+/// Tries per layer when the connection fails midway (content that does not match its
+/// digest is never tried again).
+const DOWNLOAD_ATTEMPTS: u32 = 3;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error(transparent)]
@@ -190,15 +194,26 @@ pub fn pull(
             progress(event(*size, LayerState::Stored));
             continue;
         }
-        progress(event(0, LayerState::Downloading));
-        downloaded += download(
-            &mut client,
-            &mut staging,
-            "layer",
-            digest,
-            *size,
-            &mut |done| progress(event(done, LayerState::Downloading)),
-        )?;
+        let mut attempt = 1;
+        let got = loop {
+            progress(event(0, LayerState::Downloading));
+            let result = download(
+                &mut client,
+                &mut staging,
+                "layer",
+                digest,
+                *size,
+                &mut |done| progress(event(done, LayerState::Downloading)),
+            );
+            match result {
+                Err(e) if attempt < DOWNLOAD_ATTEMPTS && is_transient(&e) => {
+                    tracing::warn!("layer {digest}: {e}; trying again");
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        downloaded += got;
         progress(event(*size, LayerState::Done));
     }
     let descriptor = Descriptor::new(
@@ -284,6 +299,14 @@ fn media_type_of(fetched: &FetchedManifest) -> String {
     } else {
         "schema 1 (or unknown)".to_string()
     }
+}
+
+/// A network failure (not a refusal, not wrong content) that another try may get past.
+fn is_transient(error: &PullError) -> bool {
+    matches!(
+        error,
+        PullError::Download { .. } | PullError::Registry(RegistryError::Http { .. })
+    )
 }
 
 /// Streams one blob into the staging area: at most `size` + 1 bytes are read, and the

@@ -542,7 +542,13 @@ fn a_blob_that_does_not_match_its_digest_is_refused() {
         .unwrap()
         .truncated
         .insert(layers[0].to_string());
+    let asked_before = registry.log().len();
     let err = pull_with(&store, &reference, None).unwrap_err();
+    let tries = registry.log()[asked_before..]
+        .iter()
+        .filter(|(p, _)| p.ends_with(layers[0].hex()))
+        .count();
+    assert_eq!(tries, 3, "a cut connection is tried 3 times");
     assert!(
         matches!(
             err,
@@ -653,4 +659,21 @@ fn unreachable_registries_fail_clearly() {
         "{err}"
     );
     assert!(err.to_string().contains("cannot reach registry"), "{err}");
+}
+
+#[test]
+fn short_names_find_pulled_images() {
+    let (tmp, store) = new_store();
+    let tarball = tmp.path().join("rootfs.tar");
+    std::fs::write(&tarball, layer(&[("bin/app", b"x")])).unwrap();
+    let opts = crate::image::import::ImportOptions {
+        name: Some(ImageName::parse("docker.io/library/busybox:latest").unwrap()),
+        reference: None,
+    };
+    crate::image::import::import(&store, &tarball, &opts).unwrap();
+    let (name, _) = crate::image::open(&store, "busybox").unwrap();
+    assert_eq!(name.to_string(), "busybox:latest");
+    assert!(crate::image::open(&store, "docker.io/library/busybox").is_ok());
+    let err = crate::image::open(&store, "alpine").unwrap_err();
+    assert!(err.to_string().contains("is not in the store"), "{err}");
 }
