@@ -24,7 +24,8 @@ pub fn main() -> i32 {
     match args.get(1).map(String::as_str) {
         Some("container-init") => container::container_init_main(),
         Some("exec-init") => container::exec_init_main(),
-        None if std::process::id() == 1 => run_agent(),
+        // The kernel passes command-line words it does not know on to init: ignore them.
+        _ if std::process::id() == 1 => run_agent(),
         _ => {
             eprintln!(
                 "peapod-agent: the guest agent runs as PID 1 of a pod VM (the initramfs's \

@@ -208,6 +208,8 @@ impl PodVm {
     /// Asks the agent to power the VM off and waits for the VMM to exit.
     pub fn shutdown(mut self) -> Result<(), PodVmError> {
         let asked = self.client.shutdown();
+        // The agent powers off once this connection closes (or after a linger).
+        let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
