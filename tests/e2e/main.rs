@@ -20,6 +20,7 @@ use peapod::host::HostVirt;
 
 use support::Place;
 
+mod agent_tests;
 mod host_tests;
 mod image_tests;
 mod kvm_tests;
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let mut cases = host_tests::cases();
     cases.extend(kvm_tests::cases());
     cases.extend(image_tests::cases());
+    cases.extend(agent_tests::cases());
     let in_machine = std::env::var_os("PEAPOD_IN_MACHINE").is_some();
 
     if std::env::var("PEAPOD_E2E").map_or(true, |v| v.is_empty() || v == "0") {

@@ -60,6 +60,15 @@ pub fn run_peapod(args: &[&str]) -> Result<Output, Failed> {
         .map_err(|e| format!("cannot run {}: {e}", peapod().display()).into())
 }
 
+/// Runs peapod with `args` and extra environment variables, capturing its output.
+pub fn run_peapod_env(args: &[&str], env: &[(&str, &str)]) -> Result<Output, Failed> {
+    Command::new(peapod())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()).into())
+}
+
 /// Fails with the command's output when `cond` is false.
 pub fn check(cond: bool, what: &str, output: &Output) -> Result<(), Failed> {
     if cond {
@@ -89,10 +98,15 @@ pub fn guest_artifacts() -> Vec<(&'static str, Result<PathBuf, String>)> {
         .map(PathBuf::from)
         .map(Ok)
         .unwrap_or_else(|| script_output("rootfs/build-agent-initramfs.sh"));
+    let test_image = std::env::var_os(TEST_IMAGE_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| script_output("rootfs/build-test-image.sh"));
     vec![
         (GUEST_KERNEL_ENV, kernel),
         (TEST_INITRAMFS_ENV, initramfs),
         (AGENT_INITRAMFS_ENV, agent),
+        (TEST_IMAGE_ENV, test_image),
     ]
 }
 
@@ -102,6 +116,8 @@ pub const GUEST_KERNEL_ENV: &str = "PEAPOD_GUEST_KERNEL";
 pub const TEST_INITRAMFS_ENV: &str = "PEAPOD_TEST_INITRAMFS";
 /// The pod VM's agent initramfs (rootfs/build-agent-initramfs.sh).
 pub const AGENT_INITRAMFS_ENV: &str = "PEAPOD_AGENT_INITRAMFS";
+/// A busybox container image, erofs (rootfs/build-test-image.sh).
+pub const TEST_IMAGE_ENV: &str = "PEAPOD_TEST_IMAGE";
 
 /// Runs one of the repository's build scripts; its last stdout line is the path it built.
 fn script_output(script: &str) -> Result<PathBuf, String> {
