@@ -35,7 +35,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::os::{Os, RealOs};
-use super::process::{exit_status, inherited_fd, pipe};
+use super::process::{exit_status, inherited_fd, open_pty, pipe, send_fd};
 use crate::protocol::{ContainerStats, MountSource, MountSpec, ProcessSpec, Resources, RootfsSpec};
 
 /// The agent's runtime directory (a tmpfs).
@@ -425,6 +425,18 @@ pub fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (String
 /// Sets the process's groups and ids, changes to its directory and executes it; returns
 /// only on failure, with the message and exit code (126/127) to report.
 fn exec_process(p: &ProcessSpec) -> (String, i32) {
+    if p.tty {
+        // A session of its own with the pty (fd 0) as its controlling terminal.
+        if let Err(e) = nix::unistd::setsid() {
+            return (format!("setsid: {e}"), 126);
+        }
+        // SAFETY: TIOCSCTTY takes an int argument (0: do not steal) and fd 0 is the
+        // pseudo-terminal's slave the agent passed.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            let e = std::io::Error::last_os_error();
+            return (format!("making the pty the controlling terminal: {e}"), 126);
+        }
+    }
     let program = match resolve_program(&p.args[0], &p.env) {
         Ok(path) => path,
         Err(e) => return e,
@@ -494,6 +506,12 @@ pub fn container_init_main() -> i32 {
                 message: e.to_string(),
             },
         );
+        return 1;
+    }
+    if init.process.tty
+        && let Err(message) = take_pty(&status)
+    {
+        write_event(&mut status, &HelperEvent::SetupFailed { message });
         return 1;
     }
     write_event(&mut status, &HelperEvent::Ready);
@@ -620,9 +638,27 @@ pub fn exec_init_main() -> i32 {
         );
         return 126;
     }
+    if exec.process.tty
+        && let Err(message) = take_pty(&status)
+    {
+        write_event(&mut status, &HelperEvent::SetupFailed { message });
+        return 126;
+    }
     let (message, code) = exec_process(&exec.process);
     write_event(&mut status, &HelperEvent::ExecFailed { message, code });
     code
+}
+
+/// Allocates the process's pty in the container's own devpts (so that `tty` and
+/// `ttyname` name it there), makes its slave this helper's stdin/stdout/stderr (the
+/// process inherits them) and sends the master to the agent on the status channel.
+fn take_pty(status: &File) -> Result<(), String> {
+    let (master, slave) = open_pty().map_err(|e| format!("allocating a pty: {e}"))?;
+    nix::unistd::dup2_stdin(&slave)
+        .and_then(|_| nix::unistd::dup2_stdout(&slave))
+        .and_then(|_| nix::unistd::dup2_stderr(&slave))
+        .map_err(|e| format!("making the pty the process's stdio: {e}"))?;
+    send_fd(status, &master).map_err(|e| format!("passing the pty to the agent: {e}"))
 }
 
 /// Reads helper events until one that is not [`HelperEvent::Ready`]-like noise; used by the

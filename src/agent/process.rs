@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -265,6 +267,96 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
     Ok(owned)
 }
 
+/// A helper's status channel: a connected pair of close-on-exec Unix stream sockets that
+/// carries [`super::container::HelperEvent`] lines, and, for a tty process, the pty master
+/// first ([`send_fd`]).
+pub fn status_channel() -> Result<(OwnedFd, OwnedFd), ProcessError> {
+    let (a, b) = UnixStream::pair().map_err(|e| ProcessError::Sys {
+        what: "create a socket pair",
+        source: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    Ok((a.into(), b.into()))
+}
+
+/// Sends one marker byte with `fd` attached (`SCM_RIGHTS`).
+pub fn send_fd(sock: &impl AsRawFd, fd: &impl AsRawFd) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, UnixAddr, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &[std::io::IoSlice::new(FD_MARKER)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(|_| ())
+    .map_err(std::io::Error::from)
+}
+
+/// The byte [`send_fd`] sends.
+pub const FD_MARKER: &[u8] = b"F";
+
+/// Receives one byte and the descriptor attached to it, if any (a helper that failed
+/// before it could send one writes an event line instead: its first byte is returned).
+pub fn recv_fd(sock: &impl AsRawFd) -> std::io::Result<(Option<u8>, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+    let mut byte = [0u8; 1];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let got = msg.bytes;
+    let mut fd = None;
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: the kernel installed this descriptor in our table for this
+                // message; nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                if fd.is_none() {
+                    fd = Some(owned);
+                }
+            }
+        }
+    }
+    Ok(((got == 1).then_some(byte[0]), fd))
+}
+
+/// Opens a pseudo-terminal in the devpts of the calling process's mount namespace (so that
+/// its slave has a name there), 80x24; returns (master, slave).
+pub fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    use std::os::fd::IntoRawFd;
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    grantpt(&master)?;
+    unlockpt(&master)?;
+    let name = ptsname_r(&master)?;
+    let slave: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(&name)?
+        .into();
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize that outlives the call, on a tty we own.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: into_raw_fd gave up ownership of this open descriptor to us.
+    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
+    Ok((master, slave))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +372,26 @@ mod tests {
         let killed = exit_status(WaitStatus::Signaled(pid, Signal::SIGKILL, false));
         assert_eq!(killed.code, 137);
         assert_eq!(killed.signal, Some(9));
+    }
+
+    #[test]
+    fn a_pty_master_travels_over_the_status_channel() {
+        let (a, b) = status_channel().unwrap();
+        let (master, slave) = open_pty().unwrap();
+        send_fd(&a, &master).unwrap();
+        drop(master);
+        let (byte, fd) = recv_fd(&b).unwrap();
+        assert_eq!(byte, Some(FD_MARKER[0]));
+        let master = std::fs::File::from(fd.unwrap());
+        let mut s = std::fs::File::from(slave);
+        std::io::Write::write_all(&mut s, b"x").unwrap();
+        let mut buf = [0u8; 1];
+        std::io::Read::read_exact(&mut &master, &mut buf).unwrap();
+        assert_eq!(&buf, b"x");
+        // A helper that writes a line instead: the first byte comes back, no fd.
+        std::io::Write::write_all(&mut std::fs::File::from(a), b"{").unwrap();
+        let (byte, fd) = recv_fd(&b).unwrap();
+        assert_eq!((byte, fd.is_none()), (Some(b'{'), true));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::container::{
 };
 use super::init;
 use super::os::Os;
-use super::process::{PidNs, Reaper, exit_status, pipe, spawn_helper};
+use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FrameError, PROTOCOL_VERSION, ProcessRef, ProcessSpec,
     Request, Response, SandboxSpec, StreamHello, StreamKind, WireError, read_frame, validate_id,
@@ -161,7 +161,7 @@ enum Phase {
     /// Set up, waiting for its start byte.
     Created {
         start: OwnedFd,
-        events: BufReader<File>,
+        events: Events,
     },
     Started,
 }
@@ -197,6 +197,17 @@ struct Stdio {
 fn stdio_for(p: &ProcessSpec) -> Result<Stdio, WireError> {
     let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
     let mut host = HashMap::new();
+    if p.tty {
+        // The helper allocates the pty in the container's devpts and sends its master
+        // back (see `events_of`); until then the process's stdio is /dev/null.
+        let null = || -> Result<OwnedFd, WireError> {
+            Ok(File::open("/dev/null").map_err(|e| internal(&e))?.into())
+        };
+        return Ok(Stdio {
+            child: [null()?, null()?, null()?],
+            host,
+        });
+    }
     let stdin = if p.stdin {
         let (r, w) = pipe().map_err(|e| internal(&e))?;
         host.insert(StreamKind::Stdin, w);
@@ -214,14 +225,22 @@ fn stdio_for(p: &ProcessSpec) -> Result<Stdio, WireError> {
     })
 }
 
-fn check_no_tty(p: &ProcessSpec) -> Result<(), WireError> {
-    if p.tty {
-        return Err(err(
-            ErrorKind::InvalidArgument,
-            "tty: this agent does not allocate pseudo-terminals yet; use pipes (tty: false)",
-        ));
+/// A helper's status events.
+type Events = BufReader<Box<dyn Read + Send>>;
+
+/// The events of a helper's status channel, after taking the pty master a tty process's
+/// helper sends first (a helper that failed before sends a line instead).
+fn events_of(status: OwnedFd, tty: bool) -> (Events, Option<OwnedFd>) {
+    let mut prefix = Vec::new();
+    let mut pty = None;
+    if tty && let Ok((byte, fd)) = recv_fd(&status) {
+        match fd {
+            Some(fd) => pty = Some(fd),
+            None => prefix.extend(byte),
+        }
     }
-    Ok(())
+    let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(prefix).chain(File::from(status)));
+    (BufReader::new(reader), pty)
 }
 
 impl Agent {
@@ -326,7 +345,18 @@ impl Agent {
                 let _ = io::copy(&mut conn, &mut pipe);
                 // Dropping the pipe gives the process end of file.
             }
-            _ => {
+            StreamKind::Pty => {
+                // Host keystrokes go in on a thread of their own; output goes out until the
+                // terminal's last user is gone (the master then reads EIO).
+                if let (Ok(mut master_in), Ok(mut conn_in)) = (pipe.try_clone(), conn.try_clone()) {
+                    std::thread::spawn(move || {
+                        let _ = io::copy(&mut conn_in, &mut master_in);
+                    });
+                }
+                let _ = io::copy(&mut pipe, &mut conn);
+                let _ = conn.shutdown(Shutdown::Write);
+            }
+            StreamKind::Stdout | StreamKind::Stderr => {
                 let _ = io::copy(&mut pipe, &mut conn);
                 let _ = conn.shutdown(Shutdown::Write);
             }
@@ -364,7 +394,8 @@ impl Agent {
         Err(err(
             ErrorKind::InvalidArgument,
             format!(
-                "{} has no {} stream (stdin needs stdin: true; pty is not supported)",
+                "{} has no {} stream (stdin needs stdin: true, pty needs tty: true, and a \
+                 tty process has no other streams)",
                 hello.process,
                 hello.stream.as_str()
             ),
@@ -443,7 +474,6 @@ impl Agent {
 
     fn create_container(&self, spec: ContainerSpec) -> Result<(), WireError> {
         spec.validate()?;
-        check_no_tty(&spec.process)?;
         // Held throughout: creates are rare and short, and this keeps ids unique.
         let mut state = lock(&self.state);
         let Some(sandbox) = &state.sandbox else {
@@ -510,11 +540,11 @@ impl Agent {
     fn launch_container(
         &self,
         init: &ContainerInit,
-    ) -> Result<(Pid, HashMap<StreamKind, OwnedFd>, OwnedFd, BufReader<File>), WireError> {
+    ) -> Result<(Pid, HashMap<StreamKind, OwnedFd>, OwnedFd, Events), WireError> {
         let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
         let stdio = stdio_for(&init.process)?;
         let (cfg_r, cfg_w) = pipe().map_err(|e| internal(&e))?;
-        let (status_r, status_w) = pipe().map_err(|e| internal(&e))?;
+        let (status_r, status_w) = status_channel().map_err(|e| internal(&e))?;
         let (start_r, start_w) = pipe().map_err(|e| internal(&e))?;
         let [stdin, stdout, stderr] = &stdio.child;
         let pid = spawn_helper(
@@ -525,15 +555,19 @@ impl Agent {
         )
         .map_err(|e| err(ErrorKind::Setup, format!("container {}: {e}", init.id)))?;
         drop((stdio.child, cfg_r, status_w, start_r));
-        let mut events = BufReader::new(File::from(status_r));
+        let mut host = stdio.host;
         let sent = serde_json::to_vec(init)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
+        let (mut events, pty) = events_of(status_r, init.process.tty);
+        if let Some(master) = pty {
+            host.insert(StreamKind::Pty, master);
+        }
         let outcome = sent.and_then(|_| {
             read_event(&mut events).map_err(|e| err(ErrorKind::Setup, e.to_string()))
         });
         match outcome {
-            Ok(Some(HelperEvent::Ready)) => Ok((pid, stdio.host, start_w, events)),
+            Ok(Some(HelperEvent::Ready)) => Ok((pid, host, start_w, events)),
             other => {
                 drop(start_w);
                 let ws = self.reaper.wait_timeout(pid, REMOVE_TIMEOUT);
@@ -595,7 +629,7 @@ impl Agent {
     fn monitor_container(
         &self,
         c: Arc<Container>,
-        mut events: BufReader<File>,
+        mut events: Events,
         mut last: Option<ExitStatus>,
     ) {
         let reaper = Arc::clone(&self.reaper);
@@ -621,7 +655,6 @@ impl Agent {
     fn exec(&self, id: &str, exec_id: &str, process: ProcessSpec) -> Result<Response, WireError> {
         validate_id("exec id", exec_id)?;
         process.validate()?;
-        check_no_tty(&process)?;
         let c = self.container(id)?;
         if matches!(*lock(&c.phase), Phase::Created { .. }) || c.main.status().is_some() {
             return Err(err(
@@ -639,7 +672,7 @@ impl Agent {
         let internal = |e: &dyn std::fmt::Display| err(ErrorKind::Internal, e.to_string());
         let stdio = stdio_for(&process)?;
         let (cfg_r, cfg_w) = pipe().map_err(|e| internal(&e))?;
-        let (status_r, status_w) = pipe().map_err(|e| internal(&e))?;
+        let (status_r, status_w) = status_channel().map_err(|e| internal(&e))?;
         let [stdin, stdout, stderr] = &stdio.child;
         let ns = Path::new("/proc")
             .join(c.main.pid.as_raw().to_string())
@@ -661,7 +694,12 @@ impl Agent {
         let sent = serde_json::to_vec(&config)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
-        let mut events = BufReader::new(File::from(status_r));
+        let tty = config.process.tty;
+        let (mut events, pty) = events_of(status_r, tty);
+        let mut host = stdio.host;
+        if let Some(master) = pty {
+            host.insert(StreamKind::Pty, master);
+        }
         let failure = match sent {
             Err(e) => Some(e.message),
             Ok(()) => match read_event(&mut events) {
@@ -672,7 +710,7 @@ impl Agent {
                 Err(e) => Some(e.to_string()),
             },
         };
-        let proc = Proc::new(pid, stdio.host);
+        let proc = Proc::new(pid, host);
         execs.insert(exec_id.to_string(), Arc::clone(&proc));
         drop(execs);
         let reaper = Arc::clone(&self.reaper);
@@ -875,19 +913,34 @@ mod tests {
             Some(ErrorKind::InvalidArgument)
         );
         spec = sample_container("web");
-        spec.process.tty = true;
-        c.create_sandbox(&SandboxSpec {
-            hostname: "p".into(),
-            ..Default::default()
-        })
-        .unwrap();
-        let err = c.create_container(&spec).unwrap_err();
-        assert_eq!(err.wire_kind(), Some(ErrorKind::InvalidArgument));
-        assert!(err.to_string().contains("tty"));
         assert_eq!(
             c.exec("web", "e/1", &spec.process).unwrap_err().wire_kind(),
             Some(ErrorKind::InvalidArgument)
         );
+    }
+
+    #[test]
+    fn a_tty_process_gets_its_pty_from_the_helper_and_pipes_otherwise() {
+        let mut p = sample_container("web").process;
+        p.stdin = false;
+        let pipes = stdio_for(&p).unwrap();
+        let mut kinds: Vec<_> = pipes.host.keys().copied().collect();
+        kinds.sort();
+        assert_eq!(kinds, [StreamKind::Stdout, StreamKind::Stderr]);
+        p.stdin = true;
+        assert!(stdio_for(&p).unwrap().host.contains_key(&StreamKind::Stdin));
+        p.tty = true;
+        // The pty comes from the helper, inside the container; until then: nothing.
+        let pty = stdio_for(&p).unwrap();
+        assert!(pty.host.is_empty());
+        assert!(!nix::unistd::isatty(&pty.child[1]).unwrap());
+        let (status, helper) = status_channel().unwrap();
+        let (master, _slave) = crate::agent::process::open_pty().unwrap();
+        crate::agent::process::send_fd(&helper, &master).unwrap();
+        File::from(helper).write_all(b"\"ready\"\n").unwrap();
+        let (mut events, got) = events_of(status, true);
+        assert!(got.is_some());
+        assert_eq!(read_event(&mut events).unwrap(), Some(HelperEvent::Ready));
     }
 
     #[test]

@@ -225,6 +225,13 @@ pub struct RunContainerArgs {
     /// The pod's hostname
     #[arg(long, default_value = "peapod")]
     hostname: String,
+    /// Keep stdin open and pass peapod's stdin to CMD
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Give CMD a pseudo-terminal (its stdout and stderr both come back on stdout); with
+    /// -i and a terminal on stdin, that terminal goes raw so keys reach CMD as typed
+    #[arg(long, short = 't')]
+    tty: bool,
     /// Print the start-up split (agent ready, container started, first output, exit, VM
     /// down, in ms from the VMM's spawn) on stderr at the end
     #[arg(long)]
@@ -304,7 +311,8 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => runtime::default_agent_initramfs()?,
     };
-    let (rootfs, process) = match &args.image {
+    let (interactive, tty) = (args.interactive, args.tty);
+    let (rootfs, mut process) = match &args.image {
         Some(reference) => {
             let overrides = crate::image::process::Overrides {
                 command: args.command,
@@ -332,6 +340,8 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             (rootfs, process)
         }
     };
+    process.stdin = interactive;
+    process.tty = tty;
     process
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid command: {e}"))?;
@@ -360,8 +370,21 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
     };
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    let outcome = runtime::run_container(&run, &mut stdout, &mut stderr)
-        .context("cannot run the container")?;
+    let forward = forward_signals().context("cannot set up signal forwarding")?;
+    let raw = (tty && interactive).then(RawTerminal::enter).flatten();
+    let outcome = runtime::run_container_io(
+        &run,
+        runtime::RunIo {
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            stdin: interactive.then(|| Box::new(std::io::stdin()) as Box<dyn std::io::Read + Send>),
+            on_start: Some(Box::new(move |handle| {
+                *forward.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            })),
+        },
+    );
+    drop(raw);
+    let outcome = outcome.context("cannot run the container")?;
     if let Some(why) = &outcome.start_error {
         eprintln!("peapod: {why}");
     }
@@ -379,6 +402,60 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", outcome.timings);
     }
     Ok(ExitCode::from(u8::try_from(status.code).unwrap_or(255)))
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in the threads it starts) and
+/// forwards them, once the container runs, to its process; before that they end peapod
+/// with 128+N (the VMM goes with it: it dies with its parent).
+fn forward_signals()
+-> anyhow::Result<std::sync::Arc<std::sync::Mutex<Option<crate::runtime::ProcessHandle>>>> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set.thread_block()?;
+    let target = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::runtime::ProcessHandle>));
+    let seen = std::sync::Arc::clone(&target);
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            let handle = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match handle {
+                Some(h) => {
+                    if let Err(e) = h.signal(sig as i32) {
+                        tracing::warn!("cannot forward {sig} to the container: {e}");
+                    }
+                }
+                None => std::process::exit(128 + sig as i32),
+            }
+        }
+    });
+    Ok(target)
+}
+
+/// The host terminal in raw mode while it lives (keys go to the container's pty as typed).
+struct RawTerminal(nix::sys::termios::Termios);
+
+impl RawTerminal {
+    fn enter() -> Option<Self> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let stdin = std::io::stdin();
+        let saved = tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
 }
 
 #[cfg(test)]

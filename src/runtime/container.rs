@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::vm::{PodVm, PodVmConfig, PodVmError};
+use super::vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle};
 use crate::protocol::client::ClientError;
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FsType, ProcessRef, ProcessSpec, Resources, RootfsSpec,
@@ -40,6 +40,8 @@ pub enum RunError {
     UnknownFs(PathBuf),
     #[error(transparent)]
     Vm(#[from] PodVmError),
+    #[error("cannot pass stdin to the container: {0}")]
+    Stdin(String),
     #[error("{what}: {source}")]
     Agent {
         what: &'static str,
@@ -146,12 +148,43 @@ fn host_seed() -> Vec<u8> {
     }
 }
 
+/// Where a container's stdio goes and comes from.
+pub struct RunIo<'a> {
+    /// The process's stdout (and, with a tty, all its output).
+    pub stdout: &'a mut (dyn Write + Send),
+    pub stderr: &'a mut (dyn Write + Send),
+    /// Copied to the process's stdin (`process.stdin`) or pty (`process.tty`) on a thread
+    /// of its own, which is left running if this never ends (a terminal).
+    pub stdin: Option<Box<dyn Read + Send>>,
+    /// Called once the process runs, with a handle that signals it from any thread.
+    pub on_start: Option<Box<dyn FnOnce(ProcessHandle) + 'a>>,
+}
+
 /// Runs the container; its stdout and stderr are copied to `out` and `err` as they come.
 pub fn run_container(
     run: &RunContainer,
     out: &mut (dyn Write + Send),
     err: &mut (dyn Write + Send),
 ) -> Result<RunOutcome, RunError> {
+    run_container_io(
+        run,
+        RunIo {
+            stdout: out,
+            stderr: err,
+            stdin: None,
+            on_start: None,
+        },
+    )
+}
+
+/// [`run_container`] with stdin, a tty and a start callback.
+pub fn run_container_io(run: &RunContainer, io: RunIo<'_>) -> Result<RunOutcome, RunError> {
+    let RunIo {
+        stdout: out,
+        stderr: err,
+        stdin,
+        on_start,
+    } = io;
     let fs_type = match run.fs_type {
         Some(t) => t,
         None => detect_fs_type(&run.rootfs)?,
@@ -191,14 +224,51 @@ pub fn run_container(
         .map_err(agent("creating the container"))?;
     timings.container_created_ms = ms(Instant::now());
     let main = ProcessRef::container(CONTAINER_ID);
-    let mut stdout = vm.attach(&main, StreamKind::Stdout)?;
-    let mut stderr = vm.attach(&main, StreamKind::Stderr)?;
+    let tty = run.process.tty;
+    let (mut stdout, stderr) = if tty {
+        (vm.attach(&main, StreamKind::Pty)?, None)
+    } else {
+        (
+            vm.attach(&main, StreamKind::Stdout)?,
+            Some(vm.attach(&main, StreamKind::Stderr)?),
+        )
+    };
+    if let Some(mut input) = stdin {
+        let conn = if tty {
+            Some(
+                stdout
+                    .try_clone()
+                    .map_err(|e| RunError::Stdin(e.to_string()))?,
+            )
+        } else if run.process.stdin {
+            Some(vm.attach(&main, StreamKind::Stdin)?)
+        } else {
+            None
+        };
+        if let Some(mut conn) = conn {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut input, &mut conn);
+                if !tty {
+                    let _ = conn.shutdown(std::net::Shutdown::Write);
+                }
+            });
+        }
+    }
     let first_output = OnceLock::new();
+    let handle = vm.process_handle(&main);
     let (status, start_error) = std::thread::scope(|s| -> Result<_, RunError> {
         let first = &first_output;
         s.spawn(move || copy_stream(&mut stdout, out, first));
-        s.spawn(move || copy_stream(&mut stderr, err, first));
-        let start_error = match vm.client().start_container(CONTAINER_ID) {
+        if let Some(mut stderr) = stderr {
+            s.spawn(move || copy_stream(&mut stderr, err, first));
+        }
+        let started = vm.client().start_container(CONTAINER_ID);
+        if started.is_ok()
+            && let Some(f) = on_start
+        {
+            f(handle);
+        }
+        let start_error = match started {
             Ok(_) => None,
             Err(e) if e.wire_kind() == Some(ErrorKind::Setup) => Some(match e {
                 ClientError::Agent { error, .. } => error.message,

@@ -9,5 +9,8 @@
 pub mod container;
 pub mod vm;
 
-pub use container::{RunContainer, RunError, RunOutcome, default_agent_initramfs, run_container};
-pub use vm::{PodVm, PodVmConfig, PodVmError};
+pub use container::{
+    RunContainer, RunError, RunIo, RunOutcome, default_agent_initramfs, run_container,
+    run_container_io,
+};
+pub use vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle};

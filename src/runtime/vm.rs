@@ -6,10 +6,14 @@
 //! answers, the VM ends, or the timeout passes; the last two are errors that carry the tail
 //! of the guest's console (where the kernel and the agent say what went wrong).
 //! [`PodVm::shutdown`] asks the agent to power off and waits for the VMM to exit.
+//!
+//! The VMM gets `SIGKILL` when the thread that started it ends (`PR_SET_PDEATHSIG`), so a
+//! killed peapod leaves no VM behind; start a pod VM from a thread that outlives it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -140,6 +144,22 @@ impl PodVm {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(vmm_log));
+        // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+        // calls (prctl, sigprocmask) on values it owns.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The VMM dies with the thread that started it, even when that is killed
+                // (a VM nobody drives would run on), and does not inherit a signal mask
+                // its caller set up for forwarding.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )?;
+                Ok(())
+            });
+        }
         let spawned = Instant::now();
         let mut child = cmd.spawn().map_err(|source| PodVmError::Spawn {
             binary: config.vmm_binary.clone(),
@@ -200,6 +220,14 @@ impl PodVm {
         Ok(conn)
     }
 
+    /// A handle that signals `process` from any thread, on a connection of its own.
+    pub fn process_handle(&self, process: &ProcessRef) -> ProcessHandle {
+        ProcessHandle {
+            uds: self.uds.clone(),
+            process: process.clone(),
+        }
+    }
+
     /// The end of the guest console (kernel and agent messages).
     pub fn console_tail(&self) -> String {
         console_tail(&self.dir.path().join("console.log"))
@@ -254,6 +282,29 @@ impl Drop for PodVm {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Signals one process of a pod VM (see [`PodVm::process_handle`]).
+#[derive(Debug, Clone)]
+pub struct ProcessHandle {
+    uds: PathBuf,
+    process: ProcessRef,
+}
+
+impl ProcessHandle {
+    pub fn signal(&self, signal: i32) -> Result<(), PodVmError> {
+        let stream = connect_to_guest(&self.uds, CONTROL_PORT, Duration::from_secs(5))?;
+        let mut client = Client::handshake(stream).map_err(|source| PodVmError::Agent {
+            what: "handshake for a signal".into(),
+            source,
+        })?;
+        client
+            .signal(&self.process, signal)
+            .map_err(|source| PodVmError::Agent {
+                what: format!("signal {signal} to {}", self.process),
+                source,
+            })
     }
 }
 

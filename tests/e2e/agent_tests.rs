@@ -53,6 +53,7 @@ pub fn cases() -> Vec<Case> {
             "agent_pod_exec_two_containers_namespaces_and_host_signals",
             pod_exec_two_containers_namespaces_and_host_signals,
         ),
+        case("agent_container_stdin_and_tty", container_stdin_and_tty),
         case(
             "agent_missing_is_a_clear_error",
             guest_without_agent_is_a_clear_error,
@@ -145,6 +146,67 @@ fn container_over_its_memory_limit_is_oom_killed() -> Result<(), Failed> {
     check(
         text(&out.stderr).contains("OOM killer"),
         "peapod says it was an OOM kill",
+        &out,
+    )
+}
+
+/// `run-container` with `input` on its stdin.
+fn run_container_with_input(extra: &[&str], cmd: &[&str], input: &[u8]) -> Result<Output, Failed> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let image = artifact(TEST_IMAGE_ENV)?;
+    let initrd = artifact(AGENT_INITRAMFS_ENV)?;
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let mut child = Command::new(peapod())
+        .args(["vm", "run-container", "--rootfs"])
+        .arg(&image)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin pipe")?;
+    stdin
+        .write_all(input)
+        .map_err(|e| format!("writing stdin: {e}"))?;
+    drop(stdin);
+    child
+        .wait_with_output()
+        .map_err(|e| format!("waiting for peapod: {e}").into())
+}
+
+fn container_stdin_and_tty() -> Result<(), Failed> {
+    // Pipes: stdin reaches the process, and its end of file too.
+    let out = run_container_with_input(&["-i"], &["sh", "-c", "cat; echo eof"], b"piped in\n")?;
+    check(out.status.code() == Some(0), "exit status 0", &out)?;
+    check(
+        text(&out.stdout) == "piped in\neof\n",
+        "stdin went through to the end",
+        &out,
+    )?;
+    // A pty: an interactive shell reads the commands typed into it, and its terminal has a
+    // name inside the container.
+    let out = run_container_with_input(
+        &["-t", "-i"],
+        &["sh"],
+        b"tty\necho typed-$((6*7))\nexit 5\n",
+    )?;
+    check(
+        out.status.code() == Some(5),
+        "the shell's exit status",
+        &out,
+    )?;
+    let got = text(&out.stdout);
+    check(
+        got.contains("typed-42\r\n") && got.contains("/dev/pts/0\r\n"),
+        "the shell ran the typed lines on a pty (CRLF) named /dev/pts/0",
         &out,
     )
 }
@@ -365,6 +427,19 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
             &b_lines,
             &vm,
         ));
+    }
+
+    // An exec with a pty of its own, in a's devpts.
+    let mut tty_exec = process(&["sh", "-c", "tty; [ -t 0 ] && echo on-a-tty"]);
+    tty_exec.tty = true;
+    vm.client()
+        .exec("a", "t1", &tty_exec)
+        .map_err(|e| format!("exec t1: {e}"))?;
+    let t1 = ProcessRef::exec("a", "t1");
+    let pty_out = read_stream(&vm, &t1, StreamKind::Pty)?;
+    let t1_status = vm.client().wait(&t1).map_err(|e| e.to_string())?;
+    if t1_status != ExitStatus::exited(0) || !pty_out.contains("/dev/pts/0\r\non-a-tty\r\n") {
+        return Err(fail("exec with a tty", &(t1_status, pty_out), &vm));
     }
 
     // Stats, then a signal from the host ends a: 128+9.
