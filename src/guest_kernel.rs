@@ -24,9 +24,12 @@ pub enum GuestKernelError {
     NotBuilt(PathBuf),
 }
 
+/// The variable that names the guest kernel, overriding the built one.
+pub const GUEST_KERNEL_ENV: &str = "PEAPOD_GUEST_KERNEL";
+
 /// The default guest kernel, or why there is none.
 pub fn default_kernel() -> Result<PathBuf, GuestKernelError> {
-    if let Some(path) = std::env::var_os("PEAPOD_GUEST_KERNEL") {
+    if let Some(path) = std::env::var_os(GUEST_KERNEL_ENV) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)

@@ -120,6 +120,7 @@ pub fn run(
             source,
         })?;
     }
+    let config = &with_guest_artifacts(config);
     let accel = choose_accel(config.accel, &HostVirt::probe())?;
     let l1 = L1Assets::find()?;
     let peapod = std::env::current_exe().map_err(MachineError::io("finding the peapod binary"))?;
@@ -195,6 +196,45 @@ pub fn run(
         let _ = run_dir.keep();
     }
     result
+}
+
+/// Where the default guest artifacts land inside the L1.
+const GUEST_ARTIFACT_DIR: &str = "/opt/peapod";
+
+/// `config` plus the host's default guest kernel and agent initramfs, carried into the L1 and
+/// named there by the variables peapod reads (`PEAPOD_GUEST_KERNEL`,
+/// `PEAPOD_AGENT_INITRAMFS`), so that `peapod vm boot` and `peapod vm run-container` find them
+/// inside as they do on the host. One the caller names itself (`--env VAR=...`), or the host
+/// does not have, is left out; the command then gets the usual "not found" error inside.
+fn with_guest_artifacts(config: &MachineConfig) -> MachineConfig {
+    let mut config = config.clone();
+    let defaults = [
+        (
+            crate::guest_kernel::GUEST_KERNEL_ENV,
+            crate::guest_kernel::default_kernel().ok(),
+            "vmlinux",
+        ),
+        (
+            crate::runtime::container::AGENT_INITRAMFS_ENV,
+            crate::runtime::container::default_agent_initramfs().ok(),
+            "agent-initramfs.cpio.gz",
+        ),
+    ];
+    for (var, host_path, name) in defaults {
+        let named = config
+            .env
+            .iter()
+            .any(|e| e.split_once('=').is_some_and(|(k, _)| k == var));
+        let Some(host) = host_path else { continue };
+        if named {
+            continue;
+        }
+        let guest = format!("{GUEST_ARTIFACT_DIR}/{name}");
+        tracing::debug!(var, host = %host.display(), guest, "carrying a guest artifact into the L1");
+        config.env.push(format!("{var}={guest}"));
+        config.copies.push(CopySpec { host, guest });
+    }
+    config
 }
 
 fn write_initrd(

@@ -37,6 +37,12 @@ pub fn cases() -> Vec<Case> {
             machine_timeout_kills_and_names_the_log,
         ),
         Case {
+            name: "machine_runs_a_pod_on_the_default_image",
+            place: Place::Host,
+            run: machine_runs_a_pod_on_the_default_image,
+            skip_if: Some(default_guest_artifacts_missing),
+        },
+        Case {
             name: "vm_refuses_pvm_kvm_with_pointer_to_machine",
             place: Place::Host,
             run: vm_refuses_pvm_kvm_with_pointer_to_machine,
@@ -127,6 +133,46 @@ fn machine_keeps_stdout_stderr_apart_and_passes_status() -> Result<(), Failed> {
     check(
         !stderr.contains("Linux version") && !String::from_utf8_lossy(&out.stdout).contains('['),
         "no L1 kernel messages on stdout/stderr",
+        &out,
+    )
+}
+
+/// Why the README's first command cannot run here: the host's default guest kernel or agent
+/// initramfs (what `peapod machine run` carries into the L1) is missing.
+fn default_guest_artifacts_missing() -> Option<String> {
+    if let Err(e) = peapod::guest_kernel::default_kernel() {
+        return Some(format!("{e} (scripts/setup builds it)"));
+    }
+    peapod::runtime::container::default_agent_initramfs()
+        .err()
+        .map(|e| format!("{e} (scripts/setup builds it)"))
+}
+
+/// The README's first command: a pod on the built-in image, through the test bed, with the
+/// guest kernel and agent initramfs carried in by default and an empty image store inside.
+fn machine_runs_a_pod_on_the_default_image() -> Result<(), Failed> {
+    let out = run_peapod(&[
+        "machine",
+        "run",
+        "--",
+        "peapod",
+        "vm",
+        "run-container",
+        "--image",
+        "peapod/busybox:latest",
+        "--",
+        "sh",
+        "-c",
+        "echo hi from a pea; exit 3",
+    ])?;
+    check(
+        out.status.code() == Some(3),
+        "the container's exit status",
+        &out,
+    )?;
+    check(
+        String::from_utf8_lossy(&out.stdout).contains("hi from a pea"),
+        "the container's output",
         &out,
     )
 }
