@@ -59,7 +59,7 @@ pub enum PullError {
     ConfigTooLarge { reference: String, size: u64 },
     #[error("{reference}: indexes nest more than {MAX_INDEX_DEPTH} deep: the image is malformed")]
     TooDeep { reference: String },
-    #[error("cannot download {what} {digest}: {source}")]
+    #[error("cannot download {what} {digest}")]
     Download {
         what: &'static str,
         digest: Digest,

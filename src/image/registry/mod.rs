@@ -33,12 +33,12 @@ const MAX_SMALL_BODY: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot reach registry {registry} ({url}): {source}{hint}")]
+    #[error("cannot reach registry {registry} ({url}): {reason}{hint}")]
     Http {
         registry: String,
         url: String,
-        #[source]
-        source: Box<ureq::Error>,
+        /// The HTTP client's error, flattened (its chain repeats itself).
+        reason: String,
         hint: &'static str,
     },
     #[error("registry {registry} refused access to {repository} ({status}{detail}): {fix}")]
@@ -77,7 +77,7 @@ pub enum RegistryError {
     },
     #[error("manifest of {reference} is more than {MAX_JSON_BLOB} bytes: refusing it")]
     ManifestTooLarge { reference: String },
-    #[error("cannot read {url}: {source}")]
+    #[error("cannot read {url}")]
     Read {
         url: String,
         #[source]
@@ -378,20 +378,33 @@ impl Client {
     }
 
     fn http_error(&self, url: &str, source: ureq::Error) -> RegistryError {
+        let reason = source.to_string();
+        // rustls' errors often arrive wrapped in io errors: judge by the words too.
+        let tls = matches!(source, ureq::Error::Tls(_) | ureq::Error::Rustls(_))
+            || [
+                "certificate",
+                "InvalidContentType",
+                "corrupt message",
+                "handshake",
+            ]
+            .iter()
+            .any(|word| reason.contains(word));
         let hint = match &source {
-            ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
-                ": if this registry speaks plain HTTP, pass --insecure"
+            _ if tls => {
+                " (if this registry speaks plain HTTP, pass --insecure; if its certificate \
+                 comes from a private CA, add the CA to the system's roots: \
+                 /usr/local/share/ca-certificates, then update-ca-certificates)"
             }
-            ureq::Error::ConnectionFailed => ": is the registry running?",
+            ureq::Error::ConnectionFailed => " (is the registry running?)",
             ureq::Error::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                ": is the registry running?"
+                " (is the registry running?)"
             }
             _ => "",
         };
         RegistryError::Http {
             registry: self.registry.clone(),
             url: url.to_string(),
-            source: Box::new(source),
+            reason,
             hint,
         }
     }
