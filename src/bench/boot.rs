@@ -32,9 +32,9 @@ pub struct BootBench {
     pub memory_mib: u32,
 }
 
-struct Sample {
-    boot: Duration,
-    rss_kib: u64,
+pub(super) struct Sample {
+    pub(super) boot: Duration,
+    pub(super) rss_kib: u64,
 }
 
 pub fn run(bench: &BootBench) -> anyhow::Result<()> {
@@ -127,7 +127,7 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
 }
 
 /// Starts a VMM, waits for the init marker on its stdout, measures, kills it.
-fn boot_once(mut command: Command, memory_mib: u32) -> anyhow::Result<Sample> {
+pub(super) fn boot_once(mut command: Command, memory_mib: u32) -> anyhow::Result<Sample> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())

@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod image;
 pub mod machine;
+pub mod pod;
 
 use std::time::Duration;
 

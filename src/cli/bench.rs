@@ -37,6 +37,25 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         memory: u32,
     },
+    /// Pod start: a bare boot against `vm run-container --image peapod/busybox:latest -- echo`
+    /// (command to the container's first output, split into agent ready and container
+    /// started), on the same kernel; runs in the test bed where the host has no hardware KVM.
+    Pod {
+        /// Runs of each kind.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Guest kernel (default: the one kernel/build.sh built).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The bare boot's initramfs, whose init prints PEAPOD_GUEST_INIT_OK
+        /// (rootfs/build-test-initramfs.sh).
+        #[arg(long)]
+        test_initrd: PathBuf,
+        /// The pods' agent initramfs [default: $PEAPOD_AGENT_INITRAMFS, else the one
+        /// rootfs/build-agent-initramfs.sh built].
+        #[arg(long)]
+        agent_initrd: Option<PathBuf>,
+    },
     /// Images: import + conversion of a 3-layer image to an erofs block image against
     /// `umoci unpack` + `mkfs.erofs` by hand, block image sizes, and the second conversion
     /// (a cache hit).
@@ -82,6 +101,31 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 initrd,
                 cpus,
                 memory_mib: memory,
+            })?;
+        }
+        BenchCommand::Pod {
+            runs,
+            kernel,
+            test_initrd,
+            agent_initrd,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            let kernel = match kernel {
+                Some(kernel) => kernel,
+                None => crate::guest_kernel::default_kernel()?,
+            };
+            let agent_initrd = match agent_initrd {
+                Some(path) => path,
+                None => crate::runtime::container::default_agent_initramfs()?,
+            };
+            for path in [&test_initrd, &agent_initrd] {
+                anyhow::ensure!(path.is_file(), "{} does not exist", path.display());
+            }
+            crate::bench::pod::run(&crate::bench::pod::PodBench {
+                runs,
+                kernel,
+                test_initrd,
+                agent_initrd,
             })?;
         }
         BenchCommand::Image {

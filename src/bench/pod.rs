@@ -1,0 +1,248 @@
+//! `peapod bench pod`: what the guest agent and the container add to a bare boot.
+//!
+//! Interleaved per run, on the same kernel:
+//! - a **bare boot**: `peapod vm boot` of the test initramfs (a shell script as init), from
+//!   spawning the VMM to the init's marker on the console (as `peapod bench boot` measures);
+//! - a **pod start**: `peapod vm run-container --image peapod/busybox:latest --timing -- echo`,
+//!   from spawning the peapod command to the container's first output byte on its stdout, with
+//!   the split `--timing` reports (VMM spawned → agent ready → container created → started →
+//!   first output).
+//!
+//! The goal of the agent issue: agent + container add at most 50% to the bare boot. A first,
+//! uncounted pod run fills the image store's block-image cache, so runs measure starts, not
+//! image conversion. Like `bench boot`, it runs itself in the test bed where the host has no
+//! hardware KVM (`peapod machine run` carries the guest kernel and agent initramfs in).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::boot::boot_once;
+use super::{median, ratio};
+use crate::vmm::boot::linux::DEFAULT_CMDLINE;
+
+/// What the container prints.
+const POD_MARKER: &str = "PEAPOD_POD_OUTPUT";
+const IMAGE: &str = "peapod/busybox:latest";
+
+pub struct PodBench {
+    pub runs: usize,
+    pub kernel: PathBuf,
+    /// The test initramfs for the bare boot (rootfs/build-test-initramfs.sh).
+    pub test_initrd: PathBuf,
+    /// The agent initramfs for the pods (rootfs/build-agent-initramfs.sh).
+    pub agent_initrd: PathBuf,
+}
+
+/// One pod start, in ms from spawning `peapod vm run-container`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct PodSample {
+    /// Measured here: spawn → the first byte of the container's stdout.
+    first_output: Duration,
+    /// From the command's `--timing` line (ms from the VMM's spawn).
+    agent_ready_ms: f64,
+    container_started_ms: f64,
+}
+
+pub fn run(bench: &PodBench) -> anyhow::Result<()> {
+    if let Err(why) = crate::host::HostVirt::probe().hardware_kvm() {
+        if std::env::var_os("PEAPOD_IN_MACHINE").is_some() {
+            anyhow::bail!("no usable KVM inside the test bed: {why}");
+        }
+        eprintln!("bench pod: no hardware KVM here; running inside `peapod machine run`");
+        return run_in_machine(bench);
+    }
+    let peapod = std::env::current_exe()?;
+    let store = tempfile::Builder::new()
+        .prefix("peapod-bench-pod-")
+        .tempdir()
+        .context("creating the image store")?;
+    let pod_command = || {
+        let mut pod = Command::new(&peapod);
+        pod.args(["vm", "run-container", "--timing", "--image", IMAGE])
+            .arg("--store")
+            .arg(store.path())
+            .arg("--kernel")
+            .arg(&bench.kernel)
+            .arg("--initrd")
+            .arg(&bench.agent_initrd)
+            .args(["--", "echo", POD_MARKER]);
+        pod
+    };
+    pod_once(pod_command()).context("the warm-up pod (block image of the built-in image)")?;
+
+    let cmdline = format!("{DEFAULT_CMDLINE} quiet");
+    let (mut bare, mut pods) = (Vec::new(), Vec::new());
+    for i in 0..bench.runs {
+        let mut vm = Command::new(&peapod);
+        vm.args(["vm", "boot", "--console", "stdout"])
+            .arg("--kernel")
+            .arg(&bench.kernel)
+            .arg("--initrd")
+            .arg(&bench.test_initrd)
+            .arg("--cmdline")
+            .arg(&cmdline);
+        let boot = boot_once(vm, 256).context("peapod vm boot")?.boot;
+        let pod = pod_once(pod_command()).context("peapod vm run-container")?;
+        eprintln!(
+            "run {}: bare boot {:.0} ms; pod: agent ready {:.0} ms, container started {:.0} ms, \
+             first output {:.0} ms",
+            i + 1,
+            ms(boot),
+            pod.agent_ready_ms,
+            pod.container_started_ms,
+            ms(pod.first_output)
+        );
+        bare.push(boot);
+        pods.push(pod);
+    }
+
+    let bare = median(bare);
+    let first = median(pods.iter().map(|p| p.first_output).collect());
+    let mid = |f: fn(&PodSample) -> f64| {
+        let mut v: Vec<f64> = pods.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (agent, started) = (mid(|p| p.agent_ready_ms), mid(|p| p.container_started_ms));
+    println!(
+        "peapod bench pod: {} runs, 1 vCPU, 256 MiB, medians; pod = `vm run-container --image \
+         {IMAGE} -- echo`",
+        bench.runs
+    );
+    println!("| measure | ms | vs bare boot | goal |");
+    println!("|---|---|---|---|");
+    println!(
+        "| bare boot: VMM start to init (test initramfs) | {:.0} | 1.00x | |",
+        ms(bare)
+    );
+    println!(
+        "| pod: VMM spawn to agent ready | {agent:.0} | {:.2}x | |",
+        agent / ms(bare).max(1.0)
+    );
+    println!(
+        "| pod: VMM spawn to container started | {started:.0} | {:.2}x | |",
+        started / ms(bare).max(1.0)
+    );
+    println!(
+        "| pod: command to container's first output | {:.0} | {} | <= 1.50x |",
+        ms(first),
+        ratio(first, bare)
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs one pod; returns when its command has exited.
+fn pod_once(mut command: Command) -> anyhow::Result<PodSample> {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr")?;
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let mut output = vec![0u8; 1];
+    let got = stdout.read(&mut output)?;
+    let first_output = started.elapsed();
+    output.truncate(got);
+    stdout.read_to_end(&mut output)?;
+    let status = child.wait()?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    anyhow::ensure!(
+        status.success() && String::from_utf8_lossy(&output).contains(POD_MARKER),
+        "the pod failed ({status}); stderr:\n{stderr}"
+    );
+    let mut sample = parse_timing(&stderr)
+        .with_context(|| format!("no run-timing line in its stderr:\n{stderr}"))?;
+    sample.first_output = first_output;
+    Ok(sample)
+}
+
+/// The split from `run-timing: agent_ready_ms=.. container_created_ms=.. ...`.
+fn parse_timing(stderr: &str) -> Option<PodSample> {
+    let line = stderr.lines().find(|l| l.starts_with("run-timing:"))?;
+    let field = |name: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some(PodSample {
+        first_output: Duration::ZERO,
+        agent_ready_ms: field("agent_ready_ms")?,
+        container_started_ms: field("container_started_ms")?,
+    })
+}
+
+/// Re-runs this benchmark inside `peapod machine run` with the test initramfs copied in (the
+/// guest kernel and agent initramfs are carried in by default; here they are named anyway so
+/// that the ones given on this command line are used).
+fn run_in_machine(bench: &PodBench) -> anyhow::Result<()> {
+    let peapod = std::env::current_exe()?;
+    let mut command = Command::new(&peapod);
+    command.args(["machine", "run", "--timeout", "1200"]);
+    let copies: [(&Path, &str); 3] = [
+        (&bench.kernel, "/opt/peapod-bench/vmlinux"),
+        (&bench.test_initrd, "/opt/peapod-bench/test-initrd"),
+        (&bench.agent_initrd, "/opt/peapod-bench/agent-initrd"),
+    ];
+    for (host, guest) in copies {
+        command
+            .arg("--copy")
+            .arg(format!("{}:{guest}", host.display()));
+    }
+    command.args([
+        "--env",
+        "PEAPOD_GUEST_KERNEL=/opt/peapod-bench/vmlinux",
+        "--env",
+        "PEAPOD_AGENT_INITRAMFS=/opt/peapod-bench/agent-initrd",
+        "--",
+        "peapod",
+        "bench",
+        "pod",
+        "--kernel",
+        "/opt/peapod-bench/vmlinux",
+        "--test-initrd",
+        "/opt/peapod-bench/test-initrd",
+        "--agent-initrd",
+        "/opt/peapod-bench/agent-initrd",
+        "--runs",
+        &bench.runs.to_string(),
+    ]);
+    let status = command.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "the benchmark inside the test bed failed: {status}"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timing_line_is_parsed() {
+        let stderr = "something\nrun-timing: agent_ready_ms=1997.4 container_created_ms=2370.5 \
+                      container_started_ms=2489.9 first_output_ms=2612.0 exited_ms=2671.9 \
+                      vm_down_ms=2887.5\n";
+        let s = parse_timing(stderr).unwrap();
+        assert_eq!(s.agent_ready_ms, 1997.4);
+        assert_eq!(s.container_started_ms, 2489.9);
+        assert!(parse_timing("no timing here").is_none());
+        assert!(parse_timing("run-timing: agent_ready_ms=x").is_none());
+    }
+}
