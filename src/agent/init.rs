@@ -6,7 +6,6 @@
 //! This kernel has no ACPI: `reboot(RB_AUTOBOOT)` (with `reboot=k`, a reset through the
 //! i8042) is how a guest ends its VM, and peapod's VMM ends with exit status 0 on it.
 
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -16,9 +15,6 @@ use nix::mount::MsFlags;
 
 use super::container::{CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, CONTROLLERS, POD_ETC, RUN_DIR};
 use super::os::Os;
-
-/// Set in the environment of the agent once it runs from its tmpfs root.
-pub const SWITCHED_ENV: &str = "PEAPOD_AGENT_ROOT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -47,13 +43,11 @@ fn sys_at(what: impl Into<String>) -> impl FnOnce(nix::Error) -> InitError {
 }
 
 /// The initramfs root is the kernel's `rootfs`, which `pivot_root` cannot leave, so
-/// containers could only `chroot` (escapable). Copy the agent into a tmpfs, make that the
-/// root (`MS_MOVE` + `chroot`, what `switch_root` does) and execute it again there. Returns
-/// only on failure; does nothing (`Ok`) when already switched.
+/// containers could only `chroot` (escapable). Make a tmpfs the root instead (`MS_MOVE` +
+/// `chroot`, what `switch_root` does). The agent keeps running from its file in the
+/// initramfs underneath, which stays reachable as `/proc/self/exe` for its helpers, so
+/// nothing is copied or executed again.
 pub fn switch_to_tmpfs_root() -> Result<(), InitError> {
-    if std::env::var_os(SWITCHED_ENV).is_some() {
-        return Ok(());
-    }
     let new = Path::new("/newroot");
     fs::create_dir_all(new).map_err(io_at("mkdir /newroot"))?;
     nix::mount::mount(
@@ -67,23 +61,19 @@ pub fn switch_to_tmpfs_root() -> Result<(), InitError> {
     for dir in ["dev", "proc", "sys", "run", "tmp", "root"] {
         fs::create_dir_all(new.join(dir)).map_err(io_at(format!("mkdir /newroot/{dir}")))?;
     }
-    let exe = fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/init".into());
-    let exe = if exe.exists() { exe } else { "/init".into() };
-    fs::copy(&exe, new.join("init")).map_err(io_at(format!("copy {}", exe.display())))?;
-    // The copy is the one that runs; free the initramfs's.
-    let _ = fs::remove_file(&exe);
     nix::unistd::chdir(new).map_err(sys_at("chdir /newroot"))?;
     nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(sys_at("move /newroot onto /"))?;
     nix::unistd::chroot(".").map_err(sys_at("chroot"))?;
-    nix::unistd::chdir("/").map_err(sys_at("chdir /"))?;
-    let init = CString::new("/init").unwrap_or_default();
-    let env = CString::new(format!("{SWITCHED_ENV}=1")).unwrap_or_default();
-    let err = nix::unistd::execve(&init, std::slice::from_ref(&init), &[env]).unwrap_err();
-    Err(InitError::Sys {
-        what: "execute /init from the tmpfs root".into(),
-        source: err,
-    })
+    nix::unistd::chdir("/").map_err(sys_at("chdir /"))
+}
+
+/// Seconds since the guest booted (for the console's log lines); 0 when unknown.
+pub fn uptime() -> f64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Mounts what every Linux userland expects plus cgroup2, and prepares the directories

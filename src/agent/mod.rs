@@ -59,7 +59,11 @@ fn run_agent() -> ! {
     let a = Arc::clone(&agent);
     std::thread::spawn(move || server::serve(stdio, move |conn| a.serve_stream(conn)));
     // The ready line: the runtime's console tail shows how far a failed boot got.
-    eprintln!("peapod-agent: ready on vsock ports {CONTROL_PORT} and {STDIO_PORT}");
+    eprintln!(
+        "peapod-agent: ready on vsock ports {CONTROL_PORT} and {STDIO_PORT} (guest uptime \
+         {:.3} s)",
+        init::uptime()
+    );
     server::serve(control, move |mut conn| {
         if agent.serve_control(&mut conn) {
             init::power_off();
