@@ -603,7 +603,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn all_requests() -> Vec<Request> {
+    pub(crate) fn all_requests() -> Vec<Request> {
         vec![
             Request::Hello { version: 1 },
             Request::CreateSandbox(SandboxSpec {
@@ -646,7 +646,7 @@ pub(crate) mod tests {
         ]
     }
 
-    fn all_responses() -> Vec<Response> {
+    pub(crate) fn all_responses() -> Vec<Response> {
         let mut v = vec![
             Response::Hello {
                 version: 1,
