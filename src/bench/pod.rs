@@ -8,6 +8,12 @@
 //!   the split `--timing` reports (VMM spawned → agent ready → container created → started →
 //!   first output).
 //!
+//! - a **plain container** (where `crun` is installed): `crun run` of the same image's
+//!   unpacked root with the same `echo`, from spawning crun to the first output byte: the
+//!   container-without-a-VM peer. In the test bed crun runs in the L1 (emulated by TCG, so
+//!   slower than on a host; the pod VM runs one level further down with nested AMD-V), with
+//!   `--no-pivot` because the L1's root is its initramfs, where pivot_root is refused.
+//!
 //! The goal of the agent issue: agent + container add at most 50% to the bare boot. A first,
 //! uncounted pod run fills the image store's block-image cache, so runs measure starts, not
 //! image conversion. Like `bench boot`, it runs itself in the test bed where the host has no
@@ -72,10 +78,18 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
             .args(["--", "echo", POD_MARKER]);
         pod
     };
-    pod_once(pod_command()).context("the warm-up pod (block image of the built-in image)")?;
+    pod_once(pod_command(), true).context("the warm-up pod (block image of the built-in image)")?;
+    let crun = crate::machine::assets::find_in_path("crun");
+    let bundle = match &crun {
+        Some(_) => Some(crun_bundle(&peapod, store.path()).context("the crun bundle")?),
+        None => {
+            eprintln!("bench pod: no crun here (apt-get install crun): no plain-container column");
+            None
+        }
+    };
 
     let cmdline = format!("{DEFAULT_CMDLINE} quiet");
-    let (mut bare, mut pods) = (Vec::new(), Vec::new());
+    let (mut bare, mut pods, mut crun_runs) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..bench.runs {
         let mut vm = Command::new(&peapod);
         vm.args(["vm", "boot", "--console", "stdout"])
@@ -86,16 +100,34 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
             .arg("--cmdline")
             .arg(&cmdline);
         let boot = boot_once(vm, 256).context("peapod vm boot")?.boot;
-        let pod = pod_once(pod_command()).context("peapod vm run-container")?;
+        let pod = pod_once(pod_command(), true).context("peapod vm run-container")?;
+        let plain = match (&crun, &bundle) {
+            (Some(crun), Some(bundle)) => {
+                let mut run = Command::new(crun);
+                run.arg("run");
+                if std::env::var_os("PEAPOD_IN_MACHINE").is_some() {
+                    run.arg("--no-pivot");
+                }
+                run.arg("--bundle")
+                    .arg(bundle.path())
+                    .arg(format!("peapod-bench-{}-{i}", std::process::id()));
+                Some(pod_once(run, false).context("crun run")?.first_output)
+            }
+            _ => None,
+        };
         eprintln!(
             "run {}: bare boot {:.0} ms; pod: agent ready {:.0} ms, container started {:.0} ms, \
-             first output {:.0} ms",
+             first output {:.0} ms; crun first output {}",
             i + 1,
             ms(boot),
             pod.agent_ready_ms,
             pod.container_started_ms,
-            ms(pod.first_output)
+            ms(pod.first_output),
+            plain.map_or("-".into(), |d| format!("{:.0} ms", ms(d)))
         );
+        if let Some(d) = plain {
+            crun_runs.push(d);
+        }
         bare.push(boot);
         pods.push(pod);
     }
@@ -132,7 +164,58 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
         ms(first),
         ratio(first, bare)
     );
+    if !crun_runs.is_empty() {
+        let plain = median(crun_runs);
+        println!(
+            "| plain container (crun run, no VM): command to first output | {:.0} | {} | |",
+            ms(plain),
+            ratio(plain, bare)
+        );
+        println!(
+            "| pod / plain container (the price of the VM) | | {} | |",
+            ratio(first, plain)
+        );
+    }
     Ok(())
+}
+
+/// An OCI bundle for crun: the built-in image unpacked by peapod, and crun's default spec
+/// with the same command as the pods and no terminal.
+fn crun_bundle(peapod: &Path, store: &Path) -> anyhow::Result<tempfile::TempDir> {
+    let bundle = tempfile::Builder::new()
+        .prefix("peapod-bench-crun-")
+        .tempdir()?;
+    let rootfs = bundle.path().join("rootfs");
+    let out = Command::new(peapod)
+        .args(["image", "unpack", "--root"])
+        .arg(store)
+        .arg(IMAGE)
+        .arg(&rootfs)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "peapod image unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("crun")
+        .arg("spec")
+        .current_dir(bundle.path())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "crun spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = bundle.path().join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let process = spec
+        .get_mut("process")
+        .and_then(|p| p.as_object_mut())
+        .context("crun's spec has no process")?;
+    process.insert("terminal".into(), false.into());
+    process.insert("args".into(), serde_json::json!(["echo", POD_MARKER]));
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(bundle)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -140,7 +223,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs one pod; returns when its command has exited.
-fn pod_once(mut command: Command) -> anyhow::Result<PodSample> {
+/// `timed`: the command is peapod's, with a `--timing` line to parse.
+fn pod_once(mut command: Command, timed: bool) -> anyhow::Result<PodSample> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
@@ -165,6 +249,12 @@ fn pod_once(mut command: Command) -> anyhow::Result<PodSample> {
         status.success() && String::from_utf8_lossy(&output).contains(POD_MARKER),
         "the pod failed ({status}); stderr:\n{stderr}"
     );
+    if !timed {
+        return Ok(PodSample {
+            first_output,
+            ..PodSample::default()
+        });
+    }
     let mut sample = parse_timing(&stderr)
         .with_context(|| format!("no run-timing line in its stderr:\n{stderr}"))?;
     sample.first_output = first_output;
@@ -203,6 +293,11 @@ fn run_in_machine(bench: &PodBench) -> anyhow::Result<()> {
         command
             .arg("--copy")
             .arg(format!("{}:{guest}", host.display()));
+    }
+    if let Some(crun) = crate::machine::assets::find_in_path("crun") {
+        command
+            .arg("--copy")
+            .arg(format!("{}:/usr/bin/crun", crun.display()));
     }
     command.args([
         "--env",
