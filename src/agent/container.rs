@@ -15,15 +15,17 @@
 //!   `kill $$` works) and orphans are reaped.
 //! * `exec-init` ([`exec_init_main`]): started by the agent inside a running container's PID
 //!   namespace, it joins the container's cgroup and its other namespaces and executes the
-//!   process; an error is reported on its status pipe, success closes it (close-on-exec).
+//!   process; an error is reported on its status socket, success closes it (close-on-exec).
 //!
 //! The helper protocol: the agent writes one JSON config on the helper's fd 3 and closes it;
-//! the helper writes [`HelperEvent`] JSON lines on fd 4; `container-init` reads the start
+//! the helper writes [`HelperEvent`] JSON lines on fd 4, a Unix socket (for a tty process,
+//! first the pty master it allocated in the container's devpts, with `SCM_RIGHTS`: the
+//! slave then has a name inside the container); `container-init` reads the start
 //! byte on fd 5 (end of file without a byte: abort).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -659,12 +661,6 @@ fn take_pty(status: &File) -> Result<(), String> {
         .and_then(|_| nix::unistd::dup2_stderr(&slave))
         .map_err(|e| format!("making the pty the process's stdio: {e}"))?;
     send_fd(status, &master).map_err(|e| format!("passing the pty to the agent: {e}"))
-}
-
-/// Reads helper events until one that is not [`HelperEvent::Ready`]-like noise; used by the
-/// agent with a buffered reader over the status pipe.
-pub fn status_reader(fd: std::os::fd::OwnedFd) -> BufReader<File> {
-    BufReader::new(File::from(fd))
 }
 
 #[cfg(test)]
