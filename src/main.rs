@@ -15,7 +15,7 @@ fn main() -> ExitCode {
     match peapod::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("peapod: error: {err:#}");
+            eprintln!("peapod: error: {}", peapod::cli::error_message(&err));
             ExitCode::from(peapod::cli::EXIT_PEAPOD_ERROR)
         }
     }

@@ -52,3 +52,45 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(cmd),
     }
 }
+
+/// An error and its causes on one line, `outer: cause: root cause`, leaving out a cause whose
+/// text the line holds already (many of our error messages name their source themselves, and
+/// `{:#}` would then print it twice).
+pub fn error_message(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read /x: {source}")]
+    struct ReadError {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = anyhow::Error::new(ReadError { source: io }).context("cannot import");
+        assert_eq!(
+            error_message(&err),
+            "cannot import: cannot read /x: no such file"
+        );
+        let plain = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(error_message(&plain), "top: middle: root");
+    }
+}
