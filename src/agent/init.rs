@@ -169,8 +169,10 @@ pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Re
 }
 
 /// Creates the pod's network namespace (loopback up) and bind-mounts it on `path`, so
-/// that it outlives the thread that made it.
-pub fn create_pod_netns(path: &Path) -> Result<(), InitError> {
+/// that it outlives the thread that made it. Creating a network namespace is one of the
+/// slower steps of a pod's start, so the agent starts this at boot, while the host is still
+/// connecting, and `CreateSandbox` waits for it.
+pub fn spawn_pod_netns(path: &Path) -> std::thread::JoinHandle<Result<(), InitError>> {
     let path = path.to_path_buf();
     std::thread::spawn(move || -> Result<(), InitError> {
         File::create(&path).map_err(io_at(format!("create {}", path.display())))?;
@@ -189,11 +191,6 @@ pub fn create_pod_netns(path: &Path) -> Result<(), InitError> {
             path.display()
         )))
     })
-    .join()
-    .map_err(|_| InitError::Io {
-        what: "the network namespace thread panicked".into(),
-        source: io::Error::other("panic"),
-    })?
 }
 
 /// `ip link set lo up` in the calling thread's network namespace.

@@ -186,6 +186,8 @@ pub struct Agent {
     state: Mutex<State>,
     /// Make the pod's own network namespace (off in unit tests, which are not root).
     pod_netns: bool,
+    /// The thread making it, started with the agent; joined by `CreateSandbox`.
+    netns_maker: Mutex<Option<std::thread::JoinHandle<Result<(), init::InitError>>>>,
 }
 
 /// The stdio of a process about to start: the child's ends and the host's.
@@ -250,6 +252,7 @@ impl Agent {
             reaper,
             state: Mutex::new(State::default()),
             pod_netns,
+            netns_maker: Mutex::new(pod_netns.then(|| init::spawn_pod_netns(Path::new(POD_NETNS)))),
         })
     }
 
@@ -465,8 +468,11 @@ impl Agent {
         self.os.sethostname(&spec.hostname).map_err(|e| setup(&e))?;
         init::write_pod_etc(self.os.as_ref(), &spec).map_err(|e| setup(&e))?;
         init::seed_entropy(&spec.entropy_seed).map_err(|e| setup(&e))?;
-        if self.pod_netns {
-            init::create_pod_netns(Path::new(POD_NETNS)).map_err(|e| setup(&e))?;
+        if let Some(maker) = lock(&self.netns_maker).take() {
+            maker
+                .join()
+                .map_err(|_| setup(&"the network namespace thread panicked"))?
+                .map_err(|e| setup(&e))?;
         }
         state.sandbox = Some(spec);
         Ok(())

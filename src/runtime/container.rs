@@ -77,6 +77,7 @@ pub struct RunOutcome {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunTimings {
     pub agent_ready_ms: f64,
+    pub sandbox_created_ms: f64,
     pub container_created_ms: f64,
     pub container_started_ms: f64,
     pub first_output_ms: Option<f64>,
@@ -88,9 +89,10 @@ impl std::fmt::Display for RunTimings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run-timing: agent_ready_ms={:.1} container_created_ms={:.1} \
+            "run-timing: agent_ready_ms={:.1} sandbox_created_ms={:.1} container_created_ms={:.1} \
              container_started_ms={:.1} first_output_ms={} exited_ms={:.1} vm_down_ms={:.1}",
             self.agent_ready_ms,
+            self.sandbox_created_ms,
             self.container_created_ms,
             self.container_started_ms,
             self.first_output_ms
@@ -208,6 +210,7 @@ pub fn run_container_io(run: &RunContainer, io: RunIo<'_>) -> Result<RunOutcome,
             ..Default::default()
         })
         .map_err(agent("creating the pod sandbox"))?;
+    timings.sandbox_created_ms = ms(Instant::now());
     let spec = ContainerSpec {
         id: CONTAINER_ID.into(),
         hostname: None,
