@@ -212,23 +212,13 @@ fn rss_from_smaps(smaps: &str, guest_kib: u64) -> u64 {
 /// Re-runs this benchmark inside `peapod machine run`, with QEMU and the guest files copied in.
 fn run_in_machine(bench: &BootBench) -> anyhow::Result<()> {
     let qemu = crate::machine::assets::find_qemu()?;
-    let peapod = std::env::current_exe()?;
-    let mut command = Command::new(&peapod);
-    command.args(["machine", "run", "--timeout", "1200"]);
     let copies: [(&Path, &str); 4] = [
         (&qemu, "/usr/bin/qemu-system-x86_64"),
         (Path::new("/usr/share/qemu"), "/usr/share/qemu"),
         (&bench.kernel, "/opt/peapod-bench/vmlinux"),
         (&bench.initrd, "/opt/peapod-bench/initrd"),
     ];
-    for (host, guest) in copies {
-        command
-            .arg("--copy")
-            .arg(format!("{}:{guest}", host.display()));
-    }
-    command.args([
-        "--",
-        "peapod",
+    let args = [
         "bench",
         "boot",
         "--kernel",
@@ -241,13 +231,9 @@ fn run_in_machine(bench: &BootBench) -> anyhow::Result<()> {
         &bench.cpus.to_string(),
         "--memory",
         &bench.memory_mib.to_string(),
-    ]);
-    let status = command.status()?;
-    anyhow::ensure!(
-        status.success(),
-        "the benchmark inside the test bed failed: {status}"
-    );
-    Ok(())
+    ]
+    .map(String::from);
+    super::run_inside_machine(&copies, &[], &args)
 }
 
 #[cfg(test)]

@@ -9,14 +9,13 @@
 //! part of it, and a top layer of larger, barely compressible files. `--layout DIR:REF` benches
 //! an OCI layout of your own instead.
 
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use sha2::{Digest as _, Sha256};
 
 use super::{median, ratio};
 use crate::image::disk::{self, DiskFormat};
@@ -348,13 +347,6 @@ impl LayerWriter {
     }
 }
 
-fn digest_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// How big the generated image is.
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
@@ -451,52 +443,10 @@ pub fn write_bench_layout(dir: &Path, shape: Shape) -> anyhow::Result<String> {
     app.file("opt/app/config.toml", 0o644, &text(&mut rng, 2048))?;
 
     let layers = [base.finish()?, middle.finish()?, app.finish()?];
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
-    let put = |bytes: &[u8]| -> anyhow::Result<(String, usize)> {
-        let hex = digest_hex(bytes);
-        fs::write(blobs.join(&hex), bytes)?;
-        Ok((format!("sha256:{hex}"), bytes.len()))
-    };
-    let mut descriptors = Vec::new();
-    let mut diff_ids = Vec::new();
-    let mut tar_bytes = 0;
-    for layer in &layers {
-        tar_bytes += layer.len();
-        diff_ids.push(format!("sha256:{}", digest_hex(layer)));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(layer)?;
-        let (digest, size) = put(&gz.finish()?)?;
-        descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": size,
-        }));
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": [crate::image::import::DEFAULT_PATH]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config_size},
-        "layers": descriptors,
-    });
-    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": TAG},
-        }],
-    });
-    let mut file = File::create(dir.join("index.json"))?;
-    file.write_all(&serde_json::to_vec(&index)?)?;
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let tar_bytes: usize = layers.iter().map(Vec::len).sum();
+    let run_config =
+        serde_json::json!({"Cmd": ["/bin/sh"], "Env": [crate::image::import::DEFAULT_PATH]});
+    crate::image::layout::write_oci_layout(dir, &layers, run_config, TAG)?;
     Ok(format!(
         "generated 3 layers ({} of tar), {}",
         mib(tar_bytes as u64),

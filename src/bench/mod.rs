@@ -5,6 +5,8 @@ pub mod image;
 pub mod machine;
 pub mod pod;
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// The median of some durations (zero for none).
@@ -20,6 +22,33 @@ pub fn ratio(a: Duration, b: Duration) -> String {
     } else {
         format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64())
     }
+}
+
+/// Runs a benchmark again inside the test bed: `peapod machine run` with `copies` (host path,
+/// path inside) and `env` (`KEY=VALUE`), running `peapod ARGS...` there.
+pub fn run_inside_machine(
+    copies: &[(&Path, &str)],
+    env: &[String],
+    args: &[String],
+) -> anyhow::Result<()> {
+    let peapod = std::env::current_exe()?;
+    let mut command = Command::new(&peapod);
+    command.args(["machine", "run", "--timeout", "1200"]);
+    for (host, guest) in copies {
+        command
+            .arg("--copy")
+            .arg(format!("{}:{guest}", host.display()));
+    }
+    for pair in env {
+        command.arg("--env").arg(pair);
+    }
+    command.arg("--").arg("peapod").args(args);
+    let status = command.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "the benchmark inside the test bed failed: {status}"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

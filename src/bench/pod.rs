@@ -281,31 +281,21 @@ fn parse_timing(stderr: &str) -> Option<PodSample> {
 /// guest kernel and agent initramfs are carried in by default; here they are named anyway so
 /// that the ones given on this command line are used).
 fn run_in_machine(bench: &PodBench) -> anyhow::Result<()> {
-    let peapod = std::env::current_exe()?;
-    let mut command = Command::new(&peapod);
-    command.args(["machine", "run", "--timeout", "1200"]);
-    let copies: [(&Path, &str); 3] = [
+    let crun = crate::machine::assets::find_in_path("crun");
+    let mut copies: Vec<(&Path, &str)> = vec![
         (&bench.kernel, "/opt/peapod-bench/vmlinux"),
         (&bench.test_initrd, "/opt/peapod-bench/test-initrd"),
         (&bench.agent_initrd, "/opt/peapod-bench/agent-initrd"),
     ];
-    for (host, guest) in copies {
-        command
-            .arg("--copy")
-            .arg(format!("{}:{guest}", host.display()));
+    if let Some(crun) = &crun {
+        copies.push((crun, "/usr/bin/crun"));
     }
-    if let Some(crun) = crate::machine::assets::find_in_path("crun") {
-        command
-            .arg("--copy")
-            .arg(format!("{}:/usr/bin/crun", crun.display()));
-    }
-    command.args([
-        "--env",
+    let env = [
         "PEAPOD_GUEST_KERNEL=/opt/peapod-bench/vmlinux",
-        "--env",
         "PEAPOD_AGENT_INITRAMFS=/opt/peapod-bench/agent-initrd",
-        "--",
-        "peapod",
+    ]
+    .map(String::from);
+    let args = [
         "bench",
         "pod",
         "--kernel",
@@ -316,13 +306,9 @@ fn run_in_machine(bench: &PodBench) -> anyhow::Result<()> {
         "/opt/peapod-bench/agent-initrd",
         "--runs",
         &bench.runs.to_string(),
-    ]);
-    let status = command.status()?;
-    anyhow::ensure!(
-        status.success(),
-        "the benchmark inside the test bed failed: {status}"
-    );
-    Ok(())
+    ]
+    .map(String::from);
+    super::run_inside_machine(&copies, &env, &args)
 }
 
 #[cfg(test)]

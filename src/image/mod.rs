@@ -11,6 +11,7 @@ pub mod confine;
 pub mod digest;
 pub mod disk;
 pub mod import;
+pub mod layout;
 pub mod manifest;
 pub mod process;
 pub mod pull;

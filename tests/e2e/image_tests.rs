@@ -4,14 +4,12 @@
 //! --image` with the built-in image and with an imported one.
 
 use std::fs;
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::Failed;
-use sha2::{Digest as _, Sha256};
 
 use crate::support::{
     AGENT_INITRAMFS_ENV, Case, GUEST_KERNEL_ENV, Place, artifact, check, run_peapod,
@@ -114,12 +112,6 @@ fn start_registry(dir: &Path) -> Result<Registry, Failed> {
     Ok(registry)
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    let sum = Sha256::digest(bytes);
-    let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 enum Entry<'a> {
     Dir(&'a str),
     File(&'a str, &'a str),
@@ -197,60 +189,9 @@ fn write_layout(dir: &Path) -> Result<(), Failed> {
         "Entrypoint": ["/bin/echo"], "Cmd": ["hello"],
         "Env": ["PATH=/bin", "GREETING=hi"], "WorkingDir": "/work",
     });
-    write_oci_layout(dir, &layers, run_config)
-}
-
-/// Writes an OCI layout of gzip `layers` (tars) with `run_config` as the config's `config`;
-/// its index names it `v1`.
-fn write_oci_layout(
-    dir: &Path,
-    layers: &[Vec<u8>],
-    run_config: serde_json::Value,
-) -> Result<(), Failed> {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs)?;
-    let put = |bytes: &[u8]| -> Result<(String, usize), Failed> {
-        let digest = sha256(bytes);
-        fs::write(blobs.join(&digest["sha256:".len()..]), bytes)?;
-        Ok((digest, bytes.len()))
-    };
-    let mut descriptors = Vec::new();
-    let mut diff_ids = Vec::new();
-    for layer in layers {
-        diff_ids.push(sha256(layer));
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(layer)?;
-        let (digest, size) = put(&gz.finish()?)?;
-        descriptors.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": size,
-        }));
-    }
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": run_config,
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config_size},
-        "layers": descriptors,
-    });
-    let (manifest_digest, manifest_size) = put(&serde_json::to_vec(&manifest)?)?;
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest, "size": manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": "v1"},
-        }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    Ok(())
+    Ok(peapod::image::layout::write_oci_layout(
+        dir, &layers, run_config, "v1",
+    )?)
 }
 
 fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> {
@@ -429,7 +370,7 @@ fn run_container_with_images_from_the_store() -> Result<(), Failed> {
         Entry::Dir("tmp"),
     ])?;
     let layout = tmp.path().join("layout");
-    write_oci_layout(
+    peapod::image::layout::write_oci_layout(
         &layout,
         &[layer],
         serde_json::json!({
@@ -439,6 +380,7 @@ fn run_container_with_images_from_the_store() -> Result<(), Failed> {
             "WorkingDir": "/srv",
             "User": "app",
         }),
+        "v1",
     )?;
     let import = run_peapod(&[
         "image",
