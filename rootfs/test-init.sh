@@ -36,6 +36,7 @@ e2e)
     # - vsock: an echo server on port 5001 for two host connections (a ping, then bulk
     #   data), and a round trip to the host's listener on CID 2 port 5000.
     echo "PEAPOD_GUEST_INIT_OK"
+    echo "peapod-test: boot_signal $boot_signal"
     echo "peapod-test: nproc $(nproc)"
     if [ -b /dev/vda ]; then
         echo "peapod-test: disk_read $(head -c 64 /dev/vda | tr -dc 'A-Za-z0-9_-')"

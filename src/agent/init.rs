@@ -260,6 +260,57 @@ pub fn seed_entropy(seed: &[u8]) -> Result<(), InitError> {
 }
 
 /// Syncs and reboots, which ends the VM with exit status 0.
+/// Tells the VMM that the guest's init runs: the byte [`BOOT_SIGNAL_VALUE`] written to
+/// guest-physical [`BOOT_SIGNAL_ADDRESS`] through `/dev/mem` (the VMM's boot timer; see
+/// `vmm::devices::boot_signal`). Only timing depends on it, so callers may ignore an error
+/// (a kernel without `CONFIG_DEVMEM`).
+///
+/// [`BOOT_SIGNAL_VALUE`]: crate::vmm::devices::boot_signal::BOOT_SIGNAL_VALUE
+/// [`BOOT_SIGNAL_ADDRESS`]: crate::vmm::layout::BOOT_SIGNAL_ADDRESS
+pub fn send_boot_signal() -> Result<(), InitError> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let address = crate::vmm::layout::BOOT_SIGNAL_ADDRESS;
+    let mem = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_SYNC)
+        .open("/dev/mem")
+        .map_err(io_at("opening /dev/mem"))?;
+    let offset = libc::off_t::try_from(address).map_err(|_| InitError::Io {
+        what: format!("the boot signal's address {address:#x}"),
+        source: io::ErrorKind::InvalidInput.into(),
+    })?;
+    let page = 4096;
+    // SAFETY: maps one page of /dev/mem, a new mapping that aliases nothing of ours; the
+    // result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            mem.as_raw_fd(),
+            offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io_at("mapping the boot signal's page of /dev/mem")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `ptr` is the start of the page mapped writable above; a volatile byte store is
+    // the MMIO write the VMM watches for. The page is unmapped right after, and only here.
+    unsafe {
+        std::ptr::write_volatile(
+            ptr.cast::<u8>(),
+            crate::vmm::devices::boot_signal::BOOT_SIGNAL_VALUE,
+        );
+        libc::munmap(ptr, page);
+    }
+    Ok(())
+}
+
 pub fn power_off() -> ! {
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);

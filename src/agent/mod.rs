@@ -44,6 +44,9 @@ fn run_agent() -> ! {
     if let Err(e) = init::mount_system(os.as_ref()) {
         fatal(&format!("mounting the system filesystems: {e}"));
     }
+    if let Err(e) = init::send_boot_signal() {
+        eprintln!("peapod-agent: no boot signal (boot timing only): {e}");
+    }
     let _ = nix::unistd::sethostname("peapod");
     let reaper = process::Reaper::new();
     reaper.start();

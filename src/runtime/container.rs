@@ -76,6 +76,9 @@ pub struct RunOutcome {
 /// Milliseconds from the VMM's spawn to each step.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunTimings {
+    /// The kernel's boot: the VMM's start to the agent's boot signal (as the VMM's own boot
+    /// timer saw it; known once the VM is down, `None` where the guest sent none).
+    pub kernel_booted_ms: Option<f64>,
     pub agent_ready_ms: f64,
     pub sandbox_created_ms: f64,
     pub container_created_ms: f64,
@@ -89,8 +92,11 @@ impl std::fmt::Display for RunTimings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "run-timing: agent_ready_ms={:.1} sandbox_created_ms={:.1} container_created_ms={:.1} \
-             container_started_ms={:.1} first_output_ms={} exited_ms={:.1} vm_down_ms={:.1}",
+            "run-timing: kernel_booted_ms={} agent_ready_ms={:.1} sandbox_created_ms={:.1} \
+             container_created_ms={:.1} container_started_ms={:.1} first_output_ms={} \
+             exited_ms={:.1} vm_down_ms={:.1}",
+            self.kernel_booted_ms
+                .map_or("none".into(), |ms| format!("{ms:.1}")),
             self.agent_ready_ms,
             self.sandbox_created_ms,
             self.container_created_ms,
@@ -288,8 +294,9 @@ pub fn run_container_io(run: &RunContainer, io: RunIo<'_>) -> Result<RunOutcome,
         Ok((status, start_error))
     })?;
     timings.first_output_ms = first_output.get().copied().map(ms);
-    if let Err(e) = vm.shutdown() {
-        tracing::warn!("the pod VM did not shut down cleanly: {e}");
+    match vm.shutdown() {
+        Ok(down) => timings.kernel_booted_ms = down.boot_signal_ms,
+        Err(e) => tracing::warn!("the pod VM did not shut down cleanly: {e}"),
     }
     timings.vm_down_ms = ms(Instant::now());
     Ok(RunOutcome {
@@ -366,7 +373,7 @@ mod tests {
             ..Default::default()
         };
         let line = t.to_string();
-        assert!(line.starts_with("run-timing: agent_ready_ms=1.0"));
+        assert!(line.starts_with("run-timing: kernel_booted_ms=none agent_ready_ms=1.0"));
         assert!(line.contains("first_output_ms=2.5"));
     }
 }

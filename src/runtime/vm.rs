@@ -102,6 +102,25 @@ pub struct StartTimes {
     pub agent_ready: Option<Instant>,
 }
 
+/// What is known once a pod VM is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VmDown {
+    /// The VMM's start to the agent's boot signal, from the VMM's `boot-timing:` line.
+    pub boot_signal_ms: Option<f64>,
+}
+
+/// `boot_signal_ms` of the VMM's `boot-timing: ... boot_signal_ms=N ...` line (`-` or no
+/// line: none).
+fn boot_signal_ms(vmm_log: &str) -> Option<f64> {
+    vmm_log
+        .lines()
+        .filter(|l| l.starts_with("boot-timing:"))
+        .flat_map(str::split_whitespace)
+        .find_map(|kv| kv.strip_prefix("boot_signal_ms="))?
+        .parse()
+        .ok()
+}
+
 /// A running pod VM with a control connection to its agent.
 pub struct PodVm {
     child: Option<Child>,
@@ -133,7 +152,8 @@ impl PodVm {
             .arg("--vsock")
             .arg(&uds)
             .arg("--console")
-            .arg(&console);
+            .arg(&console)
+            .arg("--boot-timing");
         for (path, ro) in &config.disks {
             let mut arg = path.as_os_str().to_owned();
             if *ro {
@@ -234,17 +254,22 @@ impl PodVm {
     }
 
     /// Asks the agent to power the VM off and waits for the VMM to exit.
-    pub fn shutdown(mut self) -> Result<(), PodVmError> {
+    pub fn shutdown(mut self) -> Result<VmDown, PodVmError> {
         let asked = self.client.shutdown();
         // The agent powers off once this connection closes (or after a linger).
         let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
         let Some(mut child) = self.child.take() else {
-            return Ok(());
+            return Ok(VmDown::default());
         };
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         loop {
             match child.try_wait().map_err(PodVmError::Wait)? {
-                Some(status) if status.success() => return Ok(()),
+                Some(status) if status.success() => {
+                    let log = std::fs::read_to_string(self.dir.path().join("vmm.log"));
+                    return Ok(VmDown {
+                        boot_signal_ms: log.ok().as_deref().and_then(boot_signal_ms),
+                    });
+                }
                 Some(status) => {
                     return Err(PodVmError::VmmFailed {
                         status,
@@ -372,6 +397,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_boot_signal_time_comes_from_the_vmm_log() {
+        let log =
+            "some warning\nboot-timing: first_output_ms=84.1 boot_signal_ms=412.9 total_ms=530.0\n";
+        assert_eq!(boot_signal_ms(log), Some(412.9));
+        let none = "boot-timing: first_output_ms=84.1 boot_signal_ms=- total_ms=530.0\n";
+        assert_eq!(boot_signal_ms(none), None);
+        assert_eq!(boot_signal_ms("boot_signal_ms=5 outside the line"), None);
+    }
+
+    /// `PodVm::start` with a script as the VMM, tried again while exec says ETXTBSY: a test
+    /// thread forking at the moment the script was written keeps its write descriptor open
+    /// in the child until that child execs.
+    fn start_fake(config: &PodVmConfig) -> Result<PodVm, PodVmError> {
+        for _ in 0..50 {
+            match PodVm::start(config) {
+                Err(PodVmError::Spawn { source, .. })
+                    if source.raw_os_error() == Some(libc::ETXTBSY) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+        PodVm::start(config)
+    }
+
+    #[test]
     fn a_vmm_that_ends_at_once_is_reported_with_its_console() {
         let dir = tempfile::tempdir().unwrap();
         // A stand-in "VMM" that writes a console line and exits: `sh -c` ignores the rest.
@@ -383,7 +435,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let err = PodVm::start(&PodVmConfig {
+        let err = start_fake(&PodVmConfig {
             vmm_binary: script,
             kernel: "/k".into(),
             initrd: "/i".into(),
@@ -409,7 +461,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let start = Instant::now();
-        let err = PodVm::start(&PodVmConfig {
+        let err = start_fake(&PodVmConfig {
             vmm_binary: script,
             kernel: "/k".into(),
             initrd: "/plain.cpio.gz".into(),

@@ -119,6 +119,7 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
             "256",
             "--console",
             "stdout",
+            "--boot-timing",
         ])
         .arg("--kernel")
         .arg(&kernel)
@@ -189,6 +190,22 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
         &out,
     )?;
     check(has("peapod-test: nproc 2"), "the guest sees 2 vCPUs", &out)?;
+    // init writes the boot signal (123 to 0xc0000000 through /dev/mem) before its marker
+    check(
+        has("peapod-test: boot_signal sent"),
+        "the guest wrote the boot signal",
+        &out,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let signal_ms = stderr
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("boot_signal_ms="))
+        .and_then(|v| v.parse::<f64>().ok());
+    check(
+        signal_ms.is_some_and(|ms| ms > 0.0),
+        "the VMM saw the boot signal and reports when (--boot-timing)",
+        &out,
+    )?;
     check(
         has("peapod-test: disk_read PEAPOD-DISK-PATTERN-0123456789"),
         "the guest read the disk's pattern",
