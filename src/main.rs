@@ -4,14 +4,17 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = peapod::cli::Cli::parse();
-    tracing_subscriber::fmt()
+    // PEAPOD_LOG takes a filter (`debug`, `peapod=trace`, ...); without it, warnings and
+    // errors only, through a plain level check (a VMM process then never parses a filter).
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PEAPOD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .without_time()
-        .init();
+        .without_time();
+    match std::env::var("PEAPOD_LOG") {
+        Ok(filter) => logs
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init(),
+        Err(_) => logs.with_max_level(tracing::Level::WARN).init(),
+    }
     match peapod::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {
