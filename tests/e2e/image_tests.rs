@@ -161,10 +161,16 @@ fn layer_tar(entries: &[Entry]) -> Result<Vec<u8>, Failed> {
     Ok(tar.into_inner()?)
 }
 
-/// Writes an OCI layout with three gzip layers (files, a whiteout, an opaque directory, a
-/// hard link and a symlink) and a run config; its index names it `v1`.
+/// Writes an OCI layout with four gzip layers (busybox with `echo`; files, a whiteout, an
+/// opaque directory, a hard link and a symlink) and a run config; its index names it `v1`.
 fn write_layout(dir: &Path) -> Result<(), Failed> {
+    let busybox = fs::read(peapod::image::builtin::find_busybox()?)?;
     let layers = [
+        layer_tar(&[
+            Entry::Dir("bin"),
+            Entry::Exec("bin/busybox", &busybox),
+            Entry::Symlink("bin/echo", "busybox"),
+        ])?,
         layer_tar(&[
             Entry::Dir("etc"),
             Entry::File("etc/motd", "from layer 1"),
@@ -235,8 +241,8 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
         &pull,
     )?;
     check(
-        stderr.contains("3 layer(s)")
-            && stderr.contains("layer 3/3")
+        stderr.contains("4 layer(s)")
+            && stderr.contains("layer 4/4")
             && stderr.contains("verified"),
         "pull shows layer progress",
         &pull,
@@ -256,8 +262,8 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
     check(
         info["config"]["Entrypoint"] == serde_json::json!(["/bin/echo"])
             && info["config"]["WorkingDir"] == "/work"
-            && info["layers"].as_array().map(Vec::len) == Some(3),
-        "inspect shows the run config and 3 layers",
+            && info["layers"].as_array().map(Vec::len) == Some(4),
+        "inspect shows the run config and 4 layers",
         &inspect,
     )?;
 
@@ -308,7 +314,31 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
     if !extracted.join("work").is_dir() {
         return Err("the working directory /work is missing".into());
     }
-    Ok(())
+
+    // And the pulled image runs in a pod VM: the store (with its block image) goes into the
+    // test bed, where the image's Entrypoint (/bin/echo from its busybox layer) gets our CMD.
+    let pod = run_peapod(&[
+        "machine",
+        "run",
+        "--copy",
+        &format!("{store_arg}:/opt/e2e-store"),
+        "--",
+        "peapod",
+        "vm",
+        "run-container",
+        "--store",
+        "/opt/e2e-store",
+        "--image",
+        &reference,
+        "--",
+        "pulled-and-run",
+    ])?;
+    check(
+        pod.status.code() == Some(0)
+            && String::from_utf8_lossy(&pod.stdout).contains("pulled-and-run"),
+        "the pulled image runs in a pod VM (Entrypoint echo + CMD)",
+        &pod,
+    )
 }
 
 /// In a pod VM (test bed or hardware KVM), with an empty store: the built-in image (made

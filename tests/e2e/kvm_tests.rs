@@ -19,7 +19,8 @@ use peapod::vmm::boot::linux::DEFAULT_CMDLINE;
 use peapod::vmm::virtio::vsock::{connect_to_guest, host_listener_path};
 
 use crate::support::{
-    Case, GUEST_KERNEL_ENV, Place, TEST_INITRAMFS_ENV, artifact, check, peapod, run_peapod,
+    Case, GUEST_KERNEL_ENV, Place, TEST_BZIMAGE_ENV, TEST_INITRAMFS_ENV, artifact, check, peapod,
+    run_peapod,
 };
 
 pub fn cases() -> Vec<Case> {
@@ -39,6 +40,7 @@ pub fn cases() -> Vec<Case> {
             "linux_guest_boots_with_disk_vsock_and_two_cpus",
             linux_guest_boots_with_disk_vsock_and_two_cpus,
         ),
+        case("bzimage_kernel_boots_to_init", bzimage_kernel_boots_to_init),
         case(
             "vm_boot_refuses_a_garbage_kernel",
             vm_boot_refuses_a_garbage_kernel,
@@ -293,6 +295,34 @@ fn echo_bulk(uds: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// `peapod vm boot` with `args` must fail with a non-zero status, saying `expected`.
+/// The bzImage path of the loader (linux-loader's bzImage, 64-bit boot protocol with a zero
+/// page): Debian's cloud kernel boots the test initramfs to its marker and reboots.
+fn bzimage_kernel_boots_to_init() -> Result<(), Failed> {
+    let kernel = artifact(TEST_BZIMAGE_ENV)?;
+    let initrd = artifact(TEST_INITRAMFS_ENV)?;
+    let out = Command::new(peapod())
+        .args(["vm", "boot", "--memory", "512", "--console", "stdout"])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--cmdline", &format!("{DEFAULT_CMDLINE} quiet")])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let console = String::from_utf8_lossy(&out.stdout);
+    check(
+        console.contains("PEAPOD_GUEST_INIT_OK") && console.contains("-cloud-amd64 x86_64"),
+        "the bzImage kernel ran the test init",
+        &out,
+    )?;
+    check(
+        out.status.code() == Some(0),
+        "its reboot ends the VMM with 0",
+        &out,
+    )
+}
+
 fn boot_fails(args: &[&str], expected: &str) -> Result<(), Failed> {
     let out = run_peapod(&[&["vm", "boot", "--console", "off"], args].concat())?;
     check(

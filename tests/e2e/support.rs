@@ -102,13 +102,26 @@ pub fn guest_artifacts() -> Vec<(&'static str, Result<PathBuf, String>)> {
         .map(PathBuf::from)
         .map(Ok)
         .unwrap_or_else(|| script_output("rootfs/build-test-image.sh"));
+    // A bzImage to boot: Debian's cloud kernel, the one the test bed's L1 runs.
+    let bzimage = std::env::var_os(TEST_BZIMAGE_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| {
+            peapod::machine::assets::L1Assets::find()
+                .map(|l1| l1.kernel)
+                .map_err(|e| e.to_string())
+        });
     vec![
         (GUEST_KERNEL_ENV, kernel),
         (TEST_INITRAMFS_ENV, initramfs),
         (AGENT_INITRAMFS_ENV, agent),
         (TEST_IMAGE_ENV, test_image),
+        (TEST_BZIMAGE_ENV, bzimage),
     ]
 }
+
+/// A bzImage kernel (Debian's cloud kernel).
+pub const TEST_BZIMAGE_ENV: &str = "PEAPOD_TEST_BZIMAGE";
 
 /// The guest kernel the KVM tests boot.
 pub const GUEST_KERNEL_ENV: &str = "PEAPOD_GUEST_KERNEL";
