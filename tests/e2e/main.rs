@@ -67,6 +67,7 @@ fn main() -> ExitCode {
         .map(|c| c.trial(host_skip.as_deref()))
         .collect();
     let kvm_cases = cases.iter().filter(|c| c.place == Place::Kvm);
+    let kvm_names: Vec<String> = kvm_cases.clone().map(|c| c.trial_name()).collect();
     match (&hardware, &testbed) {
         (Ok(_), _) => {
             println!("e2e: hardware KVM here: KVM tests run directly");
@@ -84,7 +85,7 @@ fn main() -> ExitCode {
             println!("e2e: no hardware KVM here ({why})");
             println!("e2e: KVM tests run inside the test bed (`peapod machine run`)");
             let host_result = libtest_mimic::run(&args, trials);
-            let nested = support::run_self_in_machine();
+            let nested = support::run_self_in_machine(&kvm_names);
             if host_result.has_failed() || nested != 0 {
                 ExitCode::FAILURE
             } else {
