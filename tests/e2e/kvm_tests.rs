@@ -294,7 +294,6 @@ fn echo_bulk(uds: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
     Ok(back)
 }
 
-/// `peapod vm boot` with `args` must fail with a non-zero status, saying `expected`.
 /// The bzImage path of the loader (linux-loader's bzImage, 64-bit boot protocol with a zero
 /// page): Debian's cloud kernel boots the test initramfs to its marker and reboots.
 fn bzimage_kernel_boots_to_init() -> Result<(), Failed> {
@@ -323,6 +322,7 @@ fn bzimage_kernel_boots_to_init() -> Result<(), Failed> {
     )
 }
 
+/// `peapod vm boot` with `args` must fail with a non-zero status, saying `expected`.
 fn boot_fails(args: &[&str], expected: &str) -> Result<(), Failed> {
     let out = run_peapod(&[&["vm", "boot", "--console", "off"], args].concat())?;
     check(
