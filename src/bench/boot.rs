@@ -38,11 +38,7 @@ pub(super) struct Sample {
 }
 
 pub fn run(bench: &BootBench) -> anyhow::Result<()> {
-    if let Err(why) = crate::host::HostVirt::probe().hardware_kvm() {
-        if std::env::var_os("PEAPOD_IN_MACHINE").is_some() {
-            anyhow::bail!("no usable KVM inside the test bed: {why}");
-        }
-        eprintln!("bench boot: no hardware KVM here; running inside `peapod machine run`");
+    if !super::kvm_here("boot")? {
         return run_in_machine(bench);
     }
     let qemu = crate::machine::assets::find_qemu()?;

@@ -10,6 +10,22 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The median of some durations (zero for none).
+/// Whether a benchmark that boots VMs (`name`) can run here: `Ok(true)` with hardware KVM,
+/// `Ok(false)` when it has to run itself inside the test bed (it says so on stderr), an error
+/// inside the test bed without usable KVM.
+pub fn kvm_here(name: &str) -> anyhow::Result<bool> {
+    match crate::host::HostVirt::probe().hardware_kvm() {
+        Ok(_) => Ok(true),
+        Err(why) if std::env::var_os("PEAPOD_IN_MACHINE").is_some() => {
+            anyhow::bail!("no usable KVM inside the test bed: {why}")
+        }
+        Err(_) => {
+            eprintln!("bench {name}: no hardware KVM here; running inside `peapod machine run`");
+            Ok(false)
+        }
+    }
+}
+
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()

@@ -56,11 +56,7 @@ struct PodSample {
 }
 
 pub fn run(bench: &PodBench) -> anyhow::Result<()> {
-    if let Err(why) = crate::host::HostVirt::probe().hardware_kvm() {
-        if std::env::var_os("PEAPOD_IN_MACHINE").is_some() {
-            anyhow::bail!("no usable KVM inside the test bed: {why}");
-        }
-        eprintln!("bench pod: no hardware KVM here; running inside `peapod machine run`");
+    if !super::kvm_here("pod")? {
         return run_in_machine(bench);
     }
     let peapod = std::env::current_exe()?;
