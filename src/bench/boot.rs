@@ -42,7 +42,7 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
         return run_in_machine(bench);
     }
     let qemu = crate::machine::assets::find_qemu()?;
-    let peapod = std::env::current_exe()?;
+    let vmm = crate::vmm::program::VmmProgram::find()?;
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     // One command line for both: peapod's default (which keeps Linux's i8042 driver from
@@ -51,8 +51,8 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
     let cmdline = format!("{DEFAULT_CMDLINE} quiet");
     for i in 0..bench.runs {
         // interleaved, so both see the same machine state
-        let mut vm = Command::new(&peapod);
-        vm.args(["vm", "boot", "--console", "stdout"])
+        let mut vm = vmm.command();
+        vm.args(["--console", "stdout"])
             .arg("--kernel")
             .arg(&bench.kernel)
             .arg("--initrd")

@@ -60,6 +60,7 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
         return run_in_machine(bench);
     }
     let peapod = std::env::current_exe()?;
+    let vmm = crate::vmm::program::VmmProgram::find()?;
     let store = tempfile::Builder::new()
         .prefix("peapod-bench-pod-")
         .tempdir()
@@ -89,8 +90,8 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
     let cmdline = format!("{DEFAULT_CMDLINE} quiet");
     let (mut bare, mut pods, mut crun_runs) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..bench.runs {
-        let mut vm = Command::new(&peapod);
-        vm.args(["vm", "boot", "--console", "stdout"])
+        let mut vm = vmm.command();
+        vm.args(["--console", "stdout"])
             .arg("--kernel")
             .arg(&bench.kernel)
             .arg("--initrd")

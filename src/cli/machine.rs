@@ -16,7 +16,8 @@ pub enum MachineCommand {
     /// Boot the L1, run CMD inside it as root with /dev/kvm ready, exit with CMD's status.
     ///
     /// CMD's stdout and stderr come back on peapod's; its stdin is /dev/null. The current
-    /// peapod binary is /usr/bin/peapod inside.
+    /// peapod binary is /usr/bin/peapod inside (and peapod-vmm beside it, where it is beside
+    /// the current one).
     Run(RunArgs),
     /// Print what this host has for the L1 (same as `peapod doctor`).
     Check(super::doctor::DoctorArgs),

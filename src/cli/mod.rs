@@ -5,7 +5,7 @@ mod bench;
 mod doctor;
 mod image;
 mod machine;
-mod vm;
+pub mod vm;
 
 use std::process::ExitCode;
 
@@ -13,6 +13,23 @@ use clap::{Parser, Subcommand};
 
 /// Exit status when peapod itself fails (as podman and docker do).
 pub const EXIT_PEAPOD_ERROR: u8 = 125;
+/// Exit status of `peapod machine run` when the L1 ran past its --timeout (as timeout(1)).
+pub use machine::EXIT_TIMEOUT as EXIT_MACHINE_TIMEOUT;
+
+/// Log lines to stderr. PEAPOD_LOG takes a filter (`debug`, `peapod=trace`, ...); without it,
+/// warnings and errors only, through a plain level check (a VMM process then never parses a
+/// filter).
+pub fn init_logging() {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time();
+    match std::env::var("PEAPOD_LOG") {
+        Ok(filter) => logs
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init(),
+        Err(_) => logs.with_max_level(tracing::Level::WARN).init(),
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(

@@ -13,6 +13,7 @@ use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 use crate::vmm::builder::{
     self, Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig, VsockConfig,
 };
+use crate::vmm::program::VmmProgram;
 use crate::vmm::vcpu::VcpuStop;
 use crate::vmm::virtio::vsock::DEFAULT_GUEST_CID;
 
@@ -143,7 +144,7 @@ fn hello() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
+pub fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
     let kernel = match args.kernel {
         Some(path) => path,
@@ -354,7 +355,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("invalid limits: {e}"))?;
     let run = RunContainer {
         vm: runtime::PodVmConfig {
-            vmm_binary: std::env::current_exe().context("cannot find the peapod binary")?,
+            vmm: VmmProgram::find().context("cannot find the peapod binary")?,
             kernel,
             initrd,
             cpus: args.cpus,

@@ -16,6 +16,8 @@ use crate::cpio::{CpioError, CpioWriter};
 
 /// Where peapod itself lives inside the L1.
 pub const GUEST_PEAPOD: &str = "/usr/bin/peapod";
+/// Where the standalone VMM (`peapod-vmm`) lives inside the L1, beside peapod.
+pub const GUEST_PEAPOD_VMM: &str = "/usr/bin/peapod-vmm";
 /// Where the host's mkfs.erofs (erofs-utils), if any, lives inside the L1.
 pub const GUEST_MKFS_EROFS: &str = "/usr/bin/mkfs.erofs";
 /// What the base archive tells init: which modules give /dev/kvm.
@@ -179,6 +181,9 @@ pub fn base_archive(
     };
     plan.add_binary("/bin/busybox", &l1.busybox)?;
     plan.add_binary(GUEST_PEAPOD, peapod)?;
+    if let Some(vmm) = crate::vmm::program::standalone_beside(peapod) {
+        plan.add_binary(GUEST_PEAPOD_VMM, &vmm)?;
+    }
     // Guest block images (`peapod image build-disk`, `vm run-container --image`) are made
     // with mkfs.erofs inside the L1 too: carried, with its libraries, where the host has it.
     if let Some(mkfs) = assets::find_in_path("mkfs.erofs") {

@@ -15,12 +15,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::protocol::client::{Client, ClientError, attach_stream};
 use crate::protocol::{CONTROL_PORT, ProcessRef, STDIO_PORT, StreamKind};
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
+use crate::vmm::program::VmmProgram;
 use crate::vmm::virtio::vsock::{ConnectError, connect_to_guest};
 
 /// How long a pod VM may take from the VMM's start to the agent's answer.
@@ -83,8 +84,8 @@ pub enum PodVmError {
 /// What a pod VM boots.
 #[derive(Debug, Clone)]
 pub struct PodVmConfig {
-    /// The peapod binary whose `vm boot` runs the VMM.
-    pub vmm_binary: PathBuf,
+    /// The program that runs the VMM.
+    pub vmm: VmmProgram,
     pub kernel: PathBuf,
     /// The agent initramfs.
     pub initrd: PathBuf,
@@ -140,8 +141,8 @@ impl PodVm {
         let uds = dir.path().join("vsock.sock");
         let console = dir.path().join("console.log");
         let vmm_log = File::create(dir.path().join("vmm.log")).map_err(PodVmError::TempDir)?;
-        let mut cmd = Command::new(&config.vmm_binary);
-        cmd.args(["vm", "boot", "--kernel"])
+        let mut cmd = config.vmm.command();
+        cmd.arg("--kernel")
             .arg(&config.kernel)
             .arg("--initrd")
             .arg(&config.initrd)
@@ -182,7 +183,7 @@ impl PodVm {
         }
         let spawned = Instant::now();
         let mut child = cmd.spawn().map_err(|source| PodVmError::Spawn {
-            binary: config.vmm_binary.clone(),
+            binary: config.vmm.path.clone(),
             source,
         })?;
         let connected = wait_for_agent(&mut child, dir.path(), &uds, config).and_then(|stream| {
@@ -436,7 +437,7 @@ mod tests {
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let err = start_fake(&PodVmConfig {
-            vmm_binary: script,
+            vmm: VmmProgram::standalone(script),
             kernel: "/k".into(),
             initrd: "/i".into(),
             cpus: 1,
@@ -462,7 +463,7 @@ mod tests {
             .unwrap();
         let start = Instant::now();
         let err = start_fake(&PodVmConfig {
-            vmm_binary: script,
+            vmm: VmmProgram::standalone(script),
             kernel: "/k".into(),
             initrd: "/plain.cpio.gz".into(),
             cpus: 1,

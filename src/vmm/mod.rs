@@ -13,6 +13,7 @@
 //! - [`stop`]: how a running VM ends and why.
 //! - [`hello`]: the built-in guest program.
 //! - [`builder`]: the one place that assembles and starts VMs.
+//! - [`program`]: which executable runs a VM as its own process (`peapod-vmm`).
 
 pub mod boot;
 pub mod builder;
@@ -23,6 +24,7 @@ pub mod hello;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
+pub mod program;
 pub mod stop;
 pub mod vcpu;
 pub mod virtio;

@@ -18,6 +18,7 @@ use peapod::protocol::{
 };
 use peapod::runtime::container::detect_fs_type;
 use peapod::runtime::{PodVm, PodVmConfig};
+use peapod::vmm::program::VmmProgram;
 
 use crate::support::{
     AGENT_INITRAMFS_ENV, Case, GUEST_KERNEL_ENV, Place, TEST_IMAGE_ENV, TEST_INITRAMFS_ENV,
@@ -305,7 +306,7 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
     let image = artifact(TEST_IMAGE_ENV)?;
     let fs_type = detect_fs_type(&image).map_err(|e| e.to_string())?;
     let mut vm = PodVm::start(&PodVmConfig {
-        vmm_binary: peapod(),
+        vmm: VmmProgram::next_to(&peapod()),
         kernel: artifact(GUEST_KERNEL_ENV)?,
         initrd: artifact(AGENT_INITRAMFS_ENV)?,
         cpus: 1,

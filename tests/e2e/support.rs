@@ -177,8 +177,9 @@ const TEST_BED_TIMEOUT_S: u32 = 300;
 /// its kernel panics inside KVM now and then ("stack guard page was hit" in its page fault
 /// handler with the L2's GS base loaded: the emulated #VMEXIT path), and once an L2 was seen to
 /// triple-fault at its first instructions, and an L1 to hang. So:
-/// - when the L1 dies or hangs (exit status 125, `peapod machine run`'s own failure, with the L1's
-///   console tail printed), the tests that had not passed run in a fresh L1;
+/// - when the L1 dies or hangs (exit status 125, `peapod machine run`'s own failure, or 124, its
+///   timeout; with the L1's console tail printed), the tests that had not passed run in a
+///   fresh L1;
 /// - a test that fails runs once more in a fresh L1; the suite passes only if it passes there,
 ///   and then it is named as flaky. A second failure fails the suite.
 pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
@@ -215,7 +216,8 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
             println!("e2e: failed in two L1s: {twice:?}");
             break;
         }
-        let bed_failed = status == Some(i32::from(peapod::cli::EXIT_PEAPOD_ERROR));
+        let bed_failed = status == Some(i32::from(peapod::cli::EXIT_PEAPOD_ERROR))
+            || status == Some(i32::from(peapod::cli::EXIT_MACHINE_TIMEOUT));
         if !bed_failed && failed.is_empty() {
             break; // the test binary failed without a failed test to retry
         }
@@ -223,8 +225,9 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
             if bed_failed {
                 println!(
                     "e2e: the test bed itself failed (L1 {attempt} of {TEST_BED_ATTEMPTS}, exit \
-                     status 125: see the L1 console tail above); the tests that have not passed \
+                     status {}: see the L1 console tail above); the tests that have not passed \
                      ({} have) run in a fresh L1",
+                    status.unwrap_or(-1),
                     passed.len()
                 );
             }
@@ -302,8 +305,9 @@ fn run_echoing_results(
     use std::io::{BufRead, BufReader};
     let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
     let stdout = child.stdout.take().expect("stdout was piped");
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
+    // by bytes: a guest's console in a failure message need not be UTF-8
+    for line in BufReader::new(stdout).split(b'\n') {
+        let line = String::from_utf8_lossy(&line?).into_owned();
         println!("{line}");
         if let Some(name) = test_with_result(&line, "ok") {
             passed.push(name.to_string());
