@@ -259,7 +259,6 @@ pub fn seed_entropy(seed: &[u8]) -> Result<(), InitError> {
     Ok(())
 }
 
-/// Syncs and reboots, which ends the VM with exit status 0.
 /// Tells the VMM that the guest's init runs: the byte [`BOOT_SIGNAL_VALUE`] written to
 /// guest-physical [`BOOT_SIGNAL_ADDRESS`] through `/dev/mem` (the VMM's boot timer; see
 /// `vmm::devices::boot_signal`). Only timing depends on it, so callers may ignore an error
@@ -311,6 +310,7 @@ pub fn send_boot_signal() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Syncs and reboots, which ends the VM with exit status 0.
 pub fn power_off() -> ! {
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);

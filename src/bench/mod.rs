@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// The median of some durations (zero for none).
 /// Whether a benchmark that boots VMs (`name`) can run here: `Ok(true)` with hardware KVM,
 /// `Ok(false)` when it has to run itself inside the test bed (it says so on stderr), an error
 /// inside the test bed without usable KVM.
@@ -26,6 +25,7 @@ pub fn kvm_here(name: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// The median of some durations (zero for none).
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
