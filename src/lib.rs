@@ -2,7 +2,8 @@
 //!
 //! Layout: `cli` (one file per verb), `host` (what this host offers for VMs), `machine` (the
 //! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
-//! monitor), `cpio` (initramfs archives).
+//! monitor), `cpio` (initramfs archives), `pod` (the pod model on disk: specs, state, ids
+//! and names, the registry of pods, container logs).
 
 pub mod agent;
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod guest_kernel;
 pub mod host;
 pub mod image;
 pub mod machine;
+pub mod pod;
 pub mod protocol;
 pub mod runtime;
 pub mod vmm;
