@@ -24,11 +24,13 @@ use crate::protocol::WireError;
 
 pub mod id;
 pub mod layout;
+pub mod registry;
 pub mod spec;
 pub mod state;
 
 pub use id::{PodId, generate_name, validate_name};
 pub use layout::PodDirs;
+pub use registry::{PodRecord, PodView, Registry, SupervisorLock};
 pub use spec::{ContainerConfig, PodSpec, VmSize, VolumeSnapshot};
 pub use state::{
     ContainerState, ContainerStatus, PodState, PodStatus, read_json, write_json_atomic,
