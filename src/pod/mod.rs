@@ -24,12 +24,14 @@ use crate::protocol::WireError;
 
 pub mod id;
 pub mod layout;
+pub mod logs;
 pub mod registry;
 pub mod spec;
 pub mod state;
 
 pub use id::{PodId, generate_name, validate_name};
 pub use layout::PodDirs;
+pub use logs::{LogOptions, LogStream, LogWriter, follow_logs, read_logs};
 pub use registry::{PodRecord, PodView, Registry, SupervisorLock};
 pub use spec::{ContainerConfig, PodSpec, VmSize, VolumeSnapshot};
 pub use state::{
@@ -91,6 +93,12 @@ pub enum PodError {
     Io {
         what: &'static str,
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot write the logs out: {source}")]
+    Output {
         #[source]
         source: std::io::Error,
     },
