@@ -403,6 +403,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             memory_mib: args.memory,
             disks: Vec::new(),
             agent_timeout: runtime::container::agent_timeout_from_env(),
+            dir: None,
         },
         rootfs,
         fs_type: None,
