@@ -90,3 +90,30 @@ fn doctor_reports_each_part() {
         assert!(text.contains(part), "doctor output lacks {part:?}:\n{text}");
     }
 }
+
+#[test]
+fn the_vmm_names_a_bad_config_file_and_reports_it_as_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vmm.json");
+    std::fs::write(&config, br#"{"kernel": "/k", "memroy_mib": 64}"#).unwrap();
+    let config = config.to_str().unwrap();
+    // --events-fd 1: the events come out on stdout, one JSON object per line.
+    let out = Command::new(env!("CARGO_BIN_EXE_peapod-vmm"))
+        .args(["--config", config, "--events-fd", "1"])
+        .output()
+        .expect("peapod-vmm runs");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains(config), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut events = Vec::new();
+    peapod::vmm::events::read_events(out.stdout.as_slice(), |e| events.push(e)).unwrap();
+    assert!(
+        matches!(&events[..], [peapod::vmm::events::VmmEvent::Failed { message }]
+            if message.contains("unknown field `memroy_mib`")),
+        "{stdout}"
+    );
+
+    let both = peapod(&["vm", "boot", "--config", config, "--cpus", "2"], &[]);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert!(stderr(&both).contains("--config"), "{}", stderr(&both));
+}

@@ -4,15 +4,16 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
 
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
-use crate::vmm::builder::{
-    self, Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig, VsockConfig,
-};
+use crate::vmm::builder::{self, DEFAULT_MEMORY_MIB, DiskConfig, VsockConfig};
+use crate::vmm::config::{ConsoleConfig, VmmConfig};
+use crate::vmm::events::{EventSink, VmmEvent};
 use crate::vmm::program::VmmProgram;
 use crate::vmm::vcpu::VcpuStop;
 use crate::vmm::virtio::vsock::DEFAULT_GUEST_CID;
@@ -35,8 +36,21 @@ pub enum VmCommand {
     RunContainer(RunContainerArgs),
 }
 
+/// The flags that describe the VM itself; `--config` replaces all of them.
+const VM_FLAGS: [&str; 10] = [
+    "kernel", "initrd", "cmdline", "cpus", "memory", "console", "disks", "rng", "vsock", "cid",
+];
+
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
+    /// The whole VM as a JSON file (a `VmmConfig`, see vmm::config), instead of the flags
+    /// below: how the pod runtime starts a VMM
+    #[arg(long, value_name = "FILE", conflicts_with_all = VM_FLAGS)]
+    config: Option<PathBuf>,
+    /// Write what happens (started, running, boot_signal, exited, failed) as JSON lines to
+    /// this inherited file descriptor (see vmm::events)
+    #[arg(long, value_name = "N")]
+    events_fd: Option<i32>,
     /// Kernel image: ELF vmlinux (PVH entry used when present) or bzImage [default: the
     /// kernel built by kernel/build.sh, or PEAPOD_GUEST_KERNEL]
     #[arg(long)]
@@ -144,31 +158,58 @@ fn hello() -> anyhow::Result<ExitCode> {
     }
 }
 
+impl BootArgs {
+    /// The VM these arguments describe: the `--config` file, or the flags (with the default
+    /// kernel when `--kernel` is not given), checked.
+    pub fn vmm_config(&self) -> anyhow::Result<VmmConfig> {
+        if let Some(path) = &self.config {
+            return Ok(VmmConfig::from_file(path)?);
+        }
+        let kernel = match &self.kernel {
+            Some(path) => path.clone(),
+            None => crate::guest_kernel::default_kernel()?,
+        };
+        let config = VmmConfig {
+            kernel,
+            initrd: self.initrd.clone(),
+            cmdline: Some(self.cmdline.clone()),
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            console: match &self.console {
+                ConsoleArg::Stdout => ConsoleConfig::Stdout,
+                ConsoleArg::Off => ConsoleConfig::Off,
+                ConsoleArg::File(path) => ConsoleConfig::File { path: path.clone() },
+            },
+            disks: self.disks.iter().map(|d| d.0.clone()).collect(),
+            rng: self.rng,
+            vsock: self.vsock.clone().map(|uds_path| VsockConfig {
+                uds_path,
+                guest_cid: self.cid,
+            }),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 pub fn boot(args: BootArgs) -> anyhow::Result<ExitCode> {
     let start = Instant::now();
-    let kernel = match args.kernel {
-        Some(path) => path,
-        None => crate::guest_kernel::default_kernel()?,
+    let events = Arc::new(match args.events_fd {
+        Some(fd) => EventSink::from_inherited_fd(fd)?,
+        None => EventSink::discard(),
+    });
+    let booted = args.vmm_config().and_then(|config| {
+        builder::boot_linux(config.into(), start, &events).context("cannot boot the VM")
+    });
+    let outcome = match booted {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            events.emit(&VmmEvent::Failed {
+                message: super::error_message(&err),
+            });
+            return Err(err);
+        }
     };
-    let config = LinuxVmConfig {
-        kernel,
-        initrd: args.initrd,
-        cmdline: Some(args.cmdline),
-        cpus: args.cpus,
-        memory_mib: args.memory,
-        console: match args.console {
-            ConsoleArg::Stdout => Console::Stdout,
-            ConsoleArg::Off => Console::Off,
-            ConsoleArg::File(path) => Console::File(path),
-        },
-        disks: args.disks.into_iter().map(|d| d.0).collect(),
-        rng: args.rng,
-        vsock: args.vsock.map(|uds_path| VsockConfig {
-            uds_path,
-            guest_cid: args.cid,
-        }),
-    };
-    let outcome = builder::boot_linux(config, start).context("cannot boot the VM")?;
     let _ = std::io::stdout().flush();
     if args.boot_timing {
         eprintln!("{}", outcome.times);
@@ -362,6 +403,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             memory_mib: args.memory,
             disks: Vec::new(),
             agent_timeout: runtime::container::agent_timeout_from_env(),
+            dir: None,
         },
         rootfs,
         fs_type: None,
@@ -493,6 +535,109 @@ mod tests {
             matches!("/tmp/c.log".parse(), Ok(ConsoleArg::File(p)) if p == std::path::Path::new("/tmp/c.log"))
         );
         assert!("".parse::<ConsoleArg>().is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Boot {
+        #[command(flatten)]
+        args: BootArgs,
+    }
+
+    fn boot_args(args: &[&str]) -> Result<BootArgs, clap::Error> {
+        use clap::Parser;
+        Boot::try_parse_from(std::iter::once("boot").chain(args.iter().copied())).map(|b| b.args)
+    }
+
+    #[test]
+    fn boot_flags_build_a_vmm_config() {
+        let args = boot_args(&[
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cpus",
+            "2",
+            "--memory",
+            "512",
+            "--console",
+            "/tmp/c.log",
+            "--disk",
+            "/a.erofs,ro",
+            "--disk",
+            "/b.ext4",
+            "--rng",
+            "--vsock",
+            "/tmp/v.sock",
+            "--cid",
+            "7",
+            "--events-fd",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(args.events_fd, Some(3));
+        let config = args.vmm_config().unwrap();
+        assert_eq!(
+            config,
+            VmmConfig {
+                kernel: "/k".into(),
+                initrd: Some("/i".into()),
+                cmdline: Some(DEFAULT_CMDLINE.into()),
+                cpus: 2,
+                memory_mib: 512,
+                console: ConsoleConfig::File {
+                    path: "/tmp/c.log".into()
+                },
+                disks: vec![
+                    DiskConfig {
+                        path: "/a.erofs".into(),
+                        read_only: true
+                    },
+                    DiskConfig {
+                        path: "/b.ext4".into(),
+                        read_only: false
+                    },
+                ],
+                rng: true,
+                vsock: Some(VsockConfig {
+                    uds_path: "/tmp/v.sock".into(),
+                    guest_cid: 7
+                }),
+            }
+        );
+        let bad = boot_args(&["--kernel", "/k", "--cpus", "0"]).unwrap();
+        assert!(bad.vmm_config().unwrap_err().to_string().contains("--cpus"));
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_vm_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.json");
+        let mut config = VmmConfig::new("/k".into());
+        config.rng = true;
+        config.write_file(&path).unwrap();
+        let path_arg = path.to_str().unwrap();
+        let args = boot_args(&["--config", path_arg, "--boot-timing"]).unwrap();
+        assert_eq!(args.vmm_config().unwrap(), config);
+        for flag in [&["--cpus", "2"][..], &["--kernel", "/k"], &["--rng"]] {
+            let mut argv = vec!["--config", path_arg];
+            argv.extend_from_slice(flag);
+            let err = boot_args(&argv).err().unwrap();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag:?}"
+            );
+        }
+        std::fs::write(&path, br#"{"kernel": "/k", "cpu": 2}"#).unwrap();
+        let err = boot_args(&["--config", path_arg])
+            .unwrap()
+            .vmm_config()
+            .unwrap_err();
+        let msg = super::super::error_message(&err);
+        assert!(
+            msg.contains(path_arg) && msg.contains("unknown field `cpu`"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -13,4 +13,4 @@ pub use container::{
     RunContainer, RunError, RunIo, RunOutcome, default_agent_initramfs, run_container,
     run_container_io,
 };
-pub use vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle, VmDown};
+pub use vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle, VmDown, VmEnd, VmmExit, VmmStatus};

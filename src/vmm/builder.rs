@@ -25,6 +25,9 @@
 //! 7. one thread per vCPU; the first one to stop (or the i8042) stops the VM, and the others
 //!    are kicked out of `KVM_RUN` with a signal.
 //!
+//! What happens is also told as it happens, as [`VmmEvent`]s on an [`EventSink`] (see
+//! [`crate::vmm::events`]).
+//!
 //! A pod runtime boots a VM with its agent by calling [`boot_linux`] with the agent's
 //! initramfs as `initrd` (its `/init` is the agent), the pod's images as `disks`, and its own
 //! console target; the guest ends the VM with `reboot(RB_AUTOBOOT)`, which is a
@@ -38,6 +41,7 @@ use std::time::{Duration, Instant};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{Cap, IoEventAddress};
+use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
@@ -46,10 +50,12 @@ use crate::vmm::boot::linux::{self, BootProtocol, LinuxBootError};
 use crate::vmm::boot::mptable::{self, MptableError};
 use crate::vmm::boot::{BootError, LongModeEntry, PvhEntry};
 use crate::vmm::bus::{Bus, BusError};
+use crate::vmm::config::{self, ConfigError};
 use crate::vmm::cpuid::{CpuidHost, VcpuTopology, filter_cpuid};
 use crate::vmm::devices::boot_signal::{BootSignal, BootTimer, BootTimes, TimedWriter};
 use crate::vmm::devices::i8042::{I8042, I8042_WINDOW};
 use crate::vmm::devices::serial::SerialDevice;
+use crate::vmm::events::{EventSink, VmmEvent};
 use crate::vmm::hello::{self, HelloError};
 use crate::vmm::kvm::{Kvm, KvmError};
 use crate::vmm::layout::{
@@ -111,6 +117,8 @@ pub enum BuildError {
     Mptable(#[from] MptableError),
     #[error("invalid VM configuration: {0}")]
     Config(String),
+    #[error("invalid VM configuration: {0}")]
+    Invalid(#[from] ConfigError),
     #[error(
         "cannot open the console file {path}: {source}; check the directory exists and is writable"
     )]
@@ -275,9 +283,11 @@ impl Console {
 
 /// A raw disk image given to the guest as a virtio-blk device (`/dev/vda`, `/dev/vdb`, ... in
 /// the order given).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    #[serde(default)]
     pub read_only: bool,
 }
 
@@ -285,7 +295,8 @@ pub struct DiskConfig {
 /// [`crate::vmm::virtio::vsock`]): the host reaches guest port P by connecting to `uds_path`
 /// and sending `CONNECT P\n`; a guest connect to CID 2 port P reaches a host listener on
 /// `<uds_path>_P`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     pub uds_path: PathBuf,
     /// The guest's CID, 3 or more.
@@ -330,26 +341,13 @@ impl LinuxVmConfig {
         }
     }
 
-    /// Checks what can be checked before touching KVM; returns the memory size in bytes.
+    /// Checks what can be checked before touching KVM (the same checks as
+    /// [`VmmConfig::validate`](crate::vmm::config::VmmConfig::validate)); returns the memory
+    /// size in bytes.
     pub fn validate(&self) -> Result<u64, BuildError> {
-        if self.cpus == 0 || self.cpus > mptable::MAX_CPUS {
-            return Err(BuildError::Config(format!(
-                "--cpus {} is out of range: give 1 to {}",
-                self.cpus,
-                mptable::MAX_CPUS
-            )));
-        }
-        let devices = self.disks.len() + usize::from(self.rng) + usize::from(self.vsock.is_some());
-        let max = IRQ_LAST - VIRTIO_IRQ_FIRST + 1;
-        if devices > max as usize {
-            return Err(BuildError::TooManyDevices {
-                count: devices,
-                max,
-            });
-        }
-        self.memory_mib.checked_mul(1 << 20).ok_or_else(|| {
-            BuildError::Config(format!("--memory {} MiB is too large", self.memory_mib))
-        })
+        let devices = config::device_count(self.disks.len(), self.rng, self.vsock.as_ref());
+        config::check_vsock(self.vsock.as_ref())?;
+        Ok(config::check(self.cpus, devices, self.memory_mib)?)
     }
 }
 
@@ -492,9 +490,18 @@ fn create_linux_vcpu(vm: &Vm, plan: &VcpuPlan<'_>, id: u8) -> Result<Vcpu, Build
 }
 
 /// Builds a Linux VM from `config` and runs it until it ends. `start` is when the VMM
-/// started (boot times count from it).
-pub fn boot_linux(config: LinuxVmConfig, start: Instant) -> Result<VmOutcome, BuildError> {
+/// started (boot times count from it). Tells `vmm_events` as it goes: `started` once the config
+/// is checked, `running` once the vCPUs run, `boot_signal` the moment the guest sends it,
+/// `exited` at the end (a build error is the caller's to report, as `failed`).
+pub fn boot_linux(
+    config: LinuxVmConfig,
+    start: Instant,
+    vmm_events: &Arc<EventSink>,
+) -> Result<VmOutcome, BuildError> {
     let mem_size = config.validate()?;
+    vmm_events.emit(&VmmEvent::Started {
+        pid: std::process::id(),
+    });
 
     // 1-3: KVM, memory, VM with irqchip.
     let kvm = Kvm::open()?;
@@ -504,7 +511,15 @@ pub fn boot_linux(config: LinuxVmConfig, start: Instant) -> Result<VmOutcome, Bu
 
     // 4: devices.
     let stop = VmStop::new();
-    let timer = BootTimer::new(start);
+    let on_signal = vmm_events.clone();
+    let timer = BootTimer::with_signal_hook(
+        start,
+        Box::new(move |at| {
+            on_signal.emit(&VmmEvent::BootSignal {
+                ms: at.as_secs_f64() * 1e3,
+            })
+        }),
+    );
     let mut pio = Bus::new();
     let mut mmio = Bus::new();
     let console = TimedWriter::new(config.console.into_writer()?, timer.clone());
@@ -614,12 +629,13 @@ pub fn boot_linux(config: LinuxVmConfig, start: Instant) -> Result<VmOutcome, Bu
     let device_thread = has_virtio
         .then(|| spawn_device_thread(events, stop.clone()))
         .transpose()?;
-    let exit = run_vcpus(vcpus, &stop)?;
+    let exit = run_vcpus(vcpus, &stop, vmm_events)?;
     if let Some(t) = device_thread {
         let _ = t.join();
     }
     let times = timer.times();
     tracing::info!("VM ended: {exit}; {times}");
+    vmm_events.emit(&VmmEvent::exited(&exit, &times));
     Ok(VmOutcome { exit, times })
 }
 
@@ -670,7 +686,11 @@ fn guest_exit(vcpu: u64, stopped: Result<Option<VcpuStop>, VcpuError>) -> Option
 }
 
 /// Runs each vCPU on its own thread until the VM stops, then brings every thread home.
-fn run_vcpus(vcpus: Vec<Vcpu>, stop: &Arc<VmStop>) -> Result<GuestExit, BuildError> {
+fn run_vcpus(
+    vcpus: Vec<Vcpu>,
+    stop: &Arc<VmStop>,
+    events: &EventSink,
+) -> Result<GuestExit, BuildError> {
     let signal = kick_signal();
     register_signal_handler(signal, on_kick)
         .map_err(|source| BuildError::KickSignal { signal, source })?;
@@ -697,6 +717,7 @@ fn run_vcpus(vcpus: Vec<Vcpu>, stop: &Arc<VmStop>) -> Result<GuestExit, BuildErr
             }
         }
     }
+    events.emit(&VmmEvent::Running);
     let exit = stop.wait();
     stop_threads(threads, signal);
     Ok(exit)
@@ -850,7 +871,10 @@ mod tests {
         c.rng = true;
         assert!(matches!(
             c.validate(),
-            Err(BuildError::TooManyDevices { count: 20, max: 19 })
+            Err(BuildError::Invalid(ConfigError::TooManyDevices {
+                count: 20,
+                max: 19
+            }))
         ));
         c.disks.clear();
         c.memory_mib = u64::MAX;

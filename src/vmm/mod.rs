@@ -12,14 +12,20 @@
 //! - [`virtio`]: virtio-mmio devices.
 //! - [`stop`]: how a running VM ends and why.
 //! - [`hello`]: the built-in guest program.
+//! - [`config`]: one VM's configuration as data ([`config::VmmConfig`], JSON for
+//!   `--config FILE`); `peapod vm boot`'s flags build the same struct.
 //! - [`builder`]: the one place that assembles and starts VMs.
+//! - [`events`]: what a VMM process reports while it runs (started, running, boot signal,
+//!   exited, failed) as JSON lines on `--events-fd`, and the reader for the host side.
 //! - [`program`]: which executable runs a VM as its own process (`peapod-vmm`).
 
 pub mod boot;
 pub mod builder;
 pub mod bus;
+pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod events;
 pub mod hello;
 pub mod kvm;
 pub mod layout;

@@ -313,6 +313,7 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
         memory_mib: 256,
         disks: vec![(image, true)],
         agent_timeout: Duration::from_secs(120),
+        dir: None,
     })
     .map_err(|e| e.to_string())?;
     let c = vm.client();

@@ -7,8 +7,9 @@
 //! shell in the guest: `devmem 0xc0000000 8 123` (needs `/dev/mem`, `CONFIG_DEVMEM`); a Rust
 //! agent maps `/dev/mem` at that page and writes one byte. Only the first such write counts;
 //! other values and offsets are ignored. The VMM logs the time since it started (a `tracing`
-//! line at info level, `PEAPOD_LOG=info`) and reports it in [`BootTimes`] (`peapod vm boot
-//! --boot-timing`).
+//! line at info level, `PEAPOD_LOG=info`), tells its hook at once (a `boot_signal` event on
+//! `--events-fd`, see [`crate::vmm::events`]) and reports it in [`BootTimes`] (`peapod vm boot
+//! --boot-timing`, and the `exited` event).
 //!
 //! [`BOOT_SIGNAL_ADDRESS`]: crate::vmm::layout::BOOT_SIGNAL_ADDRESS
 
@@ -21,12 +22,26 @@ use crate::vmm::bus::BusDevice;
 /// The byte a guest writes to say it has booted.
 pub const BOOT_SIGNAL_VALUE: u8 = 123;
 
+/// Called once, on the vCPU thread that saw it, with the time of the boot signal.
+pub type SignalHook = Box<dyn Fn(Duration) + Send + Sync>;
+
 /// Times since the VMM started, filled in as the guest gets there.
-#[derive(Debug)]
 pub struct BootTimer {
     start: Instant,
     first_output: OnceLock<Duration>,
     signal: OnceLock<Duration>,
+    on_signal: Option<SignalHook>,
+}
+
+impl std::fmt::Debug for BootTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootTimer")
+            .field("start", &self.start)
+            .field("first_output", &self.first_output)
+            .field("signal", &self.signal)
+            .field("on_signal", &self.on_signal.is_some())
+            .finish()
+    }
 }
 
 /// What a [`BootTimer`] saw.
@@ -43,17 +58,33 @@ pub struct BootTimes {
 impl BootTimer {
     /// A timer counting from `start` (take it as early as possible: the VMM's start).
     pub fn new(start: Instant) -> Arc<Self> {
+        Self::build(start, None)
+    }
+
+    /// A timer that also calls `hook` when the boot signal arrives (the VMM's events
+    /// announce it live through this).
+    pub fn with_signal_hook(start: Instant, hook: SignalHook) -> Arc<Self> {
+        Self::build(start, Some(hook))
+    }
+
+    fn build(start: Instant, on_signal: Option<SignalHook>) -> Arc<Self> {
         Arc::new(BootTimer {
             start,
             first_output: OnceLock::new(),
             signal: OnceLock::new(),
+            on_signal,
         })
     }
 
-    /// Marks the boot signal; returns the time since start the first time, `None` after.
+    /// Marks the boot signal; returns the time since start the first time (and calls the
+    /// hook), `None` after.
     pub fn mark_signal(&self) -> Option<Duration> {
         let elapsed = self.start.elapsed();
-        self.signal.set(elapsed).ok().map(|()| elapsed)
+        self.signal.set(elapsed).ok()?;
+        if let Some(hook) = &self.on_signal {
+            hook(elapsed);
+        }
+        Some(elapsed)
     }
 
     fn mark_first_output(&self) {
@@ -164,6 +195,22 @@ mod tests {
         dev.write(0, &[BOOT_SIGNAL_VALUE]);
         assert_eq!(timer.times().boot_signal, Some(first));
         assert!(timer.times().total >= first);
+    }
+
+    #[test]
+    fn the_hook_hears_the_first_signal_once() {
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let timer = BootTimer::with_signal_hook(
+            Instant::now(),
+            Box::new(move |d| h.lock().unwrap().push(d)),
+        );
+        let mut dev = BootSignal::new(timer.clone());
+        dev.write(0, &[BOOT_SIGNAL_VALUE]);
+        dev.write(0, &[BOOT_SIGNAL_VALUE]);
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard.len(), 1);
+        assert_eq!(Some(heard[0]), timer.times().boot_signal);
     }
 
     #[test]
