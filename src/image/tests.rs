@@ -352,6 +352,58 @@ fn archive_bombs_hit_the_limits() {
 }
 
 #[test]
+fn hostile_numeric_header_fields_never_panic() {
+    // Base-256 fields hold any u64: times past what a SystemTime can hold are clamped.
+    for mtime in [1u64 << 63, u64::MAX, i64::MAX as u64] {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (kind, name, link) in [
+            (tar::EntryType::Directory, "d/", ""),
+            (tar::EntryType::Regular, "d/f", ""),
+            (tar::EntryType::Symlink, "d/l", "f"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_mtime(mtime);
+            h.set_path(name).unwrap();
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            h.set_cksum();
+            builder.append(&h, &b""[..]).unwrap();
+        }
+        let s = Scratch::new();
+        apply(&s.root(), &[builder.into_inner().unwrap()], opts())
+            .unwrap_or_else(|e| panic!("mtime {mtime}: {e}"));
+        let meta = fs::metadata(s.root().join("d/f")).unwrap();
+        assert!(
+            meta.mtime() > 1_600_000_000,
+            "mtime {mtime}: {}",
+            meta.mtime()
+        );
+    }
+
+    // An owner no chown can take (u32::MAX means "leave it"; more does not fit) is an error.
+    for (uid, gid) in [(1u64 << 32, 0u64), (0, u64::MAX), (u64::from(u32::MAX), 0)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_path("f").unwrap();
+        h.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&h, &b""[..]).unwrap();
+        let s = Scratch::new();
+        let err = apply(&s.root(), &[builder.into_inner().unwrap()], opts()).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("out of range"), "{uid}/{gid}: {shown}");
+    }
+}
+
+#[test]
 fn device_nodes_are_skipped_unless_allowed() {
     let s = Scratch::new();
     let report = apply(

@@ -137,8 +137,8 @@ struct DirMeta {
 /// Owner, mode, time and extended attributes of one entry.
 struct Meta {
     mode: u32,
-    uid: u64,
-    gid: u64,
+    uid: u32,
+    gid: u32,
     mtime: Option<SystemTime>,
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
@@ -336,7 +336,7 @@ impl Unpacker {
                     });
                 }
                 if self.opts.chown {
-                    std::os::unix::fs::fchown(&file, Some(meta.uid as u32), Some(meta.gid as u32))
+                    std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid))
                         .map_err(write_err("set the owner of"))?;
                 }
                 file.set_permissions(Permissions::from_mode(meta.mode))
@@ -402,8 +402,14 @@ impl Unpacker {
                     }
                     _ => {
                         let header = entry.header();
-                        let major = header.device_major().ok().flatten().unwrap_or(0);
-                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                        let major = header
+                            .device_major()
+                            .map_err(write_err("read the device number of"))?
+                            .unwrap_or(0);
+                        let minor = header
+                            .device_minor()
+                            .map_err(write_err("read the device number of"))?
+                            .unwrap_or(0);
                         let flag = if kind == T::Char {
                             SFlag::S_IFCHR
                         } else {
@@ -530,14 +536,12 @@ impl Unpacker {
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         let header = entry.header();
         // Empty numeric fields (some writers leave them blank) read as 0; a mode as 0644.
+        // Every number is the archive's word: base-256 fields hold any u64.
         let mut meta = Meta {
             mode: header.mode().unwrap_or(0o644) & 0o7777,
-            uid: header.uid().unwrap_or(0),
-            gid: header.gid().unwrap_or(0),
-            mtime: header
-                .mtime()
-                .ok()
-                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            uid: owner_id("uid", header.uid().unwrap_or(0))?,
+            gid: owner_id("gid", header.gid().unwrap_or(0))?,
+            mtime: header.mtime().ok().map(mtime_from_secs),
             xattrs: Vec::new(),
         };
         if let Some(extensions) = entry.pax_extensions()? {
@@ -553,10 +557,14 @@ impl Unpacker {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     meta.xattrs
                         .push((OsStr::from_bytes(name).to_os_string(), value.to_vec()));
-                } else if key == b"uid" {
-                    meta.uid = number().unwrap_or(meta.uid);
-                } else if key == b"gid" {
-                    meta.gid = number().unwrap_or(meta.gid);
+                } else if key == b"uid"
+                    && let Some(uid) = number()
+                {
+                    meta.uid = owner_id("uid", uid)?;
+                } else if key == b"gid"
+                    && let Some(gid) = number()
+                {
+                    meta.gid = owner_id("gid", gid)?;
                 }
             }
         }
@@ -565,7 +573,7 @@ impl Unpacker {
 
     fn set_owner_and_xattrs(&mut self, path: &Path, meta: &Meta) -> io::Result<()> {
         if self.opts.chown {
-            std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))?;
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
         }
         self.set_xattrs(path, meta);
         Ok(())
@@ -581,6 +589,33 @@ impl Unpacker {
             }
         }
     }
+}
+
+/// The latest modification time kept: 2^63 - 1 nanoseconds after the epoch (in 2262), what
+/// every file system and `SystemTime` can hold. Later times in a header are clamped to it.
+const MAX_MTIME_SECS: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// A header's modification time (any u64 a base-256 field holds), clamped to
+/// [`MAX_MTIME_SECS`].
+fn mtime_from_secs(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(MAX_MTIME_SECS))
+}
+
+/// A header's uid or gid as an owner `chown` can set: `u32::MAX` means "unchanged" to it
+/// and anything larger does not fit, so both are refused rather than cut.
+fn owner_id(field: &str, value: u64) -> io::Result<u32> {
+    u32::try_from(value)
+        .ok()
+        .filter(|&id| id != u32::MAX)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{field} {value} is out of range (at most {}): the archive is malformed",
+                    u32::MAX - 1
+                ),
+            )
+        })
 }
 
 /// Sets a symlink's own modification time (the access time too: it is not kept).
