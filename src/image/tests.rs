@@ -403,6 +403,75 @@ fn hostile_numeric_header_fields_never_panic() {
     }
 }
 
+/// A GNU sparse entry: 512 bytes of data stored at the end of a file of `real_size` bytes
+/// that is otherwise a hole (zeros the tar holds as a length only).
+fn append_sparse(builder: &mut tar::Builder<Vec<u8>>, name: &str, real_size: u64) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(512);
+    h.set_path(name).unwrap();
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].set_offset(real_size - 512);
+    gnu.sparse[0].set_length(512);
+    h.set_cksum();
+    builder.append(&h, &[7u8; 512][..]).unwrap();
+}
+
+#[test]
+fn sparse_holes_count_against_the_byte_budget() {
+    let limits = UnpackLimits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
+    let budget = UnpackOptions { limits, ..opts() };
+
+    // A sparse file within the budget unpacks whole, holes as zeros.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "small", 4096);
+    let s = Scratch::new();
+    apply(&s.root(), &[builder.into_inner().unwrap()], budget).unwrap();
+    let small = fs::read(s.root().join("small")).unwrap();
+    assert_eq!(small.len(), 4096);
+    assert!(small[..3584].iter().all(|&b| b == 0));
+    assert!(small[3584..].iter().all(|&b| b == 7));
+
+    // Each hole fits the budget, together they do not: a 3 KiB layer may not write 1.5 MiB.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "a", 768 << 10);
+    append_sparse(&mut builder, "b", 768 << 10);
+    let tar = builder.into_inner().unwrap();
+    assert!(tar.len() < 8192);
+    let s = Scratch::new();
+    let err = apply(&s.root(), &[tar], budget).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { limit: 1048576 }),
+        "{err}"
+    );
+
+    // One hole of 1 TiB stops at the budget, not after writing it.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "huge", 1 << 40);
+    let s = Scratch::new();
+    let err = apply(&s.root(), &[builder.into_inner().unwrap()], budget).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    let written = fs::metadata(s.root().join("huge")).map_or(0, |m| m.len());
+    assert!(written <= (1 << 20) + 1, "{written} bytes written");
+
+    // Holes count across layers too.
+    let layers: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            let mut builder = tar::Builder::new(Vec::new());
+            append_sparse(&mut builder, &format!("l{i}"), 768 << 10);
+            builder.into_inner().unwrap()
+        })
+        .collect();
+    let s = Scratch::new();
+    let err = apply(&s.root(), &layers, budget).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+}
+
 #[test]
 fn device_nodes_are_skipped_unless_allowed() {
     let s = Scratch::new();

@@ -4,12 +4,15 @@
 //! `.wh..wh..opq` hides everything lower layers put in its directory; neither touches what
 //! the same layer adds. Every path goes through [`super::confine`], so no entry, symlink
 //! chain or hard link reaches outside the target. Streams are read once, entry by entry;
-//! nothing is buffered whole. A byte and an entry budget stop archive bombs.
+//! nothing is buffered whole. A byte and an entry budget stop archive bombs; the byte budget
+//! counts the zeros written for holes in GNU sparse files too, which the tar holds as a
+//! length only.
 //!
 //! Ownership is kept when running as root (`chown`), modes always; device nodes are made
 //! only as root and skipped (counted in the report) otherwise. Directory modes and times
 //! are set last, so a read-only directory can still be filled by later layers.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions, Permissions};
@@ -79,7 +82,7 @@ pub enum UnpackError {
 /// Budgets against archive bombs, over all layers of one unpack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
-    /// Uncompressed tar bytes (data, headers, long names).
+    /// Uncompressed tar bytes (data, headers, long names), plus the holes of sparse files.
     pub max_bytes: u64,
     pub max_entries: u64,
 }
@@ -153,6 +156,27 @@ pub struct Unpacker {
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// The last parent directory resolved, while nothing was removed since.
     last_parent: Option<(Vec<OsString>, PathBuf)>,
+    /// Zeros written for holes in sparse files (charged to the byte budget with
+    /// `report.bytes`).
+    hole_bytes: u64,
+}
+
+/// What one layer spent of the byte budget: tar bytes read (counted by [`Budget`] as the tar
+/// crate reads them) and zeros written for sparse holes (counted as files are written).
+struct LayerBudget {
+    limit: u64,
+    read: Cell<u64>,
+    holes: Cell<u64>,
+}
+
+impl LayerBudget {
+    fn spent(&self) -> u64 {
+        self.read.get().saturating_add(self.holes.get())
+    }
+
+    fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.spent())
+    }
 }
 
 impl Unpacker {
@@ -163,24 +187,33 @@ impl Unpacker {
             report: UnpackReport::default(),
             dirs: BTreeMap::new(),
             last_parent: None,
+            hole_bytes: 0,
         }
     }
 
     /// Applies one uncompressed layer tar. `layer` names it in errors. The reader is left
     /// just after the tar's end marker (the caller drains it to finish a digest).
     pub fn apply_layer(&mut self, reader: &mut dyn Read, layer: &str) -> Result<(), UnpackError> {
-        let limit = self.opts.limits.max_bytes.saturating_sub(self.report.bytes);
+        let budget = LayerBudget {
+            limit: self
+                .opts
+                .limits
+                .max_bytes
+                .saturating_sub(self.report.bytes.saturating_add(self.hole_bytes)),
+            read: Cell::new(0),
+            holes: Cell::new(0),
+        };
         let mut counted = Budget {
             inner: reader,
-            count: 0,
-            limit,
+            budget: &budget,
         };
         let result = {
             let mut archive = tar::Archive::new(&mut counted);
-            self.apply_entries(&mut archive, layer)
+            self.apply_entries(&mut archive, layer, &budget)
         };
-        self.report.bytes += counted.count;
-        if counted.count > limit {
+        self.report.bytes = self.report.bytes.saturating_add(budget.read.get());
+        self.hole_bytes = self.hole_bytes.saturating_add(budget.holes.get());
+        if budget.spent() > budget.limit {
             return Err(UnpackError::TooLarge {
                 limit: self.opts.limits.max_bytes,
             });
@@ -224,6 +257,7 @@ impl Unpacker {
         &mut self,
         archive: &mut tar::Archive<R>,
         layer: &str,
+        budget: &LayerBudget,
     ) -> Result<(), UnpackError> {
         let read_err = |source| UnpackError::Read {
             layer: layer.to_string(),
@@ -240,7 +274,7 @@ impl Unpacker {
                 });
             }
             let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
-            self.apply_entry(&mut entry, &path, layer, &mut unpacked)?;
+            self.apply_entry(&mut entry, &path, layer, &mut unpacked, budget)?;
         }
         Ok(())
     }
@@ -251,6 +285,7 @@ impl Unpacker {
         path: &Path,
         layer: &str,
         unpacked: &mut HashSet<PathBuf>,
+        budget: &LayerBudget,
     ) -> Result<(), UnpackError> {
         let shown = path.display().to_string();
         let confine_err = |source| UnpackError::Confine {
@@ -327,10 +362,20 @@ impl Unpacker {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(write_err("create file"))?;
-                let budget = self.opts.limits.max_bytes.saturating_sub(self.report.bytes);
-                let copied = copy_large(&mut entry.take(budget.saturating_add(1)), &mut file)
+                // Every byte written is either read from the tar (and counted as it is read)
+                // or a sparse hole's zero, charged here; so at most what is left is written.
+                let read_before = budget.read.get();
+                let room = budget.left();
+                let copied = copy_large(&mut entry.take(room.saturating_add(1)), &mut file)
                     .map_err(write_err("unpack file"))?;
-                if copied > budget {
+                let read = budget.read.get().saturating_sub(read_before);
+                budget.holes.set(
+                    budget
+                        .holes
+                        .get()
+                        .saturating_add(copied.saturating_sub(read)),
+                );
+                if copied > room || budget.spent() > budget.limit {
                     return Err(UnpackError::TooLarge {
                         limit: self.opts.limits.max_bytes,
                     });
@@ -665,24 +710,23 @@ fn clear_lower(dir: &Path, unpacked: &HashSet<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts bytes read and fails once more than `limit` were asked for.
+/// Counts bytes read into the layer's budget and fails once more than it holds were asked
+/// for.
 struct Budget<'a> {
     inner: &'a mut dyn Read,
-    count: u64,
-    limit: u64,
+    budget: &'a LayerBudget,
 }
 
 impl Read for Budget<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.count > self.limit {
+        let b = self.budget;
+        if b.spent() > b.limit {
             return Err(io::Error::other("unpack byte limit reached"));
         }
-        let room = (self.limit - self.count)
-            .saturating_add(1)
-            .min(buf.len() as u64) as usize;
+        let room = b.left().saturating_add(1).min(buf.len() as u64) as usize;
         let n = self.inner.read(&mut buf[..room])?;
-        self.count += n as u64;
-        if self.count > self.limit {
+        b.read.set(b.read.get().saturating_add(n as u64));
+        if b.spent() > b.limit {
             return Err(io::Error::other("unpack byte limit reached"));
         }
         Ok(n)
