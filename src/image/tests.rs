@@ -472,6 +472,59 @@ fn sparse_holes_count_against_the_byte_budget() {
     assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
 }
 
+/// A tar member of type `kind` whose header declares 4 GiB, followed by `data` bytes of it.
+fn huge_extension(kind: u8, data: usize) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(4 << 30);
+    h.set_path("././@LongLink").unwrap();
+    h.set_cksum();
+    let mut bytes = h.as_bytes().to_vec();
+    bytes.resize(512 + data, b'a');
+    bytes
+}
+
+#[test]
+fn oversized_header_extensions_are_refused_before_they_are_read() {
+    // The tar crate reads long names, long links and PAX records whole into memory: the
+    // declared size is refused before a byte of the member is read.
+    for kind in [b'L', b'K', b'x', b'g'] {
+        let bytes = huge_extension(kind, 16 << 20);
+        let s = Scratch::new();
+        let mut unpacker = Unpacker::new(&s.root(), opts());
+        let mut reader = &bytes[..];
+        let err = unpacker.apply_layer(&mut reader, "layer").unwrap_err();
+        let consumed = bytes.len() - reader.len();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("declares 4294967296 bytes, more than the 1048576 allowed"),
+            "{}: {shown}",
+            kind as char
+        );
+        assert!(
+            consumed <= 1 << 20,
+            "{}: {consumed} bytes read",
+            kind as char
+        );
+    }
+
+    // An import reads the archive through the same check (here a gzip rootfs tarball whose
+    // long name is 16 MiB of one byte).
+    let (tmp, store) = new_store();
+    let path = tmp.path().join("bomb.tar.gz");
+    fs::write(&path, gzip(&huge_extension(b'L', 16 << 20))).unwrap();
+    let opts = ImportOptions {
+        name: Some(ImageName::parse("bomb").unwrap()),
+        reference: None,
+    };
+    let err = import::import(&store, &path, &opts).unwrap_err();
+    assert!(matches!(err, ImportError::Archive { .. }), "{err}");
+    assert!(
+        err.to_string().contains("more than the 1048576 allowed"),
+        "{err}"
+    );
+}
+
 #[test]
 fn device_nodes_are_skipped_unless_allowed() {
     let s = Scratch::new();

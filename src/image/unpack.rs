@@ -208,7 +208,7 @@ impl Unpacker {
             budget: &budget,
         };
         let result = {
-            let mut archive = tar::Archive::new(&mut counted);
+            let mut archive = super::targuard::guarded(&mut counted);
             self.apply_entries(&mut archive, layer, &budget)
         };
         self.report.bytes = self.report.bytes.saturating_add(budget.read.get());
