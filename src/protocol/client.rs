@@ -242,9 +242,17 @@ fn exchange<S: Read + Write>(
     read_frame(stream).map_err(|source| ClientError::Frame { request, source })
 }
 
+/// The most bytes of an unexpected response kept for the error message.
+const MAX_SHOWN: usize = 200;
+
 fn unexpected(request: &'static str, response: Response) -> ClientError {
     let mut response = format!("{response:?}");
-    response.truncate(200);
+    // The agent chose the text: cut it where a character starts, not at a fixed byte.
+    let mut cut = response.len().min(MAX_SHOWN);
+    while !response.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    response.truncate(cut);
     ClientError::Unexpected { request, response }
 }
 
@@ -331,6 +339,23 @@ mod tests {
         );
         assert_eq!(seen.last(), Some(&Request::Shutdown));
         assert_eq!(seen.len(), 10);
+    }
+
+    #[test]
+    fn a_long_unexpected_answer_is_cut_at_a_character_boundary() {
+        // Wherever byte 200 falls, inside a 2-, 3- or 4-byte character or not.
+        for ch in ['é', '€', '🦀'] {
+            for pad in 0..4 {
+                let agent = format!("{}{}", "x".repeat(pad), ch.to_string().repeat(300));
+                let err = unexpected("wait", Response::Hello { version: 1, agent });
+                let ClientError::Unexpected { response, .. } = &err else {
+                    panic!("{err}");
+                };
+                assert!(response.len() <= 200, "{}", response.len());
+                assert!(response.len() > 190, "{}", response.len());
+                assert!(response.starts_with("Hello { version: 1, agent: \""));
+            }
+        }
     }
 
     #[test]
