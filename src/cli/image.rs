@@ -210,8 +210,11 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             writeln!(out, "{:<48} {:<20} {:>10}", "NAME", "DIGEST", "SIZE")?;
             for image in store.list()? {
                 let size = crate::image::manifest::load(&store, &image.manifest)
-                    .map(|i| i.layers.iter().map(|l| l.size).sum::<u64>())
-                    .map_or_else(|_| "?".to_string(), human);
+                    .ok()
+                    .and_then(|i| {
+                        crate::image::manifest::total_size(i.layers.iter().map(|l| l.size))
+                    })
+                    .map_or_else(|| "?".to_string(), human);
                 let short = format!("sha256:{}", &image.manifest.hex()[..12]);
                 writeln!(
                     out,

@@ -281,7 +281,7 @@ impl ArchiveSource {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let kind = compress::sniff(&mut reader).map_err(archive_err)?;
         let mut archive =
-            tar::Archive::new(compress::decompress(reader, kind).map_err(archive_err)?);
+            super::targuard::guarded(compress::decompress(reader, kind).map_err(archive_err)?);
         for (count, entry) in archive.entries().map_err(archive_err)?.enumerate() {
             if count as u64 >= MAX_ARCHIVE_ENTRIES {
                 return Err(ImportError::TooManyEntries {
@@ -715,7 +715,7 @@ fn probe_tar(path: &Path) -> Result<Probe, ImportError> {
     let mut has_docker_manifest = false;
     let mut entries_seen = 0u64;
     {
-        let mut archive = tar::Archive::new(&mut hashed);
+        let mut archive = super::targuard::guarded(&mut hashed);
         for entry in archive.entries().map_err(archive_err)? {
             let entry = entry.map_err(|source| match entries_seen {
                 // Not a tar at all (a random file) rather than a damaged one.

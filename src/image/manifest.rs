@@ -55,6 +55,14 @@ pub struct Layer {
     pub diff_id: Digest,
 }
 
+/// The sum of layer sizes as descriptors declare them; `None` if it does not fit in a u64
+/// (the sizes come from a registry or an archive: hostile).
+pub fn total_size(sizes: impl IntoIterator<Item = u64>) -> Option<u64> {
+    sizes
+        .into_iter()
+        .try_fold(0u64, |sum, size| sum.checked_add(size))
+}
+
 /// A manifest with its config, both read and verified.
 #[derive(Clone, Debug)]
 pub struct StoredImage {

@@ -1,5 +1,6 @@
 //! OCI images: a content-addressed store (`store`), imports from layouts, archives and
-//! tarballs (`import`), pulls from registries (`pull`, `registry`), safe layer unpacking (`unpack`, `confine`, `rootfs`), guest block
+//! tarballs (`import`), pulls from registries (`pull`, `registry`), safe layer unpacking
+//! (`unpack`, `confine`, `rootfs`; every tar is read through `targuard`), guest block
 //! images cached by layer chain (`disk`), and the built-in busybox image (`builtin`).
 //!
 //! The pod runtime calls [`resolve`]: a reference in, a block image to attach and the
@@ -19,6 +20,7 @@ pub mod reference;
 pub mod registry;
 pub mod rootfs;
 pub mod store;
+pub mod targuard;
 pub mod unpack;
 
 use std::path::Path;

@@ -255,7 +255,7 @@ enum Found {
 
 fn find_in_layer(reader: impl Read, file: &str) -> io::Result<Found> {
     let mut found = Found::Absent;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = super::targuard::guarded(reader);
     for entry in archive.entries()? {
         let mut entry = entry?;
         let path = entry.path_bytes().into_owned();

@@ -57,6 +57,11 @@ pub enum PullError {
     },
     #[error("{reference}: its config is {size} bytes, more than the {MAX_JSON_BLOB}-byte limit")]
     ConfigTooLarge { reference: String, size: u64 },
+    #[error(
+        "{reference}: its layers declare more than {} bytes in all: the manifest is malformed",
+        u64::MAX
+    )]
+    LayerSizes { reference: String },
     #[error("{reference}: indexes nest more than {MAX_INDEX_DEPTH} deep: the image is malformed")]
     TooDeep { reference: String },
     #[error("cannot download {what} {digest}")]
@@ -159,7 +164,17 @@ pub fn pull(
             size: image.config().size(),
         });
     }
-    let mut downloaded = 0;
+    let layers = image
+        .layers()
+        .iter()
+        .map(|l| Ok((oci_digest("a layer", l)?, l.size())))
+        .collect::<Result<Vec<_>, PullError>>()?;
+    let total = manifest::total_size(layers.iter().map(|(_, size)| *size)).ok_or_else(|| {
+        PullError::LayerSizes {
+            reference: shown.clone(),
+        }
+    })?;
+    let mut downloaded: u64 = 0;
     if !staging.has_blob(&config) {
         downloaded += download(
             &mut client,
@@ -170,15 +185,10 @@ pub fn pull(
             &mut |_| {},
         )?;
     }
-    let layers = image
-        .layers()
-        .iter()
-        .map(|l| Ok((oci_digest("a layer", l)?, l.size())))
-        .collect::<Result<Vec<_>, PullError>>()?;
     progress(PullEvent::Resolved {
         digest: &fetched.digest,
         layers: layers.len(),
-        bytes: layers.iter().map(|(_, size)| size).sum(),
+        bytes: total,
     });
     let count = layers.len();
     for (i, (digest, size)) in layers.iter().enumerate() {
@@ -213,7 +223,7 @@ pub fn pull(
                 other => break other?,
             }
         };
-        downloaded += got;
+        downloaded = downloaded.saturating_add(got);
         progress(event(*size, LayerState::Done));
     }
     let descriptor = Descriptor::new(

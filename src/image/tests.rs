@@ -352,6 +352,180 @@ fn archive_bombs_hit_the_limits() {
 }
 
 #[test]
+fn hostile_numeric_header_fields_never_panic() {
+    // Base-256 fields hold any u64: times past what a SystemTime can hold are clamped.
+    for mtime in [1u64 << 63, u64::MAX, i64::MAX as u64] {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (kind, name, link) in [
+            (tar::EntryType::Directory, "d/", ""),
+            (tar::EntryType::Regular, "d/f", ""),
+            (tar::EntryType::Symlink, "d/l", "f"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(0o755);
+            h.set_size(0);
+            h.set_mtime(mtime);
+            h.set_path(name).unwrap();
+            if !link.is_empty() {
+                h.set_link_name(link).unwrap();
+            }
+            h.set_cksum();
+            builder.append(&h, &b""[..]).unwrap();
+        }
+        let s = Scratch::new();
+        apply(&s.root(), &[builder.into_inner().unwrap()], opts())
+            .unwrap_or_else(|e| panic!("mtime {mtime}: {e}"));
+        let meta = fs::metadata(s.root().join("d/f")).unwrap();
+        assert!(
+            meta.mtime() > 1_600_000_000,
+            "mtime {mtime}: {}",
+            meta.mtime()
+        );
+    }
+
+    // An owner no chown can take (u32::MAX means "leave it"; more does not fit) is an error.
+    for (uid, gid) in [(1u64 << 32, 0u64), (0, u64::MAX), (u64::from(u32::MAX), 0)] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(0);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_path("f").unwrap();
+        h.set_cksum();
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&h, &b""[..]).unwrap();
+        let s = Scratch::new();
+        let err = apply(&s.root(), &[builder.into_inner().unwrap()], opts()).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.contains("out of range"), "{uid}/{gid}: {shown}");
+    }
+}
+
+/// A GNU sparse entry: 512 bytes of data stored at the end of a file of `real_size` bytes
+/// that is otherwise a hole (zeros the tar holds as a length only).
+fn append_sparse(builder: &mut tar::Builder<Vec<u8>>, name: &str, real_size: u64) {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(512);
+    h.set_path(name).unwrap();
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].set_offset(real_size - 512);
+    gnu.sparse[0].set_length(512);
+    h.set_cksum();
+    builder.append(&h, &[7u8; 512][..]).unwrap();
+}
+
+#[test]
+fn sparse_holes_count_against_the_byte_budget() {
+    let limits = UnpackLimits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
+    let budget = UnpackOptions { limits, ..opts() };
+
+    // A sparse file within the budget unpacks whole, holes as zeros.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "small", 4096);
+    let s = Scratch::new();
+    apply(&s.root(), &[builder.into_inner().unwrap()], budget).unwrap();
+    let small = fs::read(s.root().join("small")).unwrap();
+    assert_eq!(small.len(), 4096);
+    assert!(small[..3584].iter().all(|&b| b == 0));
+    assert!(small[3584..].iter().all(|&b| b == 7));
+
+    // Each hole fits the budget, together they do not: a 3 KiB layer may not write 1.5 MiB.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "a", 768 << 10);
+    append_sparse(&mut builder, "b", 768 << 10);
+    let tar = builder.into_inner().unwrap();
+    assert!(tar.len() < 8192);
+    let s = Scratch::new();
+    let err = apply(&s.root(), &[tar], budget).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { limit: 1048576 }),
+        "{err}"
+    );
+
+    // One hole of 1 TiB stops at the budget, not after writing it.
+    let mut builder = tar::Builder::new(Vec::new());
+    append_sparse(&mut builder, "huge", 1 << 40);
+    let s = Scratch::new();
+    let err = apply(&s.root(), &[builder.into_inner().unwrap()], budget).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+    let written = fs::metadata(s.root().join("huge")).map_or(0, |m| m.len());
+    assert!(written <= (1 << 20) + 1, "{written} bytes written");
+
+    // Holes count across layers too.
+    let layers: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            let mut builder = tar::Builder::new(Vec::new());
+            append_sparse(&mut builder, &format!("l{i}"), 768 << 10);
+            builder.into_inner().unwrap()
+        })
+        .collect();
+    let s = Scratch::new();
+    let err = apply(&s.root(), &layers, budget).unwrap_err();
+    assert!(matches!(err, UnpackError::TooLarge { .. }), "{err}");
+}
+
+/// A tar member of type `kind` whose header declares 4 GiB, followed by `data` bytes of it.
+fn huge_extension(kind: u8, data: usize) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_size(4 << 30);
+    h.set_path("././@LongLink").unwrap();
+    h.set_cksum();
+    let mut bytes = h.as_bytes().to_vec();
+    bytes.resize(512 + data, b'a');
+    bytes
+}
+
+#[test]
+fn oversized_header_extensions_are_refused_before_they_are_read() {
+    // The tar crate reads long names, long links and PAX records whole into memory: the
+    // declared size is refused before a byte of the member is read.
+    for kind in [b'L', b'K', b'x', b'g'] {
+        let bytes = huge_extension(kind, 16 << 20);
+        let s = Scratch::new();
+        let mut unpacker = Unpacker::new(&s.root(), opts());
+        let mut reader = &bytes[..];
+        let err = unpacker.apply_layer(&mut reader, "layer").unwrap_err();
+        let consumed = bytes.len() - reader.len();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("declares 4294967296 bytes, more than the 1048576 allowed"),
+            "{}: {shown}",
+            kind as char
+        );
+        assert!(
+            consumed <= 1 << 20,
+            "{}: {consumed} bytes read",
+            kind as char
+        );
+    }
+
+    // An import reads the archive through the same check (here a gzip rootfs tarball whose
+    // long name is 16 MiB of one byte).
+    let (tmp, store) = new_store();
+    let path = tmp.path().join("bomb.tar.gz");
+    fs::write(&path, gzip(&huge_extension(b'L', 16 << 20))).unwrap();
+    let opts = ImportOptions {
+        name: Some(ImageName::parse("bomb").unwrap()),
+        reference: None,
+    };
+    let err = import::import(&store, &path, &opts).unwrap_err();
+    assert!(matches!(err, ImportError::Archive { .. }), "{err}");
+    assert!(
+        err.to_string().contains("more than the 1048576 allowed"),
+        "{err}"
+    );
+}
+
+#[test]
 fn device_nodes_are_skipped_unless_allowed() {
     let s = Scratch::new();
     let report = apply(

@@ -4,12 +4,15 @@
 //! `.wh..wh..opq` hides everything lower layers put in its directory; neither touches what
 //! the same layer adds. Every path goes through [`super::confine`], so no entry, symlink
 //! chain or hard link reaches outside the target. Streams are read once, entry by entry;
-//! nothing is buffered whole. A byte and an entry budget stop archive bombs.
+//! nothing is buffered whole. A byte and an entry budget stop archive bombs; the byte budget
+//! counts the zeros written for holes in GNU sparse files too, which the tar holds as a
+//! length only.
 //!
 //! Ownership is kept when running as root (`chown`), modes always; device nodes are made
 //! only as root and skipped (counted in the report) otherwise. Directory modes and times
 //! are set last, so a read-only directory can still be filled by later layers.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions, Permissions};
@@ -79,7 +82,7 @@ pub enum UnpackError {
 /// Budgets against archive bombs, over all layers of one unpack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnpackLimits {
-    /// Uncompressed tar bytes (data, headers, long names).
+    /// Uncompressed tar bytes (data, headers, long names), plus the holes of sparse files.
     pub max_bytes: u64,
     pub max_entries: u64,
 }
@@ -137,8 +140,8 @@ struct DirMeta {
 /// Owner, mode, time and extended attributes of one entry.
 struct Meta {
     mode: u32,
-    uid: u64,
-    gid: u64,
+    uid: u32,
+    gid: u32,
     mtime: Option<SystemTime>,
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
@@ -153,6 +156,27 @@ pub struct Unpacker {
     dirs: BTreeMap<PathBuf, DirMeta>,
     /// The last parent directory resolved, while nothing was removed since.
     last_parent: Option<(Vec<OsString>, PathBuf)>,
+    /// Zeros written for holes in sparse files (charged to the byte budget with
+    /// `report.bytes`).
+    hole_bytes: u64,
+}
+
+/// What one layer spent of the byte budget: tar bytes read (counted by [`Budget`] as the tar
+/// crate reads them) and zeros written for sparse holes (counted as files are written).
+struct LayerBudget {
+    limit: u64,
+    read: Cell<u64>,
+    holes: Cell<u64>,
+}
+
+impl LayerBudget {
+    fn spent(&self) -> u64 {
+        self.read.get().saturating_add(self.holes.get())
+    }
+
+    fn left(&self) -> u64 {
+        self.limit.saturating_sub(self.spent())
+    }
 }
 
 impl Unpacker {
@@ -163,24 +187,33 @@ impl Unpacker {
             report: UnpackReport::default(),
             dirs: BTreeMap::new(),
             last_parent: None,
+            hole_bytes: 0,
         }
     }
 
     /// Applies one uncompressed layer tar. `layer` names it in errors. The reader is left
     /// just after the tar's end marker (the caller drains it to finish a digest).
     pub fn apply_layer(&mut self, reader: &mut dyn Read, layer: &str) -> Result<(), UnpackError> {
-        let limit = self.opts.limits.max_bytes.saturating_sub(self.report.bytes);
+        let budget = LayerBudget {
+            limit: self
+                .opts
+                .limits
+                .max_bytes
+                .saturating_sub(self.report.bytes.saturating_add(self.hole_bytes)),
+            read: Cell::new(0),
+            holes: Cell::new(0),
+        };
         let mut counted = Budget {
             inner: reader,
-            count: 0,
-            limit,
+            budget: &budget,
         };
         let result = {
-            let mut archive = tar::Archive::new(&mut counted);
-            self.apply_entries(&mut archive, layer)
+            let mut archive = super::targuard::guarded(&mut counted);
+            self.apply_entries(&mut archive, layer, &budget)
         };
-        self.report.bytes += counted.count;
-        if counted.count > limit {
+        self.report.bytes = self.report.bytes.saturating_add(budget.read.get());
+        self.hole_bytes = self.hole_bytes.saturating_add(budget.holes.get());
+        if budget.spent() > budget.limit {
             return Err(UnpackError::TooLarge {
                 limit: self.opts.limits.max_bytes,
             });
@@ -224,6 +257,7 @@ impl Unpacker {
         &mut self,
         archive: &mut tar::Archive<R>,
         layer: &str,
+        budget: &LayerBudget,
     ) -> Result<(), UnpackError> {
         let read_err = |source| UnpackError::Read {
             layer: layer.to_string(),
@@ -240,7 +274,7 @@ impl Unpacker {
                 });
             }
             let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
-            self.apply_entry(&mut entry, &path, layer, &mut unpacked)?;
+            self.apply_entry(&mut entry, &path, layer, &mut unpacked, budget)?;
         }
         Ok(())
     }
@@ -251,6 +285,7 @@ impl Unpacker {
         path: &Path,
         layer: &str,
         unpacked: &mut HashSet<PathBuf>,
+        budget: &LayerBudget,
     ) -> Result<(), UnpackError> {
         let shown = path.display().to_string();
         let confine_err = |source| UnpackError::Confine {
@@ -327,16 +362,26 @@ impl Unpacker {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(write_err("create file"))?;
-                let budget = self.opts.limits.max_bytes.saturating_sub(self.report.bytes);
-                let copied = copy_large(&mut entry.take(budget.saturating_add(1)), &mut file)
+                // Every byte written is either read from the tar (and counted as it is read)
+                // or a sparse hole's zero, charged here; so at most what is left is written.
+                let read_before = budget.read.get();
+                let room = budget.left();
+                let copied = copy_large(&mut entry.take(room.saturating_add(1)), &mut file)
                     .map_err(write_err("unpack file"))?;
-                if copied > budget {
+                let read = budget.read.get().saturating_sub(read_before);
+                budget.holes.set(
+                    budget
+                        .holes
+                        .get()
+                        .saturating_add(copied.saturating_sub(read)),
+                );
+                if copied > room || budget.spent() > budget.limit {
                     return Err(UnpackError::TooLarge {
                         limit: self.opts.limits.max_bytes,
                     });
                 }
                 if self.opts.chown {
-                    std::os::unix::fs::fchown(&file, Some(meta.uid as u32), Some(meta.gid as u32))
+                    std::os::unix::fs::fchown(&file, Some(meta.uid), Some(meta.gid))
                         .map_err(write_err("set the owner of"))?;
                 }
                 file.set_permissions(Permissions::from_mode(meta.mode))
@@ -402,8 +447,14 @@ impl Unpacker {
                     }
                     _ => {
                         let header = entry.header();
-                        let major = header.device_major().ok().flatten().unwrap_or(0);
-                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                        let major = header
+                            .device_major()
+                            .map_err(write_err("read the device number of"))?
+                            .unwrap_or(0);
+                        let minor = header
+                            .device_minor()
+                            .map_err(write_err("read the device number of"))?
+                            .unwrap_or(0);
                         let flag = if kind == T::Char {
                             SFlag::S_IFCHR
                         } else {
@@ -530,14 +581,12 @@ impl Unpacker {
     fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         let header = entry.header();
         // Empty numeric fields (some writers leave them blank) read as 0; a mode as 0644.
+        // Every number is the archive's word: base-256 fields hold any u64.
         let mut meta = Meta {
             mode: header.mode().unwrap_or(0o644) & 0o7777,
-            uid: header.uid().unwrap_or(0),
-            gid: header.gid().unwrap_or(0),
-            mtime: header
-                .mtime()
-                .ok()
-                .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            uid: owner_id("uid", header.uid().unwrap_or(0))?,
+            gid: owner_id("gid", header.gid().unwrap_or(0))?,
+            mtime: header.mtime().ok().map(mtime_from_secs),
             xattrs: Vec::new(),
         };
         if let Some(extensions) = entry.pax_extensions()? {
@@ -553,10 +602,14 @@ impl Unpacker {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     meta.xattrs
                         .push((OsStr::from_bytes(name).to_os_string(), value.to_vec()));
-                } else if key == b"uid" {
-                    meta.uid = number().unwrap_or(meta.uid);
-                } else if key == b"gid" {
-                    meta.gid = number().unwrap_or(meta.gid);
+                } else if key == b"uid"
+                    && let Some(uid) = number()
+                {
+                    meta.uid = owner_id("uid", uid)?;
+                } else if key == b"gid"
+                    && let Some(gid) = number()
+                {
+                    meta.gid = owner_id("gid", gid)?;
                 }
             }
         }
@@ -565,7 +618,7 @@ impl Unpacker {
 
     fn set_owner_and_xattrs(&mut self, path: &Path, meta: &Meta) -> io::Result<()> {
         if self.opts.chown {
-            std::os::unix::fs::lchown(path, Some(meta.uid as u32), Some(meta.gid as u32))?;
+            std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid))?;
         }
         self.set_xattrs(path, meta);
         Ok(())
@@ -581,6 +634,33 @@ impl Unpacker {
             }
         }
     }
+}
+
+/// The latest modification time kept: 2^63 - 1 nanoseconds after the epoch (in 2262), what
+/// every file system and `SystemTime` can hold. Later times in a header are clamped to it.
+const MAX_MTIME_SECS: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// A header's modification time (any u64 a base-256 field holds), clamped to
+/// [`MAX_MTIME_SECS`].
+fn mtime_from_secs(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.min(MAX_MTIME_SECS))
+}
+
+/// A header's uid or gid as an owner `chown` can set: `u32::MAX` means "unchanged" to it
+/// and anything larger does not fit, so both are refused rather than cut.
+fn owner_id(field: &str, value: u64) -> io::Result<u32> {
+    u32::try_from(value)
+        .ok()
+        .filter(|&id| id != u32::MAX)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{field} {value} is out of range (at most {}): the archive is malformed",
+                    u32::MAX - 1
+                ),
+            )
+        })
 }
 
 /// Sets a symlink's own modification time (the access time too: it is not kept).
@@ -630,24 +710,23 @@ fn clear_lower(dir: &Path, unpacked: &HashSet<PathBuf>) -> io::Result<()> {
     Ok(())
 }
 
-/// Counts bytes read and fails once more than `limit` were asked for.
+/// Counts bytes read into the layer's budget and fails once more than it holds were asked
+/// for.
 struct Budget<'a> {
     inner: &'a mut dyn Read,
-    count: u64,
-    limit: u64,
+    budget: &'a LayerBudget,
 }
 
 impl Read for Budget<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.count > self.limit {
+        let b = self.budget;
+        if b.spent() > b.limit {
             return Err(io::Error::other("unpack byte limit reached"));
         }
-        let room = (self.limit - self.count)
-            .saturating_add(1)
-            .min(buf.len() as u64) as usize;
+        let room = b.left().saturating_add(1).min(buf.len() as u64) as usize;
         let n = self.inner.read(&mut buf[..room])?;
-        self.count += n as u64;
-        if self.count > self.limit {
+        b.read.set(b.read.get().saturating_add(n as u64));
+        if b.spent() > b.limit {
             return Err(io::Error::other("unpack byte limit reached"));
         }
         Ok(n)

@@ -7,11 +7,19 @@
 //! answered; a response of the wrong kind (a buggy or hostile agent) is
 //! [`ClientError::Unexpected`], never a panic.
 //!
+//! Every request but `wait` (which lasts as long as the process) is bounded: each read and
+//! write of it waits at most the client's timeout ([`DEFAULT_TIMEOUT`] unless
+//! [`Client::set_timeout`] says otherwise), so an agent that accepts and never answers fails
+//! the request instead of hanging pod start or shutdown. A connection on which a request failed
+//! midway is not used again: a late answer would be taken for the next request's.
+//!
 //! stdio streams are separate connections: [`attach_stream`] sends the [`StreamHello`] on a
 //! fresh connection to [`super::STDIO_PORT`] and checks the answer; the caller then copies
 //! raw bytes.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use super::PROTOCOL_VERSION;
 use super::frame::{FrameError, read_frame, write_frame};
@@ -44,6 +52,30 @@ pub enum ClientError {
         #[source]
         source: FrameError,
     },
+    #[error("{request}: the control connection broke when {earlier} failed; open a new one")]
+    Broken {
+        request: &'static str,
+        earlier: &'static str,
+    },
+}
+
+/// How long one read or write of a request may wait for the agent, by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A stream whose reads and writes can be bounded in time.
+pub trait Timeouts {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Timeouts for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
 }
 
 impl ClientError {
@@ -61,23 +93,33 @@ impl ClientError {
 pub struct Client<S> {
     stream: S,
     agent: String,
+    timeout: Option<Duration>,
+    /// The request that failed midway, leaving the stream out of step.
+    broken: Option<&'static str>,
 }
 
-impl<S: Read + Write> Client<S> {
-    /// Says hello and checks that the agent speaks [`PROTOCOL_VERSION`].
+impl<S: Read + Write + Timeouts> Client<S> {
+    /// Says hello and checks that the agent speaks [`PROTOCOL_VERSION`], waiting at most
+    /// [`DEFAULT_TIMEOUT`] for each read and write.
     pub fn handshake(mut stream: S) -> Result<Self, ClientError> {
         let request = "hello";
+        let timeout = Some(DEFAULT_TIMEOUT);
         let response = exchange(
             &mut stream,
             request,
             &Request::Hello {
                 version: PROTOCOL_VERSION,
             },
+            timeout,
+            timeout,
         )?;
         match response {
-            Response::Hello { version, agent } if version == PROTOCOL_VERSION => {
-                Ok(Client { stream, agent })
-            }
+            Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(Client {
+                stream,
+                agent,
+                timeout,
+                broken: None,
+            }),
             Response::Hello { version, .. } => Err(ClientError::VersionMismatch {
                 agent: version,
                 host: PROTOCOL_VERSION,
@@ -88,6 +130,12 @@ impl<S: Read + Write> Client<S> {
             }) => Err(ClientError::VersionMismatch { agent, host }),
             other => Err(unexpected(request, other)),
         }
+    }
+
+    /// Bounds each read and write of later requests (`None`: no bound); `wait` reads are
+    /// never bounded.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
     }
 
     /// The agent's name and build, from its `Hello`.
@@ -130,14 +178,16 @@ impl<S: Read + Write> Client<S> {
         )
     }
 
-    /// Blocks until the process has exited (this connection is busy meanwhile).
+    /// Blocks until the process has exited (this connection is busy meanwhile): the answer
+    /// is waited for however long it takes.
     pub fn wait(&mut self, process: &ProcessRef) -> Result<ExitStatus, ClientError> {
         let request = "wait";
-        match self.call(
+        match self.call_with(
             request,
             &Request::Wait {
                 process: process.clone(),
             },
+            None,
         )? {
             Response::Exited(status) => Ok(status),
             other => Err(unexpected(request, other)),
@@ -187,7 +237,22 @@ impl<S: Read + Write> Client<S> {
     }
 
     fn call(&mut self, request: &'static str, msg: &Request) -> Result<Response, ClientError> {
-        match exchange(&mut self.stream, request, msg)? {
+        self.call_with(request, msg, self.timeout)
+    }
+
+    /// One request; the answer is waited for at most `read_timeout` per read.
+    fn call_with(
+        &mut self,
+        request: &'static str,
+        msg: &Request,
+        read_timeout: Option<Duration>,
+    ) -> Result<Response, ClientError> {
+        if let Some(earlier) = self.broken {
+            return Err(ClientError::Broken { request, earlier });
+        }
+        let response = exchange(&mut self.stream, request, msg, self.timeout, read_timeout)
+            .inspect_err(|_| self.broken = Some(request))?;
+        match response {
             Response::Error(error) => Err(ClientError::Agent { request, error }),
             other => Ok(other),
         }
@@ -233,18 +298,37 @@ pub fn attach_stream<S: Read + Write>(
     }
 }
 
-fn exchange<S: Read + Write>(
+fn exchange<S: Read + Write + Timeouts>(
     stream: &mut S,
     request: &'static str,
     msg: &Request,
+    write_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
 ) -> Result<Response, ClientError> {
-    write_frame(stream, msg).map_err(|source| ClientError::Frame { request, source })?;
-    read_frame(stream).map_err(|source| ClientError::Frame { request, source })
+    let frame_err = |source| ClientError::Frame { request, source };
+    let setup = |e| {
+        frame_err(FrameError::Io {
+            op: "bounding",
+            source: e,
+        })
+    };
+    stream.set_write_timeout(write_timeout).map_err(setup)?;
+    write_frame(stream, msg).map_err(frame_err)?;
+    stream.set_read_timeout(read_timeout).map_err(setup)?;
+    read_frame(stream).map_err(frame_err)
 }
+
+/// The most bytes of an unexpected response kept for the error message.
+const MAX_SHOWN: usize = 200;
 
 fn unexpected(request: &'static str, response: Response) -> ClientError {
     let mut response = format!("{response:?}");
-    response.truncate(200);
+    // The agent chose the text: cut it where a character starts, not at a fixed byte.
+    let mut cut = response.len().min(MAX_SHOWN);
+    while !response.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    response.truncate(cut);
     ClientError::Unexpected { request, response }
 }
 
@@ -252,6 +336,7 @@ fn unexpected(request: &'static str, response: Response) -> ClientError {
 mod tests {
     use std::os::unix::net::UnixStream;
     use std::thread;
+    use std::time::Duration;
 
     use super::*;
     use crate::protocol::message::tests::{sample_container, sample_process};
@@ -331,6 +416,101 @@ mod tests {
         );
         assert_eq!(seen.last(), Some(&Request::Shutdown));
         assert_eq!(seen.len(), 10);
+    }
+
+    #[test]
+    fn a_long_unexpected_answer_is_cut_at_a_character_boundary() {
+        // Wherever byte 200 falls, inside a 2-, 3- or 4-byte character or not.
+        for ch in ['é', '€', '🦀'] {
+            for pad in 0..4 {
+                let agent = format!("{}{}", "x".repeat(pad), ch.to_string().repeat(300));
+                let err = unexpected("wait", Response::Hello { version: 1, agent });
+                let ClientError::Unexpected { response, .. } = &err else {
+                    panic!("{err}");
+                };
+                assert!(response.len() <= 200, "{}", response.len());
+                assert!(response.len() > 190, "{}", response.len());
+                assert!(response.starts_with("Hello { version: 1, agent: \""));
+            }
+        }
+    }
+
+    /// An agent that says hello, then answers `wait` after `wait_delay` and nothing else.
+    fn silent_agent(wait_delay: Duration) -> UnixStream {
+        let (host, agent) = UnixStream::pair().unwrap();
+        thread::spawn(move || {
+            let mut agent = agent;
+            while let Ok(req) = read_frame::<_, Request>(&mut agent) {
+                let resp = match req {
+                    Request::Hello { version } => Response::Hello {
+                        version,
+                        agent: "silent".into(),
+                    },
+                    Request::Wait { .. } => {
+                        thread::sleep(wait_delay);
+                        Response::Exited(ExitStatus::signaled(9))
+                    }
+                    // Accepted, never answered; the connection stays open.
+                    _ => continue,
+                };
+                if write_frame(&mut agent, &resp).is_err() {
+                    break;
+                }
+            }
+        });
+        host
+    }
+
+    #[test]
+    fn an_agent_that_never_answers_times_out_except_for_wait() {
+        let (done, finished) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut c = Client::handshake(silent_agent(Duration::from_millis(600))).unwrap();
+            c.set_timeout(Some(Duration::from_millis(200)));
+            let started = std::time::Instant::now();
+            let stats = c.stats("web").map(|_| ());
+            let waited = started.elapsed();
+            let _ = done.send((stats, waited));
+        });
+        let (stats, waited) = finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a request to a silent agent hangs");
+        let err = stats.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Frame {
+                    request: "stats",
+                    source: FrameError::TimedOut(_)
+                }
+            ),
+            "{err}"
+        );
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+
+        // `wait` blocks as long as the process runs, past the timeout; the next request is
+        // bounded again. A connection that timed out is not used again (a late answer would
+        // be taken for the next request's).
+        let mut c = Client::handshake(silent_agent(Duration::from_millis(600))).unwrap();
+        c.set_timeout(Some(Duration::from_millis(200)));
+        assert_eq!(
+            c.wait(&ProcessRef::container("web")).unwrap(),
+            ExitStatus::signaled(9)
+        );
+        let err = c.signal(&ProcessRef::container("web"), 15).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Frame {
+                    source: FrameError::TimedOut(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = c.shutdown().unwrap_err();
+        assert!(matches!(err, ClientError::Broken { .. }), "{err}");
+        assert!(err.to_string().contains("signal"), "{err}");
     }
 
     #[test]

@@ -677,3 +677,48 @@ fn short_names_find_pulled_images() {
     let err = crate::image::open(&store, "alpine").unwrap_err();
     assert!(err.to_string().contains("is not in the store"), "{err}");
 }
+
+#[test]
+fn layer_sizes_that_overflow_are_refused_before_any_download() {
+    let registry = FakeRegistry::start(Auth::Anonymous);
+    let config = registry.add_blob(b"{}".to_vec());
+    let layer = |size: u64, fill: u8| {
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": Digest::of_bytes(&[fill]).to_string(), "size": size,
+        })
+    };
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config.to_string(), "size": 2},
+        "layers": [layer(u64::MAX - 10, 1), layer(100, 2), layer(u64::MAX, 3)],
+    });
+    registry.add_manifest(
+        "huge/app",
+        Some("1"),
+        OCI_MANIFEST,
+        serde_json::to_vec(&manifest).unwrap(),
+    );
+    let (_tmp, store) = new_store();
+    let before = snapshot(&store);
+    let err = pull_with(&store, &format!("{}/huge/app:1", registry.host()), None).unwrap_err();
+    assert!(matches!(err, PullError::LayerSizes { .. }), "{err}");
+    assert!(err.to_string().contains("huge/app:1"), "{err}");
+    assert_eq!(snapshot(&store), before);
+    assert!(
+        !registry.log().iter().any(|(p, _)| p.contains("/blobs/")),
+        "nothing is downloaded: {:?}",
+        registry.log()
+    );
+
+    // The total `image ls` shows is checked too.
+    let layers = [u64::MAX - 10, 100].map(|size| manifest::Layer {
+        digest: Digest::of_bytes(b"x"),
+        size,
+        media_type: String::new(),
+        diff_id: Digest::of_bytes(b"y"),
+    });
+    assert_eq!(manifest::total_size(layers.iter().map(|l| l.size)), None);
+    assert_eq!(manifest::total_size([100, 1]), Some(101));
+}

@@ -458,7 +458,9 @@ impl Connection {
     }
 
     /// The next packet for the guest, its payload (for RW) read into the front of `buf`.
-    /// Returns the header and the payload length, or `None` if nothing is owed.
+    /// Returns the header and the payload length, or `None` if nothing is owed. An empty `buf`
+    /// (an rx buffer with room for a header only) gets header-only packets: host data stays
+    /// in the stream for a buffer with room.
     pub fn next_rx(&mut self, buf: &mut [u8]) -> Option<(Header, usize)> {
         if self.state == State::Closed {
             if !self.pending.rst {

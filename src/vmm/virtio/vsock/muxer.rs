@@ -693,7 +693,11 @@ impl Muxer {
         result
     }
 
-    /// Writes the next packet owed to the guest into `chain`; `None` if nothing is owed.
+    /// Writes the next packet owed to the guest into `chain`, which has `room` bytes for a
+    /// payload; `None` if nothing that fits is owed.
+    ///
+    /// Each queued connection is asked at most once: one that has nothing for this buffer
+    /// (data but no payload room, say) goes back to the end of the line for a later one.
     fn next_packet(
         &mut self,
         mem: &GuestMemory,
@@ -706,7 +710,10 @@ impl Muxer {
                 0
             }));
         }
-        while let Some(token) = self.rx_order.pop_front() {
+        for _ in 0..self.rx_order.len() {
+            let Some(token) = self.rx_order.pop_front() else {
+                break;
+            };
             let Some(c) = self.conns.get_mut(&token) else {
                 continue;
             };

@@ -761,3 +761,50 @@ fn hostile_queues_and_packets_never_panic() {
         let _ = h.host.process_host_event(0);
     }
 }
+
+#[test]
+fn a_header_only_rx_buffer_carries_no_data_and_does_not_spin_the_device() {
+    let mut h = harness();
+    // An rx chain of one descriptor with room for a header and nothing else.
+    let give_header_only = |h: &mut Harness, at: u64| {
+        let head = h.rx.add_chain(&[(at, HDR_LEN as u32, true)]);
+        h.rx_heads.insert(head, at);
+        h.rx.publish(head);
+        h.rx_given = h.rx_given.wrapping_add(1);
+    };
+    let mut s = UnixStream::connect(&h.uds).unwrap();
+    s.write_all(b"CONNECT 52\n").unwrap();
+    h.host.process_host_event(0).unwrap();
+    give_header_only(&mut h, RX_BUFS);
+    h.dev.process_queue(0).unwrap();
+    let got = h.recv();
+    assert_eq!(ops(&got), [Some(Op::Request)]);
+    let local = got[0].0.src_port;
+    h.send(header(Op::Response, 52, local), b"");
+    let mut ok = vec![0u8; format!("OK {local}\n").len()];
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.read_exact(&mut ok).unwrap();
+
+    // Host data waits while the guest's only buffer has no room for it.
+    s.write_all(b"ping").unwrap();
+    give_header_only(&mut h, RX_BUFS + 0x2000);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        h.host.process_host_event(0).unwrap();
+        h.dev.process_queue(0).unwrap();
+        let _ = done.send(h);
+    });
+    let mut h = finished
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the device thread spins on an rx buffer with no payload room");
+    assert_eq!(h.recv(), [], "no data packet in a header-only buffer");
+    assert_eq!(h.connections(), 1);
+
+    // A header-only packet may use it; the data goes to the next buffer with room.
+    h.send(header(Op::CreditRequest, 52, local), b"");
+    assert_eq!(ops(&h.recv()), [Some(Op::CreditUpdate)]);
+    h.give_rx(1);
+    let got = h.recv();
+    assert_eq!(ops(&got), [Some(Op::Rw)]);
+    assert_eq!(got[0].1, b"ping");
+}
