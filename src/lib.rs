@@ -17,4 +17,5 @@ pub mod machine;
 pub mod pod;
 pub mod protocol;
 pub mod runtime;
+pub mod supervisor;
 pub mod vmm;

@@ -305,7 +305,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 
 /// Pull progress on stderr: one line rewritten in place on a terminal, a line per layer
 /// otherwise (logs, CI).
-struct PullProgress {
+pub(super) struct PullProgress {
     quiet: bool,
     tty: bool,
     total: u64,
@@ -316,7 +316,7 @@ struct PullProgress {
 }
 
 impl PullProgress {
-    fn new(quiet: bool) -> Self {
+    pub(super) fn new(quiet: bool) -> Self {
         Self {
             quiet,
             tty: std::io::stderr().is_terminal(),
@@ -327,7 +327,7 @@ impl PullProgress {
         }
     }
 
-    fn show(&mut self, event: &PullEvent<'_>) {
+    pub(super) fn show(&mut self, event: &PullEvent<'_>) {
         if self.quiet {
             return;
         }
@@ -383,7 +383,7 @@ impl PullProgress {
     }
 
     /// Ends a half-drawn line (a failed pull).
-    fn end(&mut self) {
+    pub(super) fn end(&mut self) {
         if self.drawn {
             eprintln!();
             self.drawn = false;

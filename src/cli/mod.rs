@@ -3,9 +3,21 @@
 
 mod bench;
 mod doctor;
+mod exec;
 mod image;
+mod inspect;
+mod kill;
+mod logs;
 mod machine;
+mod pods;
+mod ps;
+mod rm;
+mod run;
+mod stop;
+mod supervise;
+pub mod tty;
 pub mod vm;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -44,6 +56,28 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in a new pod (its own microVM), in the foreground or with -d in the
+    /// background
+    Run(run::RunArgs),
+    /// List pods
+    Ps(ps::PsArgs),
+    /// Print a pod's container logs
+    Logs(logs::LogsArgs),
+    /// Run a command in a running pod
+    Exec(exec::ExecArgs),
+    /// Stop pods: SIGTERM, SIGKILL after a grace period, VM off
+    Stop(stop::StopArgs),
+    /// Send a signal to a pod's containers
+    Kill(kill::KillArgs),
+    /// Remove pods
+    Rm(rm::RmArgs),
+    /// Block until a pod ends, print its exit code
+    Wait(wait::WaitArgs),
+    /// A pod's spec and state as JSON
+    Inspect(inspect::InspectArgs),
+    /// The per-pod supervisor (started by `peapod run`)
+    #[command(hide = true)]
+    Supervise(supervise::SuperviseArgs),
     /// The nested host VM (L1) that gives hosts without hardware KVM a real /dev/kvm.
     #[command(subcommand)]
     Machine(machine::MachineCommand),
@@ -62,6 +96,16 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Ps(args) => ps::run(args),
+        Command::Logs(args) => logs::run(args),
+        Command::Exec(args) => exec::run(args),
+        Command::Stop(args) => stop::run(args),
+        Command::Kill(args) => kill::run(args),
+        Command::Rm(args) => rm::run(args),
+        Command::Wait(args) => wait::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Supervise(args) => supervise::run(args),
         Command::Machine(cmd) => machine::run(cmd),
         Command::Doctor(args) => doctor::run(args),
         Command::Vm(cmd) => vm::run(cmd),

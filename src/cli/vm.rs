@@ -413,8 +413,25 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
     };
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    let forward = forward_signals().context("cannot set up signal forwarding")?;
-    let raw = (tty && interactive).then(RawTerminal::enter).flatten();
+    let forward = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::runtime::ProcessHandle>));
+    let target = std::sync::Arc::clone(&forward);
+    super::tty::forward_signals(move |sig| {
+        let handle = target.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match handle {
+            Some(h) => {
+                if let Err(e) = h.signal(sig) {
+                    tracing::warn!("cannot forward signal {sig} to the container: {e}");
+                }
+                true
+            }
+            // Before the container runs, a signal ends peapod (and the VM with it).
+            None => false,
+        }
+    })
+    .context("cannot set up signal forwarding")?;
+    let raw = (tty && interactive)
+        .then(super::tty::RawTerminal::enter)
+        .flatten();
     let outcome = runtime::run_container_io(
         &run,
         runtime::RunIo {
@@ -445,60 +462,6 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", outcome.timings);
     }
     Ok(ExitCode::from(u8::try_from(status.code).unwrap_or(255)))
-}
-
-/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and so in the threads it starts) and
-/// forwards them, once the container runs, to its process; before that they end peapod
-/// with 128+N (the VMM goes with it: it dies with its parent).
-fn forward_signals()
--> anyhow::Result<std::sync::Arc<std::sync::Mutex<Option<crate::runtime::ProcessHandle>>>> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(sig);
-    }
-    set.thread_block()?;
-    let target = std::sync::Arc::new(std::sync::Mutex::new(None::<crate::runtime::ProcessHandle>));
-    let seen = std::sync::Arc::clone(&target);
-    std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            let handle = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match handle {
-                Some(h) => {
-                    if let Err(e) = h.signal(sig as i32) {
-                        tracing::warn!("cannot forward {sig} to the container: {e}");
-                    }
-                }
-                None => std::process::exit(128 + sig as i32),
-            }
-        }
-    });
-    Ok(target)
-}
-
-/// The host terminal in raw mode while it lives (keys go to the container's pty as typed).
-struct RawTerminal(nix::sys::termios::Termios);
-
-impl RawTerminal {
-    fn enter() -> Option<Self> {
-        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-        let stdin = std::io::stdin();
-        let saved = tcgetattr(&stdin).ok()?;
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
-        Some(RawTerminal(saved))
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        let _ = nix::sys::termios::tcsetattr(
-            std::io::stdin(),
-            nix::sys::termios::SetArg::TCSANOW,
-            &self.0,
-        );
-    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,15 @@ fn uuid_of(chain: &Digest) -> String {
     )
 }
 
+/// An erofs image of the host directory `source` as it is now (a read-only snapshot for a
+/// pod's `-v SRC:DST:ro`), written to `out`.
+pub fn snapshot_dir(source: &Path, out: &Path) -> Result<(), DiskError> {
+    let tool = find_tool(DiskFormat::Erofs)?;
+    let mut cmd = Command::new(tool);
+    cmd.arg("--quiet").arg(out).arg(source);
+    run(cmd, "mkfs.erofs", out)
+}
+
 fn mkfs_erofs(tool: &Path, rootfs: &Path, out: &Path, chain: &Digest) -> Result<(), DiskError> {
     let mut cmd = Command::new(tool);
     cmd.arg("--quiet")

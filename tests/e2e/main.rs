@@ -24,6 +24,7 @@ mod agent_tests;
 mod host_tests;
 mod image_tests;
 mod kvm_tests;
+mod pod_tests;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     cases.extend(kvm_tests::cases());
     cases.extend(image_tests::cases());
     cases.extend(agent_tests::cases());
+    cases.extend(pod_tests::cases());
     let in_machine = std::env::var_os("PEAPOD_IN_MACHINE").is_some();
 
     if std::env::var("PEAPOD_E2E").map_or(true, |v| v.is_empty() || v == "0") {

@@ -1,0 +1,82 @@
+//! What the pod verbs share: the registry, finding a pod by name or id prefix, reaching its
+//! supervisor, and how a pod's status and age read in a table.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::pod::layout::PodDirs;
+use crate::pod::registry::{PodView, Registry};
+use crate::pod::state::PodStatus;
+use crate::supervisor::api::ApiClient;
+
+pub fn registry() -> Registry {
+    Registry::new(PodDirs::from_env())
+}
+
+/// The pod `query` names (full id, name, or a unique id prefix).
+pub fn resolve(registry: &Registry, query: &str) -> anyhow::Result<PodView> {
+    Ok(registry.resolve(query)?)
+}
+
+/// A handshaken connection to the pod's supervisor.
+pub fn connect(registry: &Registry, view: &PodView) -> anyhow::Result<ApiClient> {
+    let socket = registry.dirs().socket_path(&view.record.id);
+    ApiClient::connect(&socket).with_context(|| format!("pod {}", view.record.name))
+}
+
+/// Whether the pod's supervisor still runs it.
+pub fn is_live(view: &PodView) -> bool {
+    matches!(view.state.status, PodStatus::Created | PodStatus::Running)
+}
+
+/// "5 seconds", "3 minutes", "2 hours", "4 days", as docker words ages.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = match s {
+        0 => return "Less than a second".into(),
+        1..=59 => (s, "second"),
+        60..=3599 => (s / 60, "minute"),
+        3600..=86_399 => (s / 3600, "hour"),
+        _ => (s / 86_400, "day"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+pub fn since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+/// The STATUS column: `Up 5 seconds`, `Exited (3) 2 minutes ago`, `Created`, `Failed`.
+pub fn status_column(view: &PodView) -> String {
+    let s = &view.state;
+    match &s.status {
+        PodStatus::Running => match s.started_at {
+            Some(t) => format!("Up {}", human_duration(since(t))),
+            None => "Running".into(),
+        },
+        PodStatus::Exited { code } => match s.finished_at {
+            Some(t) => format!("Exited ({code}) {} ago", human_duration(since(t))),
+            None => format!("Exited ({code})"),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_as_docker_words_them() {
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(Duration::from_secs(1)), "1 second");
+        assert_eq!(human_duration(Duration::from_secs(59)), "59 seconds");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2 minutes");
+        assert_eq!(human_duration(Duration::from_secs(7200)), "2 hours");
+        assert_eq!(human_duration(Duration::from_secs(86_400 * 3)), "3 days");
+    }
+}

@@ -1,0 +1,91 @@
+//! `peapod ps`: the pods, from their state files (no VM is asked).
+
+use std::process::ExitCode;
+
+use super::pods;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  peapod ps
+  peapod ps -a --format json
+  peapod rm -f $(peapod ps -aq)")]
+pub struct PsArgs {
+    /// All pods (by default only Created and Running ones)
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only the ids
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// table, or json (one object per line)
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
+    let registry = pods::registry();
+    let views: Vec<_> = registry
+        .list()?
+        .into_iter()
+        .filter(|v| args.all || pods::is_live(v))
+        .collect();
+    if args.quiet {
+        for v in &views {
+            println!("{}", v.record.id.short());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match args.format {
+        Format::Json => {
+            for v in &views {
+                let images: Vec<&str> = v
+                    .record
+                    .spec
+                    .containers
+                    .iter()
+                    .map(|c| c.image.as_str())
+                    .collect();
+                let line = serde_json::json!({
+                    "id": v.record.id.to_string(),
+                    "name": v.record.name,
+                    "images": images,
+                    "status": v.state.status,
+                    "status_text": pods::status_column(v),
+                    "restarts": v.state.containers.iter().map(|c| c.restarts).sum::<u32>(),
+                    "created_at": humantime::format_rfc3339_seconds(v.record.created_at).to_string(),
+                });
+                println!("{line}");
+            }
+        }
+        Format::Table => {
+            println!(
+                "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  CREATED",
+                "POD ID", "NAME", "IMAGES", "STATUS", "RESTARTS"
+            );
+            for v in &views {
+                let images: Vec<&str> = v
+                    .record
+                    .spec
+                    .containers
+                    .iter()
+                    .map(|c| c.image.as_str())
+                    .collect();
+                println!(
+                    "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  {} ago",
+                    v.record.id.short(),
+                    v.record.name,
+                    images.join(","),
+                    pods::status_column(v),
+                    v.state.containers.iter().map(|c| c.restarts).sum::<u32>(),
+                    pods::human_duration(pods::since(v.record.created_at))
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

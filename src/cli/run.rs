@@ -1,0 +1,460 @@
+//! `peapod run`: a pod from an image, in its own VM, under a supervisor of its own.
+
+use std::io::IsTerminal;
+use std::path::{Component, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::pods;
+use crate::pod::spec::{ContainerConfig, PodSpec, VmSize, VolumeSnapshot};
+use crate::protocol::{ProcessSpec, Resources};
+use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
+use crate::supervisor::{self, SupervisorConfig};
+
+/// The container's name in a pod made by `peapod run`.
+pub const MAIN_CONTAINER: &str = "main";
+/// Guest RAM of a pod VM unless --memory says otherwise.
+const DEFAULT_MEMORY_MIB: u64 = crate::vmm::builder::DEFAULT_MEMORY_MIB;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  peapod run --rm peapod/busybox:latest echo hi
+  peapod run -d --name web peapod/busybox:latest sh -c 'echo start; sleep 600'
+  peapod run -it --rm peapod/busybox:latest sh
+  peapod run --rm -v /srv/site:/site:ro -e MODE=ro --memory 512m peapod/busybox:latest ls /site")]
+pub struct RunArgs {
+    /// Run in the background and print the pod's id
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Remove the pod when it exits
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin open and pass it to the container
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Give the container a pseudo-terminal
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// The pod's name (letters, digits, `_`, `.`, `-`; default: generated)
+    #[arg(long)]
+    name: Option<String>,
+    /// An environment variable (K=V, or K to take the host's value). Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// A file of K=V lines (blank lines and # comments skipped). Repeatable.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_files: Vec<PathBuf>,
+    /// The command's working directory in the container
+    #[arg(short = 'w', long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Run as UID[:GID] (numeric)
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    user: Option<String>,
+    /// Guest RAM of the pod VM (also the most its containers can use): bytes, or with a
+    /// unit k, m, g (`512m`); 64m to 64g
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<MemorySize>,
+    /// vCPUs of the pod VM, 1 to 32
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// A host directory in the container: SRC:DST:ro, a read-only snapshot taken at start.
+    /// Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST:ro")]
+    volumes: Vec<VolumeArg>,
+    /// The guest kernel [default: what kernel/build.sh built, or PEAPOD_GUEST_KERNEL]
+    #[arg(long, hide = true)]
+    kernel: Option<PathBuf>,
+    /// The agent initramfs [default: PEAPOD_AGENT_INITRAMFS, else the one
+    /// rootfs/build-agent-initramfs.sh built]
+    #[arg(long, hide = true)]
+    initrd: Option<PathBuf>,
+    /// The image store
+    #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT, hide = true)]
+    store: PathBuf,
+    /// The image (NAME[:TAG]; pulled first when the store does not have it)
+    image: String,
+    /// The command and its arguments (replaces the image's Cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// `--memory`: a size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemorySize(pub u64);
+
+impl FromStr for MemorySize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim().to_ascii_lowercase();
+        let t = t
+            .strip_suffix("ib")
+            .or_else(|| t.strip_suffix('b'))
+            .unwrap_or(&t);
+        let (digits, shift) = match t.chars().last() {
+            Some('k') => (&t[..t.len() - 1], 10),
+            Some('m') => (&t[..t.len() - 1], 20),
+            Some('g') => (&t[..t.len() - 1], 30),
+            _ => (t, 0),
+        };
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("`{s}` is not a size: give bytes or a number with k, m or g (`512m`)")
+        })?;
+        n.checked_mul(1 << shift)
+            .map(MemorySize)
+            .ok_or_else(|| format!("`{s}` is too large"))
+    }
+}
+
+/// `-v SRC:DST:ro`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeArg {
+    source: PathBuf,
+    destination: PathBuf,
+}
+
+impl FromStr for VolumeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (src, dst) = match parts.as_slice() {
+            [src, dst, "ro"] => (*src, *dst),
+            [_, _] | [_, _, "rw"] => {
+                return Err(format!(
+                    "`{s}`: read-write volumes are not supported yet (peapod has no shared \
+                     filesystem with the VM); add `:ro` for a read-only snapshot taken at start"
+                ));
+            }
+            _ => return Err(format!("`{s}`: give SRC:DST:ro")),
+        };
+        let destination = PathBuf::from(dst);
+        if !destination.is_absolute()
+            || destination
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(format!(
+                "`{s}`: the container path {dst} must be absolute and free of `..`"
+            ));
+        }
+        if src.is_empty() {
+            return Err(format!("`{s}`: the host directory is empty"));
+        }
+        Ok(VolumeArg {
+            source: PathBuf::from(src),
+            destination,
+        })
+    }
+}
+
+/// K=V entries from `--env-file` files and `-e`, in that order (as docker applies them).
+fn environment(files: &[PathBuf], env: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --env-file {}", file.display()))?;
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(env_entry(line)?);
+        }
+    }
+    for e in env {
+        out.push(env_entry(e)?);
+    }
+    Ok(out)
+}
+
+fn env_entry(entry: &str) -> anyhow::Result<String> {
+    match entry.split_once('=') {
+        Some(("", _)) => bail!("`{entry}`: an environment variable needs a name (K=V)"),
+        Some(_) => Ok(entry.to_string()),
+        None => Ok(format!(
+            "{entry}={}",
+            std::env::var(entry).unwrap_or_default()
+        )),
+    }
+}
+
+/// Checks everything that can be checked before anything is created.
+fn vm_size(args: &RunArgs) -> anyhow::Result<VmSize> {
+    let memory_mib = match args.memory {
+        None => DEFAULT_MEMORY_MIB,
+        Some(MemorySize(bytes)) => bytes.div_ceil(1 << 20),
+    };
+    if !(64..=65_536).contains(&memory_mib) {
+        bail!("--memory {memory_mib} MiB is out of range: give 64m to 64g");
+    }
+    let cpus = u8::try_from(args.cpus)
+        .ok()
+        .filter(|c| (1..=32).contains(c))
+        .ok_or_else(|| anyhow::anyhow!("--cpus {} is out of range: give 1 to 32", args.cpus))?;
+    Ok(VmSize { cpus, memory_mib })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.detach && args.tty && args.interactive {
+        bail!("-d with -it: there is no terminal to attach in the background; drop -d or -it");
+    }
+    if let Some(name) = &args.name {
+        crate::pod::id::validate_name(name)?;
+    }
+    let vm = vm_size(&args)?;
+    for v in &args.volumes {
+        if !v.source.is_dir() {
+            bail!(
+                "-v {}: the host directory {} does not exist",
+                v.destination.display(),
+                v.source.display()
+            );
+        }
+    }
+    let env = environment(&args.env_files, &args.env)?;
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => crate::guest_kernel::default_kernel()?,
+    };
+    let initrd = match &args.initrd {
+        Some(i) => i.clone(),
+        None => crate::runtime::default_agent_initramfs()?,
+    };
+
+    // The image: pulled first when the store lacks it, then its block image.
+    let store = crate::image::store::Store::open(&args.store)
+        .with_context(|| format!("cannot open the image store at {}", args.store.display()))?;
+    let overrides = crate::image::process::Overrides {
+        command: args.command.clone(),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+    };
+    let prepared = match crate::image::prepare_run(&store, &args.image, &overrides) {
+        Err(crate::image::ImageError::Store(crate::image::store::StoreError::NotFound {
+            ..
+        })) => {
+            pull(&store, &args.image)?;
+            crate::image::prepare_run(&store, &args.image, &overrides)
+        }
+        other => other,
+    };
+    let (resolved, process) =
+        prepared.with_context(|| format!("cannot prepare image {}", args.image))?;
+    let process = ProcessSpec {
+        args: process.args,
+        env: process.env,
+        cwd: PathBuf::from(process.cwd),
+        uid: process.uid,
+        gid: process.gid,
+        additional_gids: process.additional_gids,
+        tty: args.tty,
+        stdin: args.interactive,
+    };
+    let registry = pods::registry();
+    let volumes: Vec<VolumeSnapshot> = args
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| VolumeSnapshot {
+            source: v.source.clone(),
+            destination: v.destination.clone(),
+            disk: PathBuf::from(format!("volumes/{i}.erofs")),
+        })
+        .collect();
+    let name = args.name.clone().unwrap_or_default();
+    let spec = PodSpec {
+        hostname: if name.is_empty() {
+            "peapod".into()
+        } else {
+            name.replace('_', "-")
+        },
+        name,
+        vm,
+        containers: vec![ContainerConfig {
+            name: MAIN_CONTAINER.into(),
+            image: args.image.clone(),
+            image_digest: resolved.manifest_digest.to_string(),
+            disk: resolved.disk.path.clone(),
+            process,
+            resources: Resources::default(),
+            volumes,
+        }],
+        auto_remove: args.rm,
+    };
+    spec.validate()?;
+
+    // From here on the pod exists; any failure removes it again.
+    let (record, lock) = registry.create(spec)?;
+    let id = record.id.clone();
+    let created = (|| -> anyhow::Result<()> {
+        let store_dir = registry.dirs().store_dir(&id);
+        for v in &record.spec.containers[0].volumes {
+            let out = store_dir.join(&v.disk);
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            crate::image::disk::snapshot_dir(&v.source, &out)
+                .with_context(|| format!("cannot snapshot {} for -v", v.source.display()))?;
+        }
+        let config = SupervisorConfig {
+            kernel,
+            initrd,
+            agent_timeout_ms: crate::runtime::container::agent_timeout_from_env().as_millis()
+                as u64,
+        };
+        supervisor::spawn(registry.dirs(), &record, lock, &config)?;
+        Ok(())
+    })();
+    if let Err(e) = created {
+        let _ = registry.remove(&id);
+        return Err(e);
+    }
+    let view = registry.resolve(id.as_str())?;
+    let client = pods::connect(&registry, &view)?;
+
+    if args.detach {
+        let mut client = client;
+        match client.expect_ok(&ApiRequest::Start) {
+            Ok(()) => {
+                println!("{id}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(ApiError::Refused {
+                message,
+                exit_code: Some(code),
+            }) => {
+                eprintln!("peapod: {message}");
+                Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    } else {
+        let end = foreground(client, &args)?;
+        if let Some(why) = &end.start_error {
+            eprintln!("peapod: {why}");
+        }
+        report_signal(&end.status);
+        if args.rm {
+            // The supervisor removes the pod once its VM is down, then exits.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while registry.is_supervised(&id) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(ExitCode::from(u8::try_from(end.status.code).unwrap_or(255)))
+    }
+}
+
+/// Attaches to the main container and starts the pod.
+fn foreground(
+    client: ApiClient,
+    args: &RunArgs,
+) -> anyhow::Result<crate::supervisor::api::ProcessEnd> {
+    let conn = client.attach(&ApiRequest::Attach {
+        container: MAIN_CONTAINER.into(),
+        stdin: args.interactive,
+        start: true,
+    })?;
+    super::tty::attach_session(conn, args.interactive, args.tty)
+}
+
+/// Says on stderr why a process died, when a signal or the OOM killer ended it.
+pub fn report_signal(status: &crate::protocol::ExitStatus) {
+    if status.oom_killed {
+        eprintln!(
+            "peapod: the container was killed by the kernel's OOM killer (give the pod more \
+             --memory)"
+        );
+    } else if let Some(sig) = status.signal {
+        let name = nix::sys::signal::Signal::try_from(sig).map_or("?", |s| s.as_str());
+        if sig != libc::SIGTERM && sig != libc::SIGKILL && sig != libc::SIGINT {
+            eprintln!("peapod: the container was killed by signal {sig} ({name})");
+        }
+    }
+}
+
+/// Pulls `reference`, with progress on a terminal.
+fn pull(store: &crate::image::store::Store, reference: &str) -> anyhow::Result<()> {
+    use crate::image::pull::{self, PullOptions};
+    use crate::image::registry::ClientOptions;
+    use crate::image::registry::auth::Credentials;
+    let credentials = match std::env::var("PEAPOD_REGISTRY_CREDS") {
+        Ok(text) => Some(
+            Credentials::parse(&text)
+                .context("PEAPOD_REGISTRY_CREDS must be USER:PASSWORD with a non-empty USER")?,
+        ),
+        Err(_) => None,
+    };
+    let opts = PullOptions {
+        client: ClientOptions {
+            insecure: false,
+            credentials,
+        },
+        name: None,
+    };
+    let quiet = !std::io::stderr().is_terminal();
+    if !quiet {
+        eprintln!("Unable to find image '{reference}' locally; pulling it");
+    }
+    let mut display = super::image::PullProgress::new(quiet);
+    let report = pull::pull(store, reference, &opts, &mut |e| display.show(&e));
+    display.end();
+    report
+        .with_context(|| format!("image {reference} is not in the store and cannot be pulled"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_as_docker_writes_them() {
+        let m = |s: &str| s.parse::<MemorySize>().map(|m| m.0);
+        assert_eq!(m("512m").unwrap(), 512 << 20);
+        assert_eq!(m("1g").unwrap(), 1 << 30);
+        assert_eq!(m("1GiB").unwrap(), 1 << 30);
+        assert_eq!(m("2048k").unwrap(), 2 << 20);
+        assert_eq!(m("1048576").unwrap(), 1 << 20);
+        assert!(m("lots").unwrap_err().contains("not a size"));
+        assert!(m("99999999999g").unwrap_err().contains("too large"));
+    }
+
+    #[test]
+    fn volumes_are_read_only_snapshots() {
+        let v = "/srv:/data:ro".parse::<VolumeArg>().unwrap();
+        assert_eq!(v.source, PathBuf::from("/srv"));
+        assert_eq!(v.destination, PathBuf::from("/data"));
+        for rw in ["/srv:/data", "/srv:/data:rw"] {
+            let e = rw.parse::<VolumeArg>().unwrap_err();
+            assert!(e.contains("not supported yet") && e.contains(":ro"), "{e}");
+        }
+        assert!("/srv:data:ro".parse::<VolumeArg>().is_err());
+        assert!("/srv:/a/../b:ro".parse::<VolumeArg>().is_err());
+        assert!("/srv".parse::<VolumeArg>().is_err());
+    }
+
+    #[test]
+    fn env_entries_take_host_values_and_refuse_empty_names() {
+        assert_eq!(env_entry("A=1").unwrap(), "A=1");
+        assert!(env_entry("=1").is_err());
+        // SAFETY: a variable only this test uses.
+        unsafe { std::env::set_var("PEAPOD_TEST_ENV_ENTRY", "x") };
+        assert_eq!(
+            env_entry("PEAPOD_TEST_ENV_ENTRY").unwrap(),
+            "PEAPOD_TEST_ENV_ENTRY=x"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env");
+        std::fs::write(&file, "# a comment\n\nB=2\n").unwrap();
+        assert_eq!(
+            environment(&[file], &["C=3".into()]).unwrap(),
+            ["B=2", "C=3"]
+        );
+    }
+}

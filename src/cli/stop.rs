@@ -1,0 +1,49 @@
+//! `peapod stop`: SIGTERM to a pod's containers, SIGKILL after a grace period, the VM
+//! powered off.
+
+use std::process::ExitCode;
+
+use super::pods;
+use crate::supervisor::api::ApiRequest;
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  peapod stop web
+  peapod stop -t 0 web db")]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    /// The pods (names, ids or id prefixes)
+    #[arg(required = true)]
+    pods: Vec<String>,
+}
+
+pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
+    let registry = pods::registry();
+    let mut failed = false;
+    for query in &args.pods {
+        let stopped = (|| -> anyhow::Result<()> {
+            let view = pods::resolve(&registry, query)?;
+            if pods::is_live(&view) {
+                let mut client = pods::connect(&registry, &view)?;
+                client.expect_state(&ApiRequest::Stop {
+                    timeout_s: args.time,
+                })?;
+            }
+            Ok(())
+        })();
+        match stopped {
+            Ok(()) => println!("{query}"),
+            Err(e) => {
+                eprintln!("peapod: error: {}", super::error_message(&e));
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(super::EXIT_PEAPOD_ERROR)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

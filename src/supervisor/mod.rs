@@ -1,0 +1,426 @@
+//! The per-pod supervisor: one process per pod (the role of podman's conmon or Kata's
+//! per-pod shim), detached from the CLI that started it.
+//!
+//! It owns the pod's VMM (a child that dies with it: `PR_SET_PDEATHSIG`), the control
+//! connection to the agent, the containers' stdio (written to the logs in the store and
+//! copied to attached clients) and the pod's state (`state.json`, in the run directory and
+//! copied to the store). The CLI, and later a containerd shim, talk to it over
+//! `supervisor.sock` in the pod's run directory with the versioned API of [`api`].
+//!
+//! Its life ([`spawn`] on the CLI side, [`run`] in the supervisor):
+//! 1. The CLI creates the pod record under the registry lock and takes the pod's
+//!    supervisor lock (an `flock`), then starts `peapod supervise ID` in a new session with
+//!    that lock's descriptor and the write end of a readiness pipe. The lock belongs to the
+//!    open file, which the supervisor inherits: from then on "the lock is held" means "the
+//!    supervisor lives", and `peapod ps` shows a pod whose supervisor is gone as `Failed`.
+//! 2. The supervisor binds its socket, boots the VM and creates the containers, then writes
+//!    `ok` (or the error) on the readiness pipe. The CLI then sends `Start` (`run -d`) or
+//!    `Attach { start: true }` (a foreground `run`).
+//! 3. When the last container has exited (or `Stop` ended them), the VM powers off, the
+//!    final state is written, a `--rm` pod is removed, and the supervisor exits.
+//!
+//! A CLI killed at any point leaves the pod to its supervisor. A supervisor killed with
+//! SIGKILL takes its VMM with it (PDEATHSIG) and leaves its state saying `Running`, which
+//! the registry's lock check turns into `Failed`.
+
+pub mod api;
+pub mod pod;
+pub mod stream;
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use api::{API_VERSION, ApiRequest, ApiResponse, read_request, write_response};
+use pod::RunningPod;
+
+use crate::pod::PodError;
+use crate::pod::id::PodId;
+use crate::pod::layout::PodDirs;
+use crate::pod::registry::{PodRecord, Registry, SupervisorLock};
+use crate::pod::state::PodStatus;
+use crate::runtime::PodVmConfig;
+
+/// How long the CLI waits for a pod's VM and containers to be created.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a finished supervisor lingers for clients still waiting on the pod's end.
+const LINGER: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error("cannot listen on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the pod's supervisor ({program}): {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pod did not start: {0}")]
+    StartFailed(String),
+    #[error("the pod's supervisor ended before the pod was created; its log ({log}) says:\n{tail}")]
+    SupervisorDied { log: PathBuf, tail: String },
+    #[error("reading the supervisor's readiness: {0}")]
+    Ready(#[source] std::io::Error),
+}
+
+/// What the hidden `peapod supervise` command gets.
+pub struct SuperviseArgs {
+    pub id: PodId,
+    /// The pod's supervisor lock, inherited from the CLI.
+    pub lock_fd: RawFd,
+    /// Where to write `ok\n` or `error: ...\n` once the pod is created.
+    pub ready_fd: RawFd,
+}
+
+/// The host's side of a pod VM, written by the CLI as `supervisor.json` in the pod's run
+/// directory (the VMM program is found as the CLI finds it: `peapod-vmm` beside `peapod`,
+/// or `PEAPOD_VMM`; the disks come from the pod's spec).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub agent_timeout_ms: u64,
+}
+
+impl SupervisorConfig {
+    fn vm(&self, dir: PathBuf) -> Result<PodVmConfig, std::io::Error> {
+        Ok(PodVmConfig {
+            vmm: crate::vmm::program::VmmProgram::find()?,
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cpus: 1,
+            memory_mib: crate::vmm::builder::DEFAULT_MEMORY_MIB,
+            disks: Vec::new(),
+            agent_timeout: Duration::from_millis(self.agent_timeout_ms),
+            dir: Some(dir),
+        })
+    }
+}
+
+fn config_path(dirs: &PodDirs, id: &PodId) -> PathBuf {
+    dirs.run_dir(id).join("supervisor.json")
+}
+
+/// Starts the supervisor of a freshly created pod and waits until it has created the pod
+/// (VM booted, containers created) or failed. On failure nothing of the pod is running;
+/// the caller removes its record.
+pub fn spawn(
+    dirs: &PodDirs,
+    record: &PodRecord,
+    lock: SupervisorLock,
+    config: &SupervisorConfig,
+) -> Result<(), SupervisorError> {
+    let program = std::env::current_exe().map_err(|source| SupervisorError::Spawn {
+        program: "/proc/self/exe".into(),
+        source,
+    })?;
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| SupervisorError::Spawn {
+        program: program.clone(),
+        source: e.into(),
+    })?;
+    let log_path = dirs.run_dir(&record.id).join("supervisor.log");
+    let log = std::fs::File::create(&log_path).map_err(|source| SupervisorError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    lock.clear_cloexec()?;
+    crate::pod::state::write_json_atomic(&config_path(dirs, &record.id), config)?;
+    let ready_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let mut cmd = Command::new(&program);
+    cmd.arg("supervise")
+        .arg("--lock-fd")
+        .arg(lock_fd.to_string())
+        .arg("--ready-fd")
+        .arg(ready_raw.to_string())
+        .arg(record.id.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls
+    // (setsid, fcntl, sigprocmask) on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session of its own: the terminal's signals and hangup do not reach it.
+            nix::unistd::setsid()?;
+            // The readiness pipe's write end crosses exec.
+            let flags = libc::fcntl(ready_raw, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(ready_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    // Only the supervisor holds the lock and the pipe's write end from here on.
+    drop(lock);
+    drop(ready_w);
+    let mut answer = String::new();
+    let read = std::fs::File::from(ready_r).read_to_string(&mut answer);
+    // The supervisor is a daemon: reap it in the background if it has ended already, and
+    // otherwise let it be (it outlives this process and is then reparented).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    read.map_err(SupervisorError::Ready)?;
+    let answer = answer.trim();
+    if answer == "ok" {
+        return Ok(());
+    }
+    if let Some(why) = answer.strip_prefix("error: ") {
+        return Err(SupervisorError::StartFailed(why.to_string()));
+    }
+    let tail = std::fs::read_to_string(&log_path)
+        .map(|t| {
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        })
+        .unwrap_or_default();
+    Err(SupervisorError::SupervisorDied {
+        log: log_path,
+        tail,
+    })
+}
+
+/// The supervisor process: creates the pod, reports readiness, serves the API until the
+/// pod is down.
+pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
+    let dirs = PodDirs::from_env();
+    let registry = Registry::new(dirs.clone());
+    // SAFETY: the CLI passed these two descriptors to this process for it to own (see
+    // `spawn`); nothing else in this process uses their numbers.
+    let (lock_fd, ready_fd) = unsafe {
+        (
+            OwnedFd::from_raw_fd(args.lock_fd),
+            OwnedFd::from_raw_fd(args.ready_fd),
+        )
+    };
+    let mut ready = std::fs::File::from(ready_fd);
+    let view = SupervisorLock::adopt(lock_fd).and_then(|lock| Ok((lock, registry.get(&args.id)?)));
+    let (lock, view) = match view {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(ready, "error: {e}");
+            return Err(e.into());
+        }
+    };
+    let (record, mut state) = (view.record, view.state);
+    state.supervisor_pid = Some(std::process::id());
+    state.containers = record
+        .spec
+        .containers
+        .iter()
+        .map(|c| crate::pod::state::ContainerState::created(&c.name))
+        .collect();
+    registry.save_state(&state)?;
+
+    let socket = dirs.socket_path(&args.id);
+    let _ = std::fs::remove_file(&socket);
+    let listener = match UnixListener::bind(&socket) {
+        Ok(l) => l,
+        Err(source) => {
+            let err = SupervisorError::Listen {
+                path: socket,
+                source,
+            };
+            let _ = writeln!(ready, "error: {err}");
+            return Err(err);
+        }
+    };
+    let running = match RunningPod::new(record.spec.clone(), registry.clone(), &dirs, state.clone())
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(ready, "error: {e}");
+            return Err(SupervisorError::StartFailed(e.to_string()));
+        }
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve(running, conn));
+        }
+    });
+    let vm = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            let mut vm = c.vm(dirs.run_dir(&args.id)).map_err(|e| e.to_string())?;
+            vm.cpus = record.spec.vm.cpus;
+            vm.memory_mib = record.spec.vm.memory_mib;
+            Ok(vm)
+        });
+    let vm = match vm {
+        Ok(vm) => vm,
+        Err(e) => {
+            running.finish(Some(e.clone()));
+            let _ = writeln!(ready, "error: {e}");
+            let _ = std::fs::remove_file(&socket);
+            return Err(SupervisorError::StartFailed(e));
+        }
+    };
+    if let Err(e) = running.boot(vm) {
+        running.finish(Some(e.to_string()));
+        let _ = writeln!(ready, "error: {e}");
+        let _ = std::fs::remove_file(&socket);
+        return Err(SupervisorError::StartFailed(e.to_string()));
+    }
+    let _ = writeln!(ready, "ok");
+    drop(ready);
+
+    running.wait_down(None);
+    // Let clients waiting for the end get their answer.
+    let deadline = std::time::Instant::now() + LINGER;
+    while *running.waiters.lock().unwrap_or_else(|e| e.into_inner()) > 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_file(&socket);
+    if running.spec.auto_remove
+        && let Err(e) = registry.remove(&args.id)
+    {
+        tracing::warn!("cannot remove the pod: {e}");
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Answers `Attached` on a connection whose stream frames follow.
+pub(crate) fn write_attached(conn: &mut UnixStream) -> Result<(), String> {
+    write_response(conn, &ApiResponse::Attached).map_err(|e| e.to_string())
+}
+
+/// Serves one client connection.
+fn serve(pod: &'static RunningPod, mut conn: UnixStream) {
+    match read_request(&mut conn) {
+        Ok(ApiRequest::Hello { version }) if version == API_VERSION => {
+            if write_response(
+                &mut conn,
+                &ApiResponse::Hello {
+                    version: API_VERSION,
+                },
+            )
+            .is_err()
+            {
+                return;
+            }
+        }
+        Ok(ApiRequest::Hello { version }) => {
+            let _ = write_response(
+                &mut conn,
+                &ApiResponse::error(format!(
+                    "this supervisor speaks API version {API_VERSION}, the client {version}"
+                )),
+            );
+            return;
+        }
+        Ok(_) => {
+            let _ = write_response(
+                &mut conn,
+                &ApiResponse::error("say hello first (the API handshake)"),
+            );
+            return;
+        }
+        Err(_) => return,
+    }
+    loop {
+        let request = match read_request(&mut conn) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let response = match request {
+            ApiRequest::Hello { .. } => ApiResponse::error("hello was said already"),
+            ApiRequest::Status => ApiResponse::State(Box::new(pod.state())),
+            ApiRequest::Start => match pod.start() {
+                Ok(()) => ApiResponse::Ok,
+                Err((message, exit_code)) => ApiResponse::Error { message, exit_code },
+            },
+            ApiRequest::Attach {
+                container,
+                stdin,
+                start,
+            } => {
+                let Ok(reply) = conn.try_clone() else {
+                    return;
+                };
+                let mut reply = reply;
+                if let Err(e) = write_attached(&mut reply) {
+                    tracing::debug!("attach: {e}");
+                    return;
+                }
+                if let Err(e) = pod.attach(&container, conn, stdin) {
+                    let _ = stream::StreamFrame::Stderr(format!("peapod: {e}\n").into_bytes())
+                        .write_to(&mut reply);
+                    return;
+                }
+                if start && let Err((message, _)) = pod.start() {
+                    // The container's exit frame (126/127) follows; the message explains it.
+                    tracing::debug!("start on attach: {message}");
+                }
+                return;
+            }
+            ApiRequest::Exec { container, process } => {
+                let Ok(reply) = conn.try_clone() else {
+                    return;
+                };
+                match pod.exec(&container, process, conn) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        conn = reply;
+                        ApiResponse::error(e)
+                    }
+                }
+            }
+            ApiRequest::Signal { container, signal } => {
+                match pod.signal(container.as_deref(), signal) {
+                    Ok(()) => ApiResponse::Ok,
+                    Err(e) => ApiResponse::error(e),
+                }
+            }
+            ApiRequest::Stop { timeout_s } => {
+                *pod.waiters.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                pod.stop(Duration::from_secs(timeout_s));
+                pod.wait_down(None);
+                let r = ApiResponse::State(Box::new(pod.state()));
+                let _ = write_response(&mut conn, &r);
+                *pod.waiters.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                continue;
+            }
+            ApiRequest::Wait => {
+                *pod.waiters.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                pod.wait_down(None);
+                let r = ApiResponse::State(Box::new(pod.state()));
+                let _ = write_response(&mut conn, &r);
+                *pod.waiters.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                continue;
+            }
+        };
+        if write_response(&mut conn, &response).is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether a pod in `status` still has work for a supervisor.
+pub fn is_live(status: &PodStatus) -> bool {
+    matches!(status, PodStatus::Created | PodStatus::Running)
+}

@@ -1,0 +1,765 @@
+//! One pod under supervision: its VM, its containers' stdio (logged, and copied to attached
+//! clients), their exits, and the pod's state as it changes.
+//!
+//! The life of a pod: [`RunningPod::boot`] starts the VM, creates the sandbox and every
+//! container (stopped, as `docker create`) and attaches their output streams; the pod is
+//! `Created`. [`RunningPod::start`] starts the containers and a waiter thread per container;
+//! the pod is `Running`. When the last container has exited (or [`RunningPod::stop`] ended
+//! them), [`RunningPod::finish`] powers the VM off and the pod is `Exited (N)` with the
+//! first container's code, or `Failed` when the VM ended on its own.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::api::ProcessEnd;
+use super::stream::{MAX_CHUNK, StreamFrame};
+use crate::pod::layout::PodDirs;
+use crate::pod::logs::{LogStream, LogWriter};
+use crate::pod::registry::Registry;
+use crate::pod::spec::PodSpec;
+use crate::pod::state::{ContainerStatus, PodState, PodStatus};
+use crate::protocol::client::ClientError;
+use crate::protocol::{
+    ContainerSpec, ErrorKind, ExitStatus, FsType, MountSource, MountSpec, ProcessRef, ProcessSpec,
+    RootfsSpec, SandboxSpec, StreamKind,
+};
+use crate::runtime::{PodVm, PodVmConfig};
+
+/// How long a container's output may trail its exit before the exit is reported anyway.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// How long the VM may take to go down after its containers were killed.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Largest container log file before rotation.
+pub const LOG_MAX_BYTES: u64 = 10 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodRunError {
+    #[error("{0}")]
+    Vm(#[from] crate::runtime::PodVmError),
+    #[error("{what}: {source}")]
+    Agent {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("cannot open the log of container {container}: {source}")]
+    Log {
+        container: String,
+        #[source]
+        source: crate::pod::PodError,
+    },
+    #[error(
+        "the pod has {0} disks, more than a pod VM can attach (17): use fewer containers or volumes"
+    )]
+    TooManyDisks(usize),
+}
+
+fn agent(what: impl Into<String>) -> impl FnOnce(ClientError) -> PodRunError {
+    let what = what.into();
+    move |source| PodRunError::Agent { what, source }
+}
+
+/// One container's runtime side.
+struct Container {
+    name: String,
+    tty: bool,
+    /// The agent's stdin (or pty) stream, when the process keeps stdin open.
+    stdin: Mutex<Option<UnixStream>>,
+    /// Attached clients' connections (write halves).
+    attached: Mutex<Vec<UnixStream>>,
+    log: Mutex<LogWriter>,
+    /// Output streams still open; the exit is reported once this is 0 (or after a drain
+    /// timeout).
+    open_outputs: Mutex<usize>,
+    outputs_closed: Condvar,
+    start_error: Mutex<Option<String>>,
+}
+
+pub struct RunningPod {
+    pub spec: PodSpec,
+    store_dir: std::path::PathBuf,
+    registry: Registry,
+    state: Mutex<PodState>,
+    changed: Condvar,
+    vm: Mutex<Option<PodVm>>,
+    /// Set once boot made the VM and its containers.
+    containers: Vec<Container>,
+    next_exec: AtomicU64,
+    /// Requests for the end waiting (Wait, Stop): the supervisor lingers until they have
+    /// answered.
+    pub waiters: Mutex<usize>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn device_name(index: usize) -> String {
+    let letter = (b'a' + (index % 26) as u8) as char;
+    format!("/dev/vd{letter}")
+}
+
+impl RunningPod {
+    /// The pod's runtime side before its VM exists: its container logs opened. It lives
+    /// as long as the supervisor process (leaked: threads of its containers hold it).
+    pub fn new(
+        spec: PodSpec,
+        registry: Registry,
+        dirs: &PodDirs,
+        state: PodState,
+    ) -> Result<&'static Self, PodRunError> {
+        let mut containers = Vec::new();
+        for c in &spec.containers {
+            let path = dirs.container_log_path(&state.id, &c.name);
+            let log =
+                LogWriter::create(&path, LOG_MAX_BYTES, 1).map_err(|source| PodRunError::Log {
+                    container: c.name.clone(),
+                    source,
+                })?;
+            containers.push(Container {
+                name: c.name.clone(),
+                tty: c.process.tty,
+                stdin: Mutex::new(None),
+                attached: Mutex::new(Vec::new()),
+                log: Mutex::new(log),
+                open_outputs: Mutex::new(0),
+                outputs_closed: Condvar::new(),
+                start_error: Mutex::new(None),
+            });
+        }
+        Ok(Box::leak(Box::new(RunningPod {
+            store_dir: dirs.store_dir(&state.id),
+            spec,
+            registry,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+            vm: Mutex::new(None),
+            containers,
+            next_exec: AtomicU64::new(1),
+            waiters: Mutex::new(0),
+        })))
+    }
+
+    /// Boots the pod VM and creates its containers; the pod is `Created` when this returns
+    /// `Ok`. On an error nothing of the VM is left running.
+    pub fn boot(&'static self, config: PodVmConfig) -> Result<(), PodRunError> {
+        let booted = self.boot_vm(config);
+        if booted.is_err()
+            && let Some(vm) = lock(&self.vm).take()
+        {
+            drop(vm);
+        }
+        booted
+    }
+
+    fn boot_vm(&'static self, mut config: PodVmConfig) -> Result<(), PodRunError> {
+        // Disks in guest order: each container's image, then each volume snapshot.
+        let mut disks = Vec::new();
+        let mut roots = Vec::new();
+        let mut mounts = Vec::new();
+        for c in &self.spec.containers {
+            roots.push(device_name(disks.len()));
+            disks.push((c.disk.clone(), true));
+            let mut own = Vec::new();
+            for v in &c.volumes {
+                own.push(MountSpec {
+                    destination: v.destination.clone(),
+                    source: MountSource::Block {
+                        device: device_name(disks.len()).into(),
+                        fs_type: FsType::Erofs,
+                    },
+                    read_only: true,
+                });
+                // Snapshot disks are named relative to the pod's store directory.
+                disks.push((self.store_dir.join(&v.disk), true));
+            }
+            mounts.push(own);
+        }
+        if disks.len() > 17 {
+            return Err(PodRunError::TooManyDisks(disks.len()));
+        }
+        config.disks = disks;
+        let mut vm = PodVm::start(&config)?;
+        {
+            let mut state = lock(&self.state);
+            state.vmm_pid = vm.vmm_pid();
+            self.save(&state);
+        }
+        vm.client()
+            .create_sandbox(&SandboxSpec {
+                hostname: self.spec.hostname.clone(),
+                entropy_seed: host_seed(),
+                ..Default::default()
+            })
+            .map_err(agent("creating the pod sandbox"))?;
+        for ((c, root), mounts) in self.spec.containers.iter().zip(roots).zip(mounts) {
+            vm.client()
+                .create_container(&ContainerSpec {
+                    id: c.name.clone(),
+                    hostname: None,
+                    rootfs: RootfsSpec {
+                        device: root.into(),
+                        fs_type: FsType::Erofs,
+                    },
+                    mounts,
+                    process: c.process.clone(),
+                    resources: c.resources.clone(),
+                })
+                .map_err(agent(format!("creating container {}", c.name)))?;
+        }
+        for (c, rt) in self.spec.containers.iter().zip(&self.containers) {
+            let main = ProcessRef::container(&c.name);
+            let attach = |kind| vm.attach(&main, kind).map_err(PodRunError::Vm);
+            if c.process.tty {
+                let pty = attach(StreamKind::Pty)?;
+                let input = pty
+                    .try_clone()
+                    .map_err(|e| PodRunError::Vm(crate::runtime::PodVmError::TempDir(e)))?;
+                *lock(&rt.stdin) = Some(input);
+                self.pump(rt, pty, LogStream::Stdout);
+            } else {
+                let out = attach(StreamKind::Stdout)?;
+                let err = attach(StreamKind::Stderr)?;
+                if c.process.stdin {
+                    *lock(&rt.stdin) = Some(attach(StreamKind::Stdin)?);
+                }
+                self.pump(rt, out, LogStream::Stdout);
+                self.pump(rt, err, LogStream::Stderr);
+            }
+        }
+        *lock(&self.vm) = Some(vm);
+        Ok(())
+    }
+
+    /// Copies one output stream of a container to its log and its attached clients, on a
+    /// thread of its own, until the agent closes it.
+    fn pump(&'static self, c: &'static Container, mut from: UnixStream, stream: LogStream) {
+        *lock(&c.open_outputs) += 1;
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let bytes = &buf[..n];
+                        if let Err(e) = lock(&c.log).write(stream, bytes) {
+                            tracing::warn!("cannot write the log of {}: {e}", c.name);
+                        }
+                        let frame = match stream {
+                            LogStream::Stdout => StreamFrame::Stdout(bytes.to_vec()),
+                            LogStream::Stderr => StreamFrame::Stderr(bytes.to_vec()),
+                        };
+                        let wire = frame.encode();
+                        lock(&c.attached).retain_mut(|conn| conn.write_all(&wire).is_ok());
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = lock(&c.log).finish();
+            let mut open = lock(&c.open_outputs);
+            *open = open.saturating_sub(1);
+            c.outputs_closed.notify_all();
+        });
+    }
+
+    fn container(&self, name: &str) -> Option<&Container> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    fn save(&self, state: &PodState) {
+        if let Err(e) = self.registry.save_state(state) {
+            tracing::warn!("cannot save the pod's state: {e}");
+        }
+    }
+
+    pub fn state(&self) -> PodState {
+        lock(&self.state).clone()
+    }
+
+    pub fn is_down(&self) -> bool {
+        matches!(
+            lock(&self.state).status,
+            PodStatus::Exited { .. } | PodStatus::Failed { .. }
+        )
+    }
+
+    /// Blocks until the pod is down, or `timeout` passes; returns whether it is down.
+    pub fn wait_down(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = lock(&self.state);
+        loop {
+            if matches!(
+                state.status,
+                PodStatus::Exited { .. } | PodStatus::Failed { .. }
+            ) {
+                return true;
+            }
+            match deadline {
+                None => state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    state = self
+                        .changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Registers `conn` as attached to `container`'s output (and input, with `stdin`).
+    pub fn attach(
+        &'static self,
+        container: &str,
+        conn: UnixStream,
+        stdin: bool,
+    ) -> Result<(), String> {
+        let c = self
+            .container(container)
+            .ok_or_else(|| format!("the pod has no container {container}"))?;
+        let writer = conn
+            .try_clone()
+            .map_err(|e| format!("cannot attach: {e}"))?;
+        lock(&c.attached).push(writer);
+        let reader = conn;
+        std::thread::spawn(move || self.read_client(c, reader, stdin));
+        Ok(())
+    }
+
+    /// Input frames from an attached client: stdin bytes, end of stdin, signals.
+    fn read_client(&self, c: &Container, mut conn: UnixStream, stdin: bool) {
+        loop {
+            match StreamFrame::read_from(&mut conn) {
+                Ok(StreamFrame::Stdin(bytes)) if stdin => {
+                    if let Some(s) = lock(&c.stdin).as_mut() {
+                        let _ = s.write_all(&bytes);
+                    }
+                }
+                Ok(StreamFrame::StdinClose) if stdin && !c.tty => {
+                    if let Some(s) = lock(&c.stdin).take() {
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                    }
+                }
+                Ok(StreamFrame::Signal(sig)) => {
+                    let _ = self.signal(Some(&c.name), sig);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    // A client that goes away takes its stdin with it, as docker's does:
+                    // the process sees end of file.
+                    if stdin
+                        && !c.tty
+                        && let Some(s) = lock(&c.stdin).take()
+                    {
+                        let _ = s.shutdown(std::net::Shutdown::Write);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Starts every container; an error carries the exit code a command that cannot run
+    /// gets (126/127).
+    pub fn start(&'static self) -> Result<(), (String, Option<i32>)> {
+        {
+            let state = lock(&self.state);
+            if !matches!(state.status, PodStatus::Created) {
+                return Err((
+                    format!(
+                        "the pod is {}, not Created: it was started already",
+                        state.status
+                    ),
+                    None,
+                ));
+            }
+        }
+        let mut first_error = None;
+        for (i, c) in self.containers.iter().enumerate() {
+            let started = {
+                let mut vm = lock(&self.vm);
+                let Some(vm) = vm.as_mut() else {
+                    return Err(("the pod VM is gone".into(), None));
+                };
+                vm.client().start_container(&c.name)
+            };
+            match started {
+                Ok(_) => {}
+                Err(e) if e.wire_kind() == Some(ErrorKind::Setup) => {
+                    let message = match e {
+                        ClientError::Agent { error, .. } => error.message,
+                        other => other.to_string(),
+                    };
+                    *lock(&c.start_error) = Some(message.clone());
+                    first_error.get_or_insert(message);
+                }
+                Err(e) => return Err((format!("starting container {}: {e}", c.name), None)),
+            }
+            {
+                let mut state = lock(&self.state);
+                if let Some(cs) = state.containers.get_mut(i) {
+                    cs.status = ContainerStatus::Running;
+                    cs.started_at = Some(SystemTime::now());
+                }
+                state.status = PodStatus::Running;
+                state.started_at.get_or_insert_with(SystemTime::now);
+                self.save(&state);
+            }
+            let control = lock(&self.vm).as_ref().map(|vm| vm.control());
+            match control {
+                Some(Ok(client)) => {
+                    std::thread::spawn(move || self.wait_container(i, client));
+                }
+                Some(Err(e)) => {
+                    self.finish(Some(format!("cannot wait for container {}: {e}", c.name)));
+                    return Err((format!("cannot wait for container {}: {e}", c.name), None));
+                }
+                None => return Err(("the pod VM is gone".into(), None)),
+            }
+        }
+        self.changed.notify_all();
+        match first_error {
+            None => Ok(()),
+            Some(message) => {
+                // The failed process exits at once with 126 or 127: report that code.
+                let code = self.container_exit(0, Duration::from_secs(10));
+                Err((message, code))
+            }
+        }
+    }
+
+    /// The exit code of container `index` once it has exited (or `None` after `timeout`).
+    fn container_exit(&self, index: usize, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(ContainerStatus::Exited { code, .. }) =
+                state.containers.get(index).map(|c| &c.status)
+            {
+                return Some(*code);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Follows container `index` until it exits; the last one to exit ends the pod.
+    fn wait_container(
+        &'static self,
+        index: usize,
+        mut client: crate::protocol::client::Client<UnixStream>,
+    ) {
+        let Some(c) = self.containers.get(index) else {
+            return;
+        };
+        let status = client.wait(&ProcessRef::container(&c.name));
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                // The agent is gone: the VM ended under the pod.
+                let why = match lock(&self.vm).as_mut().and_then(|vm| vm.try_exit()) {
+                    Some(exit) => format!("the pod VM ended: {}", exit.reason()),
+                    None => format!("lost the pod VM's agent: {e}"),
+                };
+                self.finish(Some(why));
+                return;
+            }
+        };
+        // Output first, then the exit, as a terminal shows it.
+        {
+            let deadline = Instant::now() + OUTPUT_DRAIN;
+            let mut open = lock(&c.open_outputs);
+            while *open > 0 {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                open = c
+                    .outputs_closed
+                    .wait_timeout(open, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        let end = ProcessEnd {
+            status,
+            start_error: lock(&c.start_error).clone(),
+        };
+        let wire = StreamFrame::Exit(end).encode();
+        for mut conn in lock(&c.attached).drain(..) {
+            let _ = conn.write_all(&wire);
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        let all_exited = {
+            let mut state = lock(&self.state);
+            if let Some(cs) = state.containers.get_mut(index) {
+                cs.status = ContainerStatus::Exited {
+                    code: status.code,
+                    signal: status.signal,
+                    oom_killed: status.oom_killed,
+                };
+                cs.finished_at = Some(SystemTime::now());
+            }
+            self.save(&state);
+            self.changed.notify_all();
+            state
+                .containers
+                .iter()
+                .all(|c| matches!(c.status, ContainerStatus::Exited { .. }))
+        };
+        if all_exited {
+            self.finish(None);
+        }
+    }
+
+    /// Sends `signal` to one container's main process, or to every running one.
+    pub fn signal(&self, container: Option<&str>, signal: i32) -> Result<(), String> {
+        if let Some(name) = container
+            && self.container(name).is_none()
+        {
+            return Err(format!("the pod has no container {name}"));
+        }
+        let state = self.state();
+        let vm = lock(&self.vm);
+        let Some(vm) = vm.as_ref() else {
+            return Err("the pod is not running".into());
+        };
+        let mut errors = Vec::new();
+        for cs in &state.containers {
+            if container.is_some_and(|n| n != cs.name)
+                || !matches!(cs.status, ContainerStatus::Running)
+            {
+                continue;
+            }
+            if let Err(e) = vm
+                .process_handle(&ProcessRef::container(&cs.name))
+                .signal(signal)
+            {
+                errors.push(format!("{}: {e}", cs.name));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// SIGTERM to every container, SIGKILL after `timeout`, then the VM goes down.
+    pub fn stop(&'static self, timeout: Duration) {
+        if matches!(lock(&self.state).status, PodStatus::Created) {
+            self.finish(None);
+            return;
+        }
+        if self.is_down() {
+            return;
+        }
+        if !timeout.is_zero() {
+            let _ = self.signal(None, libc::SIGTERM);
+            if self.wait_down(Some(timeout)) {
+                return;
+            }
+        }
+        let _ = self.signal(None, libc::SIGKILL);
+        if !self.wait_down(Some(KILL_GRACE)) {
+            self.finish(Some(
+                "the pod did not stop after SIGKILL; its VM was killed".into(),
+            ));
+        }
+    }
+
+    /// Runs one more process in a running container and serves `conn` with its stdio.
+    pub fn exec(
+        &'static self,
+        container: &str,
+        process: ProcessSpec,
+        mut conn: UnixStream,
+    ) -> Result<(), String> {
+        let c = self
+            .container(container)
+            .ok_or_else(|| format!("the pod has no container {container}"))?;
+        let exec_id = format!("exec-{}", self.next_exec.fetch_add(1, Ordering::Relaxed));
+        let process_ref = ProcessRef::exec(&c.name, &exec_id);
+        let (mut control, mut waiter, handle) = {
+            let vm = lock(&self.vm);
+            let vm = vm.as_ref().ok_or("the pod is not running")?;
+            let control = vm.control().map_err(|e| e.to_string())?;
+            let waiter = vm.control().map_err(|e| e.to_string())?;
+            (control, waiter, vm.process_handle(&process_ref))
+        };
+        let (tty, stdin) = (process.tty, process.stdin);
+        let start_error = match control.exec(&c.name, &exec_id, &process) {
+            Ok(_) => None,
+            Err(e) if e.wire_kind() == Some(ErrorKind::Setup) => Some(match e {
+                ClientError::Agent { error, .. } => error.message,
+                other => other.to_string(),
+            }),
+            Err(e) => return Err(format!("exec in {container}: {e}")),
+        };
+        let mut outputs: Vec<(UnixStream, bool)> = Vec::new();
+        let mut input = None;
+        if start_error.is_none() {
+            let vm = lock(&self.vm);
+            let vm = vm.as_ref().ok_or("the pod is not running")?;
+            let attach = |kind| vm.attach(&process_ref, kind).map_err(|e| e.to_string());
+            if tty {
+                let pty = attach(StreamKind::Pty)?;
+                input = Some(pty.try_clone().map_err(|e| e.to_string())?);
+                outputs.push((pty, false));
+            } else {
+                outputs.push((attach(StreamKind::Stdout)?, false));
+                outputs.push((attach(StreamKind::Stderr)?, true));
+                if stdin {
+                    input = Some(attach(StreamKind::Stdin)?);
+                }
+            }
+        }
+        super::write_attached(&mut conn)?;
+        let writer = std::sync::Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+        // Client → process: stdin and signals.
+        let reader = conn;
+        std::thread::spawn(move || {
+            let mut reader = reader;
+            let mut input = input;
+            loop {
+                match StreamFrame::read_from(&mut reader) {
+                    Ok(StreamFrame::Stdin(bytes)) => {
+                        if let Some(s) = input.as_mut() {
+                            let _ = s.write_all(&bytes);
+                        }
+                    }
+                    Ok(StreamFrame::StdinClose) if !tty => {
+                        if let Some(s) = input.take() {
+                            let _ = s.shutdown(std::net::Shutdown::Write);
+                        }
+                    }
+                    Ok(StreamFrame::Signal(sig)) => {
+                        let _ = handle.signal(sig);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        let pumps: Vec<_> = outputs
+            .into_iter()
+            .map(|(mut from, is_err)| {
+                let writer = std::sync::Arc::clone(&writer);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; MAX_CHUNK];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let frame = if is_err {
+                            StreamFrame::Stderr(buf[..n].to_vec())
+                        } else {
+                            StreamFrame::Stdout(buf[..n].to_vec())
+                        };
+                        if frame.write_to(&mut *lock(&writer)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::spawn(move || {
+            let status = waiter
+                .wait(&process_ref)
+                .unwrap_or(ExitStatus::exited(crate::cli::EXIT_PEAPOD_ERROR as i32));
+            for p in pumps {
+                let _ = p.join();
+            }
+            let mut conn = lock(&writer);
+            let _ = StreamFrame::Exit(ProcessEnd {
+                status,
+                start_error,
+            })
+            .write_to(&mut *conn);
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        });
+        Ok(())
+    }
+
+    /// Powers the VM off (or kills it) and records how the pod ended. `failure` makes it
+    /// `Failed` with that reason; otherwise `Exited` with the first container's code.
+    pub fn finish(&self, failure: Option<String>) {
+        let vm = lock(&self.vm).take();
+        if let Some(vm) = vm {
+            if failure.is_some() {
+                drop(vm);
+            } else if let Err(e) = vm.shutdown() {
+                tracing::warn!("the pod VM did not shut down cleanly: {e}");
+            }
+        }
+        for c in &self.containers {
+            for conn in lock(&c.attached).drain(..) {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+            let _ = lock(&c.log).finish();
+        }
+        let mut state = lock(&self.state);
+        if matches!(
+            state.status,
+            PodStatus::Exited { .. } | PodStatus::Failed { .. }
+        ) {
+            return;
+        }
+        state.status = match failure {
+            Some(reason) => {
+                state.error = Some(reason.clone());
+                PodStatus::Failed { reason }
+            }
+            None => {
+                let code = state
+                    .containers
+                    .iter()
+                    .find_map(|c| match c.status {
+                        ContainerStatus::Exited { code, .. } => Some(code),
+                        _ => None,
+                    })
+                    .unwrap_or(0);
+                PodStatus::Exited { code }
+            }
+        };
+        state.finished_at = Some(SystemTime::now());
+        state.vmm_pid = None;
+        self.save(&state);
+        self.changed.notify_all();
+    }
+}
+
+/// Random bytes for the guest's entropy pool (empty if the host has none to give).
+fn host_seed() -> Vec<u8> {
+    let mut seed = vec![0u8; 64];
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed)) {
+        Ok(()) => seed,
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disks_are_named_in_guest_order() {
+        assert_eq!(device_name(0), "/dev/vda");
+        assert_eq!(device_name(3), "/dev/vdd");
+    }
+}
