@@ -65,13 +65,13 @@ fn machine_rejects_malformed_copy_and_env() {
         &["machine", "run", "--copy", "/a:relative", "--", "true"],
         &[],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("HOSTPATH"), "{}", stderr(&out));
     let out = peapod(&["machine", "run", "--env", "NOEQUALS", "--", "true"], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("KEY=VALUE"), "{}", stderr(&out));
     let out = peapod(&["machine", "run"], &[]);
-    assert_eq!(out.status.code(), Some(2), "a command is required");
+    assert_eq!(out.status.code(), Some(125), "a command is required");
 }
 
 #[test]
@@ -114,6 +114,6 @@ fn the_vmm_names_a_bad_config_file_and_reports_it_as_an_event() {
     );
 
     let both = peapod(&["vm", "boot", "--config", config, "--cpus", "2"], &[]);
-    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+    assert_eq!(both.status.code(), Some(125), "{}", stderr(&both));
     assert!(stderr(&both).contains("--config"), "{}", stderr(&both));
 }

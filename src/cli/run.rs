@@ -285,9 +285,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }],
         auto_remove: args.rm,
     };
-    spec.validate()?;
-
     // From here on the pod exists; any failure removes it again.
+    // `create` checks the spec (and names an unnamed pod).
     let (record, lock) = registry.create(spec)?;
     let id = record.id.clone();
     let created = (|| -> anyhow::Result<()> {

@@ -126,10 +126,11 @@ pub fn spawn(
         program: "/proc/self/exe".into(),
         source,
     })?;
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| SupervisorError::Spawn {
-        program: program.clone(),
-        source: e.into(),
-    })?;
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SupervisorError::Spawn {
+            program: program.clone(),
+            source: e.into(),
+        })?;
     let log_path = dirs.run_dir(&record.id).join("supervisor.log");
     let log = std::fs::File::create(&log_path).map_err(|source| SupervisorError::Spawn {
         program: program.clone(),
@@ -215,6 +216,11 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             OwnedFd::from_raw_fd(args.ready_fd),
         )
     };
+    // Not for the VMM's eyes: the CLI waits for this pipe's end of file.
+    let _ = nix::fcntl::fcntl(
+        &ready_fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let mut ready = std::fs::File::from(ready_fd);
     let view = SupervisorLock::adopt(lock_fd).and_then(|lock| Ok((lock, registry.get(&args.id)?)));
     let (lock, view) = match view {
@@ -358,7 +364,7 @@ fn serve(pod: &'static RunningPod, mut conn: UnixStream) {
                 container,
                 stdin,
                 start,
-            } => {
+            } if pod.has_container(&container) => {
                 let Ok(reply) = conn.try_clone() else {
                     return;
                 };
@@ -377,6 +383,9 @@ fn serve(pod: &'static RunningPod, mut conn: UnixStream) {
                     tracing::debug!("start on attach: {message}");
                 }
                 return;
+            }
+            ApiRequest::Attach { container, .. } => {
+                ApiResponse::error(format!("the pod has no container {container}"))
             }
             ApiRequest::Exec { container, process } => {
                 let Ok(reply) = conn.try_clone() else {

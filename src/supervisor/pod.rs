@@ -266,6 +266,10 @@ impl RunningPod {
         });
     }
 
+    pub fn has_container(&self, name: &str) -> bool {
+        self.container(name).is_some()
+    }
+
     fn container(&self, name: &str) -> Option<&Container> {
         self.containers.iter().find(|c| c.name == name)
     }
