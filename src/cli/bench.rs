@@ -39,7 +39,10 @@ pub enum BenchCommand {
     },
     /// Pod start: a bare boot against `vm run-container --image peapod/busybox:latest -- echo`
     /// (command to the container's first output, split into agent ready and container
-    /// started), on the same kernel; runs in the test bed where the host has no hardware KVM.
+    /// started), on the same kernel; `run --rm IMAGE true` against `vm run-container` and crun
+    /// (command to exit); `ps` with no pods and with --pods-for-ps pods running. Pods live in
+    /// a private PEAPOD_ROOT and PEAPOD_RUN_DIR. Runs in the test bed where the host has no
+    /// hardware KVM.
     Pod {
         /// Runs of each kind.
         #[arg(long, default_value_t = 5)]
@@ -55,6 +58,9 @@ pub enum BenchCommand {
         /// rootfs/build-agent-initramfs.sh built].
         #[arg(long)]
         agent_initrd: Option<PathBuf>,
+        /// Detached pods (96 MiB each) running while `peapod ps` is timed; 0: no ps rows.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        pods_for_ps: usize,
     },
     /// Images: import + conversion of a 3-layer image to an erofs block image against
     /// `umoci unpack` + `mkfs.erofs` by hand, block image sizes, and the second conversion
@@ -108,6 +114,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             kernel,
             test_initrd,
             agent_initrd,
+            pods_for_ps,
         } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
             let kernel = match kernel {
@@ -126,6 +133,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 kernel,
                 test_initrd,
                 agent_initrd,
+                pods_for_ps,
             })?;
         }
         BenchCommand::Image {
