@@ -68,7 +68,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         let id = view.record.id.clone();
         let mut live = move || {
             registry
-                .resolve(id.as_str())
+                .get(&id)
                 .map(|v| pods::is_live(&v))
                 .unwrap_or(false)
         };
