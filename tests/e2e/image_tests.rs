@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 
 use crate::support::{
-    AGENT_INITRAMFS_ENV, Case, GUEST_KERNEL_ENV, Place, artifact, check, run_peapod,
+    AGENT_INITRAMFS_ENV, Case, GUEST_KERNEL_ENV, Place, artifact, check, peapod, run_peapod,
 };
 
 pub fn cases() -> Vec<Case> {
@@ -254,6 +254,31 @@ fn image_pull_from_a_registry_and_build_its_block_image() -> Result<(), Failed> 
         again.status.success() && String::from_utf8_lossy(&again.stderr).contains("0 new blob(s)"),
         "a second pull downloads nothing new",
         &again,
+    )?;
+
+    // `peapod run` pulls an image the store lacks before it starts the pod (on this host
+    // the pod itself can only start where there is hardware KVM).
+    let run_root = tempfile::tempdir()?;
+    let run_store = run_root.path().join("store");
+    let run = Command::new(peapod())
+        .args(["run", "--rm", &reference, "from-run"])
+        .env("PEAPOD_ROOT", &run_store)
+        .env("PEAPOD_RUN_DIR", run_root.path().join("run"))
+        .env("PEAPOD_REGISTRY_CREDS", &creds)
+        .output()?;
+    let listed = Command::new(peapod())
+        .args(["image", "ls", "--root"])
+        .arg(&run_store)
+        .output()?;
+    check(
+        String::from_utf8_lossy(&listed.stdout).contains("e2e/app"),
+        "peapod run pulled the image it did not have",
+        &run,
+    )?;
+    check(
+        run.status.code() == Some(0) || run.status.code() == Some(125),
+        "peapod run of a pulled image ends (0 with hardware KVM, 125 without)",
+        &run,
     )?;
 
     let inspect = run_peapod(&["image", "inspect", "--root", store_arg, &reference])?;

@@ -631,13 +631,17 @@ fn bad_input_creates_nothing() -> Result<(), Failed> {
     }
     // Two pods whose ids share a prefix: the prefix is ambiguous, the longer one is not.
     let dirs = peapod::pod::PodDirs::new(pods.run_dir(), pods.root().join("pods"));
-    let registry = peapod::pod::registry::Registry::new(dirs.clone());
     let ids = [
         format!("abc1{}", "0".repeat(60)),
         format!("abc2{}", "0".repeat(60)),
     ];
     for (n, id) in ids.iter().enumerate() {
         write_exited_pod(&dirs, id, &format!("old{n}"))?;
+    }
+    // After a reboot (no run directory, the store kept) `ps -a` lists them.
+    let listed = pods.ok(&["ps", "-a"])?;
+    if !listed.contains("old0") || !listed.contains("old1") || !listed.contains("Exited (0)") {
+        return Err(format!("ps -a after a reboot: {listed}").into());
     }
     let out = pods.run(&["inspect", "abc"])?;
     check(
@@ -651,9 +655,7 @@ fn bad_input_creates_nothing() -> Result<(), Failed> {
         "a unique id prefix names its pod",
         &out,
     )?;
-    for id in &ids {
-        registry.remove(&id.parse()?)?;
-    }
+    pods.ok(&["rm", "old0", "old1"])?;
     let left: Vec<_> = std::fs::read_dir(pods.root().join("pods"))
         .map(|d| {
             d.flatten()
