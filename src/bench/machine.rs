@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use crate::cpio::CpioWriter;
 use crate::machine::assets::L1Assets;
 use crate::machine::qemu::{Accel, AccelChoice, QemuLaunch, choose_accel};
-use crate::machine::{self, MachineConfig};
+use crate::machine::{self, Interrupt, MachineConfig, MachineError};
 
 use super::{median, ratio};
 
 pub struct MachineBench {
     pub runs: usize,
     pub accel: AccelChoice,
+    /// Stops the bench (and the L1 running) when raised.
+    pub interrupt: Interrupt,
 }
 
 pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
@@ -27,6 +29,7 @@ pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
         memory_mib: 4096,
         accel: bench.accel,
         timeout: Duration::from_secs(300),
+        stall_timeout: Some(Duration::from_secs(30)),
         copies: Vec::new(),
         env: Vec::new(),
         workdir: "/".into(),
@@ -41,7 +44,12 @@ pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
     let mut bare_total = Vec::new();
     // interleaved, so both see the same machine load
     for i in 0..bench.runs {
-        let report = machine::run(&config, &mut std::io::sink(), &mut std::io::stderr())?;
+        let report = machine::run(
+            &config,
+            &bench.interrupt,
+            &mut std::io::sink(),
+            &mut std::io::stderr(),
+        )?;
         anyhow::ensure!(
             report.status == 0,
             "`machine run -- true` gave status {}",
@@ -49,7 +57,13 @@ pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
         );
         peapod_total.push(report.total);
         peapod_boot.push(report.boot);
-        bare_total.push(bare_boot(&l1, accel, &bare_initrd, dir.path())?);
+        bare_total.push(bare_boot(
+            &l1,
+            accel,
+            &bare_initrd,
+            dir.path(),
+            &bench.interrupt,
+        )?);
         eprintln!(
             "run {}: peapod {:.2} s (ready after {:.2} s), bare {:.2} s",
             i + 1,
@@ -121,12 +135,14 @@ fn write_bare_initrd(l1: &L1Assets, path: &std::path::Path) -> anyhow::Result<()
     Ok(())
 }
 
-/// One bare L1 boot to power-off; fails if /dev/kvm did not come up.
+/// One bare L1 boot to power-off; fails if /dev/kvm did not come up. QEMU dies with this
+/// thread, and is killed when `interrupt` is raised.
 fn bare_boot(
     l1: &L1Assets,
     accel: Accel,
     initrd: &std::path::Path,
     dir: &std::path::Path,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Duration> {
     let console = dir.join("bare-console.log");
     let launch = QemuLaunch {
@@ -140,12 +156,23 @@ fn bare_boot(
         link_socket: None,
     };
     let started = Instant::now();
-    let status = launch
+    let mut child = launch
         .command()
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()?;
+        .spawn()?;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(signal) = interrupt.raised() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(MachineError::Interrupted { signal }.into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let elapsed = started.elapsed();
     let log = std::fs::read_to_string(&console).unwrap_or_default();
     anyhow::ensure!(

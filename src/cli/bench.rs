@@ -82,7 +82,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Machine { runs, accel } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
-            crate::bench::machine::run(&MachineBench { runs, accel })?;
+            let interrupt = super::machine::stop_on_signals()?;
+            let bench = MachineBench {
+                runs,
+                accel,
+                interrupt: interrupt.clone(),
+            };
+            if let Err(err) = crate::bench::machine::run(&bench) {
+                // stopped by a signal: its L1s and files are gone; exit as the signal would
+                return match interrupt.raised() {
+                    Some(signal) => Ok(super::machine::exit_on_signal(signal)),
+                    None => Err(err),
+                };
+            }
         }
         BenchCommand::Boot {
             runs,

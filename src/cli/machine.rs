@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::machine::initramfs::CopySpec;
-use crate::machine::{self, AccelChoice, MachineConfig, MachineError};
+use crate::machine::{self, AccelChoice, Interrupt, MachineConfig, MachineError};
 
 /// Exit status when the L1 ran out of time (as timeout(1) does).
 pub const EXIT_TIMEOUT: u8 = 124;
@@ -46,6 +47,11 @@ pub struct RunArgs {
     /// Kill the L1 and fail after this many seconds.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Kill the L1 and fail (status 125) when nothing arrived from it for this many seconds
+    /// (its init sends a heartbeat every 5 s; counted from QEMU's start, so it also bounds the
+    /// boot); at least 10, or 0: never.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub stall_timeout: u64,
     /// How the L1 runs: hardware KVM (nested) or QEMU's emulator with emulated AMD-V.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
@@ -68,6 +74,8 @@ impl RunArgs {
             memory_mib: self.memory,
             accel: self.accel,
             timeout: Duration::from_secs(self.timeout),
+            stall_timeout: (self.stall_timeout > 0)
+                .then(|| Duration::from_secs(self.stall_timeout)),
             copies: self.copies.clone(),
             env: self.env.clone(),
             workdir: self.workdir.clone(),
@@ -80,7 +88,13 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         MachineCommand::Run(args) => {
             let config = args.config();
-            let result = machine::run(&config, &mut std::io::stdout(), &mut std::io::stderr());
+            let interrupt = stop_on_signals()?;
+            let result = machine::run(
+                &config,
+                &interrupt,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            );
             match result {
                 Ok(report) => {
                     tracing::info!(?report, "machine run done");
@@ -90,10 +104,32 @@ pub fn run(cmd: MachineCommand) -> anyhow::Result<ExitCode> {
                     eprintln!("peapod: error: {err}");
                     Ok(ExitCode::from(EXIT_TIMEOUT))
                 }
+                Err(MachineError::Interrupted { signal }) => Ok(exit_on_signal(signal)),
+                // a stalled or failed L1 is peapod's own failure: 125 (in `main`)
                 Err(err) => Err(err.into()),
             }
         }
         MachineCommand::Check(args) => super::doctor::run(args),
         MachineCommand::Init => machine::guest::init_main(),
     }
+}
+
+/// An [`Interrupt`] raised by SIGINT, SIGTERM or SIGHUP (blocked in this thread and those it
+/// starts from now on, and taken by a thread of their own): a machine run stops its L1 and
+/// cleans up instead of dying with them.
+pub fn stop_on_signals() -> anyhow::Result<Interrupt> {
+    let interrupt = Interrupt::default();
+    let raise = interrupt.clone();
+    super::tty::forward_signals(move |signal| {
+        tracing::debug!(signal, "stopping the machine run");
+        raise.raise(signal);
+        true
+    })
+    .context("cannot set up signal handling")?;
+    Ok(interrupt)
+}
+
+/// The status a shell reports for a process killed by `signal`: 128+N.
+pub fn exit_on_signal(signal: i32) -> ExitCode {
+    ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(0)))
 }

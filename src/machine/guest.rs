@@ -1,7 +1,8 @@
 //! peapod's init inside the L1 (`peapod machine init`, PID 1): mounts the basic file systems,
 //! loads the KVM modules, runs the command from the run spec with its output framed onto the
-//! link (ttyS1), reports its exit status and powers the L1 off. It never returns: PID 1
-//! returning would panic the L1 kernel.
+//! link (ttyS1), reports its exit status and powers the L1 off. From the moment the link is
+//! open it also sends a heartbeat, so the host can tell a stalled L1 from a quiet command. It
+//! never returns: PID 1 returning would panic the L1 kernel.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -19,7 +20,7 @@ use nix::sys::termios::{self, ControlFlags, SetArg};
 use nix::sys::wait::{WaitStatus, waitpid};
 
 use super::initramfs::{BASE_SPEC, BaseSpec, GUEST_PEAPOD, RUN_SPEC, RunSpec};
-use super::link::Frame;
+use super::link::{Frame, HEARTBEAT_INTERVAL};
 use crate::host::extension_from_cpuinfo;
 
 /// The serial port that carries the link.
@@ -69,6 +70,7 @@ pub fn init_main() -> ! {
             power_off(None);
         }
     };
+    start_heartbeat(link.clone());
     let status = match prepare_and_run(&link) {
         Ok(status) => status,
         Err(err) => {
@@ -261,6 +263,17 @@ fn forward(
         }
         let _ = done.send(());
     })
+}
+
+/// Sends [`Frame::Heartbeat`] now and every [`HEARTBEAT_INTERVAL`], on its own thread, until
+/// the L1 powers off.
+fn start_heartbeat(link: Link) {
+    std::thread::spawn(move || {
+        loop {
+            send(&link, &Frame::Heartbeat);
+            std::thread::sleep(HEARTBEAT_INTERVAL);
+        }
+    });
 }
 
 fn send(link: &Link, frame: &Frame) {

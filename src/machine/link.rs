@@ -4,8 +4,12 @@
 //! mixes with kernel messages (those go to ttyS0, the console log). A frame is a one-byte tag,
 //! a little-endian u32 payload length and the payload. The host never trusts the length: a frame
 //! above [`MAX_PAYLOAD`] or an unknown tag ends the run with an error, not a panic.
+//!
+//! Init sends a [`Frame::Heartbeat`] every [`HEARTBEAT_INTERVAL`] from the moment the link is
+//! open, so a silent link means a stalled L1; the host decides that with a [`StallWatch`].
 
 use std::io::{self, Write};
+use std::time::{Duration, Instant};
 
 /// The largest payload either side sends; the decoder refuses anything larger.
 pub const MAX_PAYLOAD: usize = 1 << 20;
@@ -16,6 +20,10 @@ const TAG_STDOUT: u8 = 2;
 const TAG_STDERR: u8 = 3;
 const TAG_EXIT: u8 = 4;
 const TAG_ERROR: u8 = 5;
+const TAG_HEARTBEAT: u8 = 6;
+
+/// How often init says it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What the L1 tells the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +38,8 @@ pub enum Frame {
     Exit(u8),
     /// Init could not do its job (e.g. the command does not exist); the text says why.
     Error(String),
+    /// Init is alive (sent every [`HEARTBEAT_INTERVAL`]); no payload.
+    Heartbeat,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +58,7 @@ impl Frame {
         let (tag, payload): (u8, &[u8]) = match self {
             Frame::Ready { uptime_ms } => return frame(TAG_READY, &uptime_ms.to_le_bytes()),
             Frame::Exit(status) => return frame(TAG_EXIT, &[*status]),
+            Frame::Heartbeat => (TAG_HEARTBEAT, &[]),
             Frame::Stdout(data) => (TAG_STDOUT, data),
             Frame::Stderr(data) => (TAG_STDERR, data),
             Frame::Error(text) => (TAG_ERROR, text.as_bytes()),
@@ -99,7 +110,7 @@ impl FrameDecoder {
         }
         let tag = self.buf[0];
         let len = u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-        if !(TAG_READY..=TAG_ERROR).contains(&tag) {
+        if !(TAG_READY..=TAG_HEARTBEAT).contains(&tag) {
             return Err(LinkError::UnknownTag(tag));
         }
         if len > MAX_PAYLOAD {
@@ -120,9 +131,41 @@ impl FrameDecoder {
                 [status] => Frame::Exit(status),
                 _ => return Err(malformed),
             },
+            TAG_HEARTBEAT if payload.is_empty() => Frame::Heartbeat,
+            TAG_HEARTBEAT => return Err(malformed),
             _ => Frame::Error(String::from_utf8_lossy(&payload).into_owned()),
         };
         Ok(Some(frame))
+    }
+}
+
+/// Decides when the L1 has been silent on the link for too long. Any bytes count as a sign
+/// of life (a long frame still arriving is one); init's heartbeat keeps an idle command's L1
+/// from looking stalled.
+#[derive(Debug, Clone)]
+pub struct StallWatch {
+    /// `None`: never stalled.
+    limit: Option<Duration>,
+    last: Instant,
+}
+
+impl StallWatch {
+    /// A watch whose silence starts at `now` (QEMU's start: it also bounds the L1's boot).
+    pub fn new(limit: Option<Duration>, now: Instant) -> Self {
+        StallWatch { limit, last: now }
+    }
+
+    /// Something arrived on the link at `now`.
+    pub fn seen(&mut self, now: Instant) {
+        self.last = self.last.max(now);
+    }
+
+    /// How long the link has been silent, once that reaches the limit.
+    pub fn stalled(&self, now: Instant) -> Option<Duration> {
+        let silence = now.saturating_duration_since(self.last);
+        self.limit
+            .filter(|limit| silence >= *limit)
+            .map(|_| silence)
     }
 }
 
@@ -136,8 +179,46 @@ mod tests {
             Frame::Stdout(b"hello\n".to_vec()),
             Frame::Stderr(Vec::new()),
             Frame::Error("cannot run `nope`: No such file".into()),
+            Frame::Heartbeat,
             Frame::Exit(7),
         ]
+    }
+
+    #[test]
+    fn heartbeat_is_a_bare_header() {
+        assert_eq!(Frame::Heartbeat.encode(), vec![TAG_HEARTBEAT, 0, 0, 0, 0]);
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[TAG_HEARTBEAT, 0, 0, 0, 0, TAG_EXIT, 1, 0, 0, 0, 3]);
+        assert_eq!(decoder.next_frame(), Ok(Some(Frame::Heartbeat)));
+        assert_eq!(decoder.next_frame(), Ok(Some(Frame::Exit(3))));
+    }
+
+    #[test]
+    fn stall_watch_fires_only_after_the_limit_of_silence() {
+        let start = Instant::now();
+        let secs = Duration::from_secs;
+        let mut watch = StallWatch::new(Some(secs(30)), start);
+        assert_eq!(watch.stalled(start + secs(29)), None);
+        assert_eq!(watch.stalled(start + secs(30)), Some(secs(30)));
+        // a heartbeat every 5 s keeps it quiet for as long as they come
+        for beat in 1..=20 {
+            watch.seen(start + secs(5 * beat));
+            assert_eq!(watch.stalled(start + secs(5 * beat + 4)), None);
+        }
+        assert_eq!(watch.stalled(start + secs(100 + 29)), None);
+        assert_eq!(watch.stalled(start + secs(100 + 31)), Some(secs(31)));
+        // an older instant (a clock read before the last one) does not move it back
+        watch.seen(start);
+        assert_eq!(watch.stalled(start + secs(100 + 31)), Some(secs(31)));
+        // a time before the last sign of life is no silence
+        assert_eq!(watch.stalled(start), None);
+    }
+
+    #[test]
+    fn stall_watch_without_a_limit_never_fires() {
+        let start = Instant::now();
+        let watch = StallWatch::new(None, start);
+        assert_eq!(watch.stalled(start + Duration::from_secs(86_400)), None);
     }
 
     #[test]
@@ -176,6 +257,7 @@ mod tests {
     fn hostile_frames_are_errors_not_panics() {
         let cases: Vec<(Vec<u8>, LinkError)> = vec![
             (vec![9, 0, 0, 0, 0], LinkError::UnknownTag(9)),
+            (vec![7, 0, 0, 0, 0], LinkError::UnknownTag(7)),
             (vec![0, 0, 0, 0, 0], LinkError::UnknownTag(0)),
             (
                 vec![TAG_STDOUT, 0xff, 0xff, 0xff, 0xff],
@@ -193,6 +275,13 @@ mod tests {
                 LinkError::Malformed {
                     tag: TAG_EXIT,
                     len: 0,
+                },
+            ),
+            (
+                vec![TAG_HEARTBEAT, 1, 0, 0, 0, 0],
+                LinkError::Malformed {
+                    tag: TAG_HEARTBEAT,
+                    len: 1,
                 },
             ),
             (

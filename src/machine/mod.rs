@@ -6,6 +6,11 @@
 //! the copied paths; peapod's init (`guest`) runs the command and sends its output and exit
 //! status back over the link (`link`) on the L1's second serial port. The L1's kernel console
 //! goes to a log file, kept (and named) when something fails.
+//!
+//! A run leaves nothing behind: its QEMU dies with the thread that started it (even when
+//! peapod is SIGKILLed), and a signal the caller hands over through an [`Interrupt`] stops the
+//! L1 and removes the run directory. An L1 whose link goes silent (init sends a heartbeat) is
+//! killed as stalled after [`MachineConfig::stall_timeout`].
 
 pub mod assets;
 pub mod guest;
@@ -18,11 +23,13 @@ use std::io::{BufWriter, ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use assets::{AssetError, L1Assets};
 use initramfs::{CopySpec, InitramfsError, RunSpec};
-use link::{Frame, FrameDecoder, LinkError};
+use link::{Frame, FrameDecoder, LinkError, StallWatch};
 pub use qemu::{Accel, AccelChoice, AccelError};
 use qemu::{QemuLaunch, choose_accel};
 
@@ -30,6 +37,8 @@ use crate::host::HostVirt;
 
 /// How long the L1 may take to power off after the command's status arrived.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// The shortest stall timeout: two heartbeats may be missed before the L1 counts as stalled.
+const MIN_STALL_TIMEOUT: Duration = link::HEARTBEAT_INTERVAL.saturating_mul(2);
 /// Lines of the console log shown when the L1 fails.
 const TAIL_LINES: usize = 25;
 
@@ -40,6 +49,9 @@ pub struct MachineConfig {
     pub memory_mib: u32,
     pub accel: AccelChoice,
     pub timeout: Duration,
+    /// Kill the L1 as stalled when nothing arrived on the link for this long (init sends a
+    /// heartbeat every [`link::HEARTBEAT_INTERVAL`]); `None` never does.
+    pub stall_timeout: Option<Duration>,
     pub copies: Vec<CopySpec>,
     /// `KEY=VALUE` pairs for the command's environment.
     pub env: Vec<String>,
@@ -71,6 +83,11 @@ pub enum MachineError {
     Accel(#[from] AccelError),
     #[error("--cpus must be 1 to 64 and --memory at least 256 MiB")]
     BadSize,
+    #[error(
+        "--stall-timeout must be 0 (off) or at least {} s: the L1's init sends a heartbeat every {} s",
+        MIN_STALL_TIMEOUT.as_secs(), link::HEARTBEAT_INTERVAL.as_secs()
+    )]
+    BadStallTimeout,
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -86,6 +103,20 @@ pub enum MachineError {
         tail: String,
     },
     #[error(
+        "the L1 stalled: nothing arrived on its link for {} s (its init sends a heartbeat every \
+         {} s), so it was killed (raise or disable with --stall-timeout); L1 console log: {}\n{tail}",
+        .silent.as_secs(), link::HEARTBEAT_INTERVAL.as_secs(), .log.display()
+    )]
+    Stalled {
+        silent: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+    /// The caller's [`Interrupt`] was raised (peapod got `signal`); the L1 was stopped and the
+    /// run directory removed.
+    #[error("stopped by signal {signal}")]
+    Interrupted { signal: i32 },
+    #[error(
         "the L1 ended without the command's exit status ({reason}); L1 console log: {}\n{tail}",
         .log.display()
     )]
@@ -94,6 +125,36 @@ pub enum MachineError {
         log: PathBuf,
         tail: String,
     },
+}
+
+/// A request from outside to stop a run: the caller's signal handling raises it with the
+/// signal's number, and `run` stops the L1, removes its run directory and returns
+/// [`MachineError::Interrupted`] (within 100 ms once QEMU runs; before that, at the next step).
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<AtomicI32>);
+
+impl Interrupt {
+    pub fn raise(&self, signal: i32) {
+        // the first signal is the one reported
+        let _ = self
+            .0
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// The signal that raised it.
+    pub fn raised(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+
+    fn check(&self) -> Result<(), MachineError> {
+        match self.raised() {
+            Some(signal) => Err(MachineError::Interrupted { signal }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl MachineError {
@@ -105,14 +166,22 @@ impl MachineError {
 
 /// Boots an L1, runs the command in it, and streams its stdout and stderr to `stdout` and
 /// `stderr`. `Ok` carries the command's exit status; the L1's own failures are errors.
+/// Call it from a thread that lives until it returns (QEMU dies with that thread).
 pub fn run(
     config: &MachineConfig,
+    interrupt: &Interrupt,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> Result<RunReport, MachineError> {
     let started = Instant::now();
     if !(1..=64).contains(&config.cpus) || config.memory_mib < 256 {
         return Err(MachineError::BadSize);
+    }
+    if config
+        .stall_timeout
+        .is_some_and(|limit| limit < MIN_STALL_TIMEOUT)
+    {
+        return Err(MachineError::BadStallTimeout);
     }
     for copy in &config.copies {
         std::fs::symlink_metadata(&copy.host).map_err(|source| InitramfsError::CopySource {
@@ -132,6 +201,7 @@ pub fn run(
         .map_err(MachineError::io("creating the run directory"))?;
     let initrd = run_dir.path().join("initrd.cpio");
     write_initrd(&base, &initrd, config, &held)?;
+    interrupt.check()?;
 
     let launch = QemuLaunch {
         qemu: l1.qemu.clone(),
@@ -159,13 +229,16 @@ pub fn run(
     let mut l1_vm = L1Process {
         child,
         dir: run_dir.path().to_path_buf(),
+        interrupt: interrupt.clone(),
+        deadline: started + config.timeout,
+        stall: StallWatch::new(config.stall_timeout, boot_started),
     };
-    let deadline = started + config.timeout;
 
-    let outcome = l1_vm.serve(&listener, deadline, stdout, stderr);
+    let outcome = l1_vm.serve(&listener, stdout, stderr);
     let result = match outcome {
         Ok(served) => {
             l1_vm.wait_or_kill(POWER_OFF_GRACE);
+            interrupt.check()?;
             Ok(RunReport {
                 status: served.status,
                 accel,
@@ -179,6 +252,11 @@ pub fn run(
         }
         Err(stop) => {
             l1_vm.kill();
+            // a signal explains whatever else went wrong meanwhile
+            let stop = match interrupt.raised() {
+                Some(signal) => Stop::Interrupted(signal),
+                None => stop,
+            };
             let log = run_dir.path().join("console.log");
             let tail = failure_tail(run_dir.path());
             Err(match stop {
@@ -187,11 +265,16 @@ pub fn run(
                     log,
                     tail,
                 },
+                Stop::Stalled(silent) => MachineError::Stalled { silent, log, tail },
+                Stop::Interrupted(signal) => MachineError::Interrupted { signal },
                 Stop::Failed(reason) => MachineError::Failed { reason, log, tail },
             })
         }
     };
-    if result.is_err() {
+    if let Err(
+        MachineError::Timeout { .. } | MachineError::Stalled { .. } | MachineError::Failed { .. },
+    ) = result
+    {
         // keep the logs the error names
         let _ = run_dir.keep();
     }
@@ -263,6 +346,9 @@ fn write_initrd(
 /// Why serving the link stopped without an exit status.
 enum Stop {
     Timeout,
+    /// Nothing on the link for this long.
+    Stalled(Duration),
+    Interrupted(i32),
     Failed(String),
 }
 
@@ -275,6 +361,10 @@ struct Served {
 struct L1Process {
     child: Child,
     dir: PathBuf,
+    interrupt: Interrupt,
+    /// When the run's --timeout is up.
+    deadline: Instant,
+    stall: StallWatch,
 }
 
 impl L1Process {
@@ -282,11 +372,10 @@ impl L1Process {
     fn serve(
         &mut self,
         listener: &UnixListener,
-        deadline: Instant,
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<Served, Stop> {
-        let mut stream = self.accept(listener, deadline)?;
+        let mut stream = self.accept(listener)?;
         let mut decoder = FrameDecoder::default();
         let mut ready_at = None;
         let mut l1_uptime = Duration::ZERO;
@@ -297,6 +386,7 @@ impl L1Process {
                     return Err(Stop::Failed(self.exit_reason("the link closed")));
                 }
                 Ok(n) => {
+                    self.stall.seen(Instant::now());
                     decoder.push(&buf[..n]);
                     while let Some(frame) = decoder
                         .next_frame()
@@ -316,6 +406,7 @@ impl L1Process {
                             Frame::Error(text) => {
                                 let _ = writeln!(stderr, "peapod machine: {text}");
                             }
+                            Frame::Heartbeat => {}
                             Frame::Exit(status) => {
                                 return Ok(Served {
                                     status,
@@ -326,18 +417,30 @@ impl L1Process {
                         }
                     }
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if Instant::now() >= deadline {
-                        return Err(Stop::Timeout);
-                    }
-                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(Stop::Failed(format!("reading the link: {e}"))),
             }
+            self.should_stop()?;
         }
     }
 
-    fn accept(&mut self, listener: &UnixListener, deadline: Instant) -> Result<UnixStream, Stop> {
+    /// Why the run must stop now, if it must: a signal, a silent link, or the timeout.
+    fn should_stop(&self) -> Result<(), Stop> {
+        let now = Instant::now();
+        if let Some(signal) = self.interrupt.raised() {
+            return Err(Stop::Interrupted(signal));
+        }
+        if let Some(silent) = self.stall.stalled(now) {
+            return Err(Stop::Stalled(silent));
+        }
+        if now >= self.deadline {
+            return Err(Stop::Timeout);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, listener: &UnixListener) -> Result<UnixStream, Stop> {
         let failed = |what: &str, e: std::io::Error| Stop::Failed(format!("{what}: {e}"));
         listener
             .set_nonblocking(true)
@@ -357,9 +460,7 @@ impl L1Process {
                             self.exit_reason("QEMU exited before connecting the link"),
                         ));
                     }
-                    if Instant::now() >= deadline {
-                        return Err(Stop::Timeout);
-                    }
+                    self.should_stop()?;
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err(e) => return Err(failed("accepting the link", e)),
@@ -379,10 +480,15 @@ impl L1Process {
         }
     }
 
+    /// Waits for the L1 to power off; kills it after `grace`, or at once on an interrupt.
     fn wait_or_kill(&mut self, grace: Duration) {
         let until = Instant::now() + grace;
         while Instant::now() < until {
             if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            if self.interrupt.raised().is_some() {
+                self.kill();
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -427,4 +533,60 @@ fn failure_tail(dir: &Path) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(stall_timeout: Option<Duration>) -> MachineConfig {
+        MachineConfig {
+            cpus: 1,
+            memory_mib: 256,
+            accel: AccelChoice::Tcg,
+            timeout: Duration::from_secs(1),
+            stall_timeout,
+            copies: vec![CopySpec {
+                host: "/no/such/path/for/peapod".into(),
+                guest: "/x".into(),
+            }],
+            env: Vec::new(),
+            workdir: "/".into(),
+            argv: vec!["true".into()],
+        }
+    }
+
+    #[test]
+    fn interrupt_reports_the_first_signal() {
+        let interrupt = Interrupt::default();
+        assert_eq!(interrupt.raised(), None);
+        let handed_out = interrupt.clone();
+        handed_out.raise(15);
+        handed_out.raise(2);
+        assert_eq!(interrupt.raised(), Some(15));
+        assert!(matches!(
+            interrupt.check(),
+            Err(MachineError::Interrupted { signal: 15 })
+        ));
+    }
+
+    #[test]
+    fn a_stall_timeout_below_two_heartbeats_is_refused_before_anything_runs() {
+        let mut sink = Vec::new();
+        let mut sink2 = Vec::new();
+        let quiet = Interrupt::default();
+        let err = run(
+            &config(Some(Duration::from_secs(9))),
+            &quiet,
+            &mut sink,
+            &mut sink2,
+        )
+        .unwrap_err();
+        assert!(matches!(err, MachineError::BadStallTimeout), "{err}");
+        // 10 s, and none at all, pass that check (and fail at the missing copy source)
+        for ok in [Some(Duration::from_secs(10)), None] {
+            let err = run(&config(ok), &quiet, &mut sink, &mut sink2).unwrap_err();
+            assert!(matches!(err, MachineError::Initramfs(_)), "{err}");
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! The QEMU command line that boots the L1, and the choice of accelerator.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -134,9 +135,32 @@ impl QemuLaunch {
         args
     }
 
+    /// QEMU's command, tied to its caller: it gets SIGKILL when the thread that spawns it
+    /// ends (`PR_SET_PDEATHSIG`), so spawn it from the thread that lives for the run; even a
+    /// SIGKILLed peapod leaves no L1 behind. It runs in a process group of its own, so a
+    /// terminal's ^C reaches peapod, which stops it and cleans up, and not QEMU directly; and
+    /// with an empty signal mask, whatever mask its caller set up for signal forwarding.
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.qemu);
-        command.args(self.args());
+        command.args(self.args()).process_group(0);
+        let parent = nix::unistd::getpid();
+        // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+        // calls (prctl, getppid, sigprocmask) on values it owns; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // peapod died before the line above took effect: nobody would stop this L1
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )?;
+                Ok(())
+            });
+        }
         command
     }
 }

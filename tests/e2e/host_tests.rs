@@ -1,8 +1,14 @@
 //! Host tests: `peapod machine run` as a user runs it.
 
-use libtest_mimic::Failed;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::support::{Case, Place, check, run_peapod};
+use libtest_mimic::Failed;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::support::{Case, Place, check, peapod, run_peapod};
 
 pub fn cases() -> Vec<Case> {
     let case = |name, run| Case {
@@ -35,6 +41,18 @@ pub fn cases() -> Vec<Case> {
         case(
             "machine_timeout_kills_and_names_the_log",
             machine_timeout_kills_and_names_the_log,
+        ),
+        case(
+            "machine_sigterm_stops_qemu_and_removes_the_run_dir",
+            machine_sigterm_stops_qemu_and_removes_the_run_dir,
+        ),
+        case(
+            "machine_sigkill_takes_qemu_along",
+            machine_sigkill_takes_qemu_along,
+        ),
+        case(
+            "machine_stalled_l1_fails_fast_with_125",
+            machine_stalled_l1_fails_fast_with_125,
         ),
         Case {
             name: "machine_runs_a_pod_on_the_default_image",
@@ -201,6 +219,203 @@ fn machine_timeout_kills_and_names_the_log() -> Result<(), Failed> {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
+}
+
+/// A `peapod machine run` in the background, SIGKILLed if a test leaves it running.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts `peapod machine run [OPTIONS] -- sleep 600` and waits until its QEMU runs; returns
+/// it (its stderr piped), QEMU's pid and the run directory (where QEMU's initrd is).
+fn sleeping_machine(options: &[&str]) -> Result<(Background, Pid, PathBuf), Failed> {
+    let child = Command::new(peapod())
+        .args(["machine", "run"])
+        .args(options)
+        .args(["--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let mut machine = Background(child);
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(found) = qemu_child_of(machine.0.id()) {
+            return Ok((machine, found.0, found.1));
+        }
+        if let Some(status) = machine.0.try_wait()? {
+            return Err(format!("peapod machine run ended before its QEMU ran: {status}").into());
+        }
+        if Instant::now() > until {
+            return Err("no QEMU under peapod machine run after 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A qemu-system-x86_64 whose parent is `parent`, with the directory of its `-initrd`.
+fn qemu_child_of(parent: u32) -> Option<(Pid, PathBuf)> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            if ppid != parent {
+                return None;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.first()?.ends_with("qemu-system-x86_64") {
+                return None;
+            }
+            let initrd = args.iter().skip_while(|a| *a != "-initrd").nth(1)?;
+            Some((
+                Pid::from_raw(pid),
+                Path::new(initrd).parent()?.to_path_buf(),
+            ))
+        })
+}
+
+/// Whether `pid` is gone (or a zombie nobody waits for) within `limit`.
+fn gone_within(pid: Pid, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM to `peapod machine run`: it stops its QEMU, removes its run directory and exits
+/// with 143 (128 + SIGTERM).
+fn machine_sigterm_stops_qemu_and_removes_the_run_dir() -> Result<(), Failed> {
+    let (mut machine, qemu, run_dir) = sleeping_machine(&[])?;
+    if !run_dir.is_dir() {
+        return Err(format!("the run directory {} is not there", run_dir.display()).into());
+    }
+    kill(Pid::from_raw(machine.0.id() as i32), Signal::SIGTERM)?;
+    let until = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = machine.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > until {
+            return Err("peapod machine run still runs 10 s after SIGTERM".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut problems = Vec::new();
+    if status.code() != Some(143) {
+        problems.push(format!("exit status 143, got {status}"));
+    }
+    if !gone_within(qemu, Duration::from_secs(5)) {
+        let _ = kill(qemu, Signal::SIGKILL);
+        problems.push(format!("QEMU (pid {qemu}) gone within 5 s"));
+    }
+    if run_dir.exists() {
+        let _ = std::fs::remove_dir_all(&run_dir);
+        problems.push(format!("the run directory {} removed", run_dir.display()));
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(format!("expected: {}", problems.join("; ")).into()),
+    }
+}
+
+/// A SIGKILLed `peapod machine run` cannot clean up, but its QEMU dies with it (PDEATHSIG).
+fn machine_sigkill_takes_qemu_along() -> Result<(), Failed> {
+    let (mut machine, qemu, run_dir) = sleeping_machine(&[])?;
+    machine.0.kill()?;
+    machine.0.wait()?;
+    let gone = gone_within(qemu, Duration::from_secs(5));
+    if !gone {
+        let _ = kill(qemu, Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    match gone {
+        true => Ok(()),
+        false => Err(format!("QEMU (pid {qemu}) still runs 5 s after peapod was SIGKILLed").into()),
+    }
+}
+
+/// An L1 that stops sending anything (its QEMU stopped with SIGSTOP: no heartbeat) is killed
+/// after --stall-timeout, well before --timeout, with status 125 and an error that says so and
+/// names the console log.
+fn machine_stalled_l1_fails_fast_with_125() -> Result<(), Failed> {
+    let (mut machine, qemu, run_dir) =
+        sleeping_machine(&["--stall-timeout", "10", "--timeout", "300"])?;
+    kill(qemu, Signal::SIGSTOP)?;
+    let stopped = Instant::now();
+    let until = stopped + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = machine.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = kill(qemu, Signal::SIGKILL);
+            return Err("peapod machine run still runs 60 s after its QEMU stopped".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let waited = stopped.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = machine.0.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    let gone = gone_within(qemu, Duration::from_secs(5));
+    if !gone {
+        let _ = kill(qemu, Signal::SIGKILL);
+    }
+    let log_kept = run_dir.join("console.log").is_file();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let mut problems = Vec::new();
+    if status.code() != Some(125) {
+        problems.push(format!("exit status 125, got {status}"));
+    }
+    if waited > Duration::from_secs(20) {
+        problems.push(format!("the stall seen within 20 s, took {waited:?}"));
+    }
+    if !stderr.contains("the L1 stalled") || !stderr.contains("nothing arrived on its link for") {
+        problems.push("an error saying the L1 stalled, and for how long".into());
+    }
+    if !stderr.contains(&run_dir.join("console.log").display().to_string()) || !log_kept {
+        problems.push("the error names the console log, which is kept".into());
+    }
+    if !gone {
+        problems.push(format!("QEMU (pid {qemu}) gone within 5 s"));
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(format!("expected: {}\n  stderr: {stderr}", problems.join("; ")).into()),
+    }
 }
 
 fn vm_refuses_pvm_kvm_with_pointer_to_machine() -> Result<(), Failed> {

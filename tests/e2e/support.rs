@@ -177,9 +177,9 @@ const TEST_BED_TIMEOUT_S: u32 = 300;
 /// its kernel panics inside KVM now and then ("stack guard page was hit" in its page fault
 /// handler with the L2's GS base loaded: the emulated #VMEXIT path), and once an L2 was seen to
 /// triple-fault at its first instructions, and an L1 to hang. So:
-/// - when the L1 dies or hangs (exit status 125, `peapod machine run`'s own failure, or 124, its
-///   timeout; with the L1's console tail printed), the tests that had not passed run in a
-///   fresh L1;
+/// - when the L1 dies or hangs (exit status 125, `peapod machine run`'s own failure, a stalled
+///   L1 included, or 124, its timeout; with the L1's console tail printed), the tests that had
+///   not passed run in a fresh L1;
 /// - a test that fails runs once more in a fresh L1; the suite passes only if it passes there,
 ///   and then it is named as flaky. A second failure fails the suite.
 pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
@@ -192,7 +192,8 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
         let mut command = machine_command(&forwarded, &skips);
         println!("e2e: {command:?}");
         let mut failed = Vec::new();
-        status = match run_echoing_results(&mut command, &mut passed, &mut failed) {
+        let mut stalled = false;
+        status = match run_echoing_results(&mut command, &mut passed, &mut failed, &mut stalled) {
             Ok(status) => status,
             Err(e) => {
                 eprintln!("e2e: cannot start the test bed: {e}");
@@ -225,9 +226,14 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
             if bed_failed {
                 println!(
                     "e2e: the test bed itself failed (L1 {attempt} of {TEST_BED_ATTEMPTS}, exit \
-                     status {}: see the L1 console tail above); the tests that have not passed \
+                     status {}{}: see the L1 console tail above); the tests that have not passed \
                      ({} have) run in a fresh L1",
                     status.unwrap_or(-1),
+                    if stalled {
+                        ", the L1 stalled: its link went silent"
+                    } else {
+                        ""
+                    },
                     passed.len()
                 );
             }
@@ -256,9 +262,20 @@ fn skippable(all: &[String], passed: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// `peapod machine run` with this binary's KVM tests. It gets SIGTERM when this thread (the
+/// test binary's main thread) ends, so that a killed test run stops its L1 and cleans up too.
 fn machine_command(forwarded: &[String], skips: &[String]) -> Command {
+    use std::os::unix::process::CommandExt;
     let me = std::env::current_exe().expect("the test binary knows its path");
     let mut command = Command::new(peapod());
+    // SAFETY: the closure runs between fork and exec and makes only an async-signal-safe
+    // call (prctl); it allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            Ok(())
+        });
+    }
     command
         .args([
             "machine",
@@ -295,16 +312,32 @@ fn machine_command(forwarded: &[String], skips: &[String]) -> Command {
 }
 
 /// Runs `command`, copying its stdout to ours line by line, adding each test that libtest
-/// reports as `test NAME ... ok` to `passed` and each `test NAME ... FAILED` to `failed`;
-/// returns its exit status.
+/// reports as `test NAME ... ok` to `passed` and each `test NAME ... FAILED` to `failed`, and
+/// its stderr to ours, setting `stalled` when peapod says the L1 stalled; returns its exit
+/// status.
 fn run_echoing_results(
     command: &mut Command,
     passed: &mut Vec<String>,
     failed: &mut Vec<String>,
+    stalled: &mut bool,
 ) -> std::io::Result<Option<i32>> {
-    use std::io::{BufRead, BufReader};
-    let mut child = command.stdout(std::process::Stdio::piped()).spawn()?;
+    use std::io::{BufRead, BufReader, Write};
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
     let stdout = child.stdout.take().expect("stdout was piped");
+    let stderr = child.stderr.take().expect("stderr was piped");
+    let stderr_echo = std::thread::spawn(move || {
+        let mut stall_seen = false;
+        for line in BufReader::new(stderr).split(b'\n') {
+            let Ok(line) = line else { break };
+            let mut ours = std::io::stderr().lock();
+            let _ = ours.write_all(&line).and_then(|()| ours.write_all(b"\n"));
+            stall_seen |= String::from_utf8_lossy(&line).contains(STALL_MESSAGE);
+        }
+        stall_seen
+    });
     // by bytes: a guest's console in a failure message need not be UTF-8
     for line in BufReader::new(stdout).split(b'\n') {
         let line = String::from_utf8_lossy(&line?).into_owned();
@@ -315,8 +348,13 @@ fn run_echoing_results(
             failed.push(name.to_string());
         }
     }
-    Ok(child.wait()?.code())
+    let status = child.wait()?.code();
+    *stalled = stderr_echo.join().unwrap_or(false);
+    Ok(status)
 }
+
+/// How `peapod machine run` begins its error for a stalled L1 (`MachineError::Stalled`).
+const STALL_MESSAGE: &str = "the L1 stalled";
 
 /// The name in a libtest `test NAME ... RESULT` line.
 fn test_with_result<'a>(line: &'a str, result: &str) -> Option<&'a str> {
