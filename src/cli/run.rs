@@ -282,8 +282,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             process,
             resources: Resources::default(),
             volumes,
+            volume_mounts: Vec::new(),
+            secret_env: Vec::new(),
+            ports: Vec::new(),
+            read_only_root: false,
         }],
         auto_remove: args.rm,
+        init_containers: Vec::new(),
+        restart_policy: Default::default(),
+        termination_grace_period_s: None,
+        volumes: Vec::new(),
+        labels: Default::default(),
+        annotations: Default::default(),
     };
     // From here on the pod exists; any failure removes it again.
     // `create` checks the spec (and names an unnamed pod).

@@ -33,6 +33,130 @@ pub struct PodSpec {
     /// Remove the pod once it has exited (`run --rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Run in order, each to completion, before `containers` start (Kubernetes
+    /// `initContainers`).
+    #[serde(default)]
+    pub init_containers: Vec<ContainerConfig>,
+    /// When a container that exited is started again, inside the running VM.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Seconds between SIGTERM and SIGKILL when the pod is stopped (`stop -t` overrides).
+    #[serde(default)]
+    pub termination_grace_period_s: Option<u64>,
+    /// Pod-level volumes the containers mount by name (`volumeMounts`).
+    #[serde(default)]
+    pub volumes: Vec<PodVolume>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// Kubernetes' `restartPolicy` (and `peapod run --restart`): containers restart inside the
+/// running VM with the kubelet's backoff.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RestartPolicy {
+    /// `Never`, `--restart no` (docker's default).
+    #[default]
+    Never,
+    /// `OnFailure`, `--restart on-failure[:N]`: after a non-zero exit, at most `max_retries`
+    /// times when set.
+    OnFailure {
+        #[serde(default)]
+        max_retries: Option<u32>,
+    },
+    /// `Always`, `--restart always`.
+    Always,
+}
+
+/// A volume of the pod, shared by the containers that mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodVolume {
+    /// A DNS-1123 label, unique in the pod.
+    pub name: String,
+    pub source: PodVolumeSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum PodVolumeSource {
+    /// An empty directory made at pod start, living as long as the pod (a tmpfs in the
+    /// guest; `medium: Memory` or not, both are guest RAM).
+    EmptyDir {
+        #[serde(default)]
+        memory: bool,
+        #[serde(default)]
+        size_limit_bytes: Option<u64>,
+    },
+    /// The keys of a stored secret as files (mode 0400) on a tmpfs in the guest.
+    Secret {
+        secret_name: String,
+        #[serde(default)]
+        optional: bool,
+    },
+    /// A read-only snapshot of a host directory, taken at pod start (`hostPath` with
+    /// `readOnly`, `-v SRC:DST:ro`): an erofs image named relative to the pod's store
+    /// directory.
+    HostSnapshot { source: PathBuf, disk: PathBuf },
+}
+
+/// Where a container mounts a pod volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    /// The [`PodVolume`]'s name.
+    pub name: String,
+    /// Absolute path in the container.
+    pub mount_path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    /// A relative path inside the volume to mount instead of its root.
+    #[serde(default)]
+    pub sub_path: Option<String>,
+}
+
+/// Environment variables whose values come from a stored secret, resolved by the supervisor
+/// when the container starts and sent to the guest only (never written on the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SecretEnv {
+    /// `env[].valueFrom.secretKeyRef`: one variable from one key.
+    Key {
+        env_name: String,
+        secret: String,
+        key: String,
+        #[serde(default)]
+        optional: bool,
+    },
+    /// `envFrom[].secretRef`: every key as a variable.
+    All {
+        secret: String,
+        #[serde(default)]
+        optional: bool,
+    },
+}
+
+/// A port the container listens on, and where the host publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub container_port: u16,
+    #[serde(default)]
+    pub host_port: Option<u16>,
+    #[serde(default)]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
 }
 
 /// The pod VM's size.
@@ -60,6 +184,17 @@ pub struct ContainerConfig {
     pub resources: Resources,
     #[serde(default)]
     pub volumes: Vec<VolumeSnapshot>,
+    /// Pod volumes this container mounts.
+    #[serde(default)]
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Variables from secrets, added to `process.env` at start.
+    #[serde(default)]
+    pub secret_env: Vec<SecretEnv>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// The root filesystem is read-only (no writable overlay).
+    #[serde(default)]
+    pub read_only_root: bool,
 }
 
 /// A host directory given to a container as a snapshot on a block image.
@@ -142,6 +277,12 @@ pub(crate) mod tests {
             },
             containers: vec![container("app")],
             auto_remove: false,
+            init_containers: vec![],
+            restart_policy: RestartPolicy::Never,
+            termination_grace_period_s: None,
+            volumes: vec![],
+            labels: Default::default(),
+            annotations: Default::default(),
         }
     }
 
@@ -167,6 +308,10 @@ pub(crate) mod tests {
                 destination: "/data".into(),
                 disk: "/var/lib/peapod/volumes/v.ext4".into(),
             }],
+            volume_mounts: vec![],
+            secret_env: vec![],
+            ports: vec![],
+            read_only_root: false,
         }
     }
 

@@ -572,6 +572,12 @@ fn write_exited_pod(dirs: &peapod::pod::PodDirs, id: &str, name: &str) -> Result
         },
         containers: Vec::new(),
         auto_remove: false,
+        init_containers: Vec::new(),
+        restart_policy: Default::default(),
+        termination_grace_period_s: None,
+        volumes: Vec::new(),
+        labels: Default::default(),
+        annotations: Default::default(),
     };
     write_json_atomic(
         &dirs.record_path(&id),
