@@ -147,23 +147,40 @@ pub struct StallWatch {
     /// `None`: never stalled.
     limit: Option<Duration>,
     last: Instant,
+    /// Whether anything arrived yet: until then the L1 is booting, which takes a few
+    /// seconds on an idle host and many more on a loaded one (the TCG L1 shares the host's
+    /// cores), so the boot gets [`BOOT_STALL_LIMIT`] when that is longer than `limit`.
+    booted: bool,
 }
+
+/// The most silence allowed from QEMU's start to the L1's first frame: a boot that hangs
+/// is caught after this, not only at the run's --timeout.
+pub const BOOT_STALL_LIMIT: Duration = Duration::from_secs(120);
 
 impl StallWatch {
     /// A watch whose silence starts at `now` (QEMU's start: it also bounds the L1's boot).
     pub fn new(limit: Option<Duration>, now: Instant) -> Self {
-        StallWatch { limit, last: now }
+        StallWatch {
+            limit,
+            last: now,
+            booted: false,
+        }
     }
 
     /// Something arrived on the link at `now`.
     pub fn seen(&mut self, now: Instant) {
         self.last = self.last.max(now);
+        self.booted = true;
     }
 
     /// How long the link has been silent, once that reaches the limit.
     pub fn stalled(&self, now: Instant) -> Option<Duration> {
         let silence = now.saturating_duration_since(self.last);
         self.limit
+            .map(|limit| match self.booted {
+                true => limit,
+                false => limit.max(BOOT_STALL_LIMIT),
+            })
             .filter(|limit| silence >= *limit)
             .map(|_| silence)
     }
@@ -198,6 +215,14 @@ mod tests {
         let start = Instant::now();
         let secs = Duration::from_secs;
         let mut watch = StallWatch::new(Some(secs(30)), start);
+        // the boot (nothing seen yet) has the longer boot limit
+        assert_eq!(watch.stalled(start + secs(30)), None);
+        assert_eq!(
+            watch.stalled(start + BOOT_STALL_LIMIT),
+            Some(BOOT_STALL_LIMIT)
+        );
+        // once the L1 spoke, `limit` counts
+        watch.seen(start);
         assert_eq!(watch.stalled(start + secs(29)), None);
         assert_eq!(watch.stalled(start + secs(30)), Some(secs(30)));
         // a heartbeat every 5 s keeps it quiet for as long as they come

@@ -233,29 +233,39 @@ impl Drop for Background {
     }
 }
 
-/// Starts `peapod machine run [OPTIONS] -- sleep 600` and waits until its QEMU runs; returns
-/// it (its stderr piped), QEMU's pid and the run directory (where QEMU's initrd is).
+/// Starts `peapod machine run [OPTIONS] -- sh -c 'echo up; exec sleep 600'` and waits until
+/// its L1 is up (the command printed `up`); returns it (its stderr piped), QEMU's pid and
+/// the run directory (where QEMU's initrd is).
 fn sleeping_machine(options: &[&str]) -> Result<(Background, Pid, PathBuf), Failed> {
     let child = Command::new(peapod())
         .args(["machine", "run"])
         .args(options)
-        .args(["--", "sleep", "600"])
+        .args(["--", "sh", "-c", "echo up; exec sleep 600"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
     let mut machine = Background(child);
+    let stdout = machine.0.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
     let until = Instant::now() + Duration::from_secs(120);
+    let mut up = false;
     loop {
-        if let Some(found) = qemu_child_of(machine.0.id()) {
+        up = up || rx.try_recv().is_ok_and(|line| line.trim() == "up");
+        if up && let Some(found) = qemu_child_of(machine.0.id()) {
             return Ok((machine, found.0, found.1));
         }
         if let Some(status) = machine.0.try_wait()? {
             return Err(format!("peapod machine run ended before its QEMU ran: {status}").into());
         }
         if Instant::now() > until {
-            return Err("no QEMU under peapod machine run after 120 s".into());
+            return Err("no L1 up under peapod machine run after 120 s".into());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
