@@ -3,7 +3,8 @@
 //! Layout: `cli` (one file per verb), `host` (what this host offers for VMs), `machine` (the
 //! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
 //! monitor), `cpio` (initramfs archives), `pod` (the pod model on disk: specs, state, ids
-//! and names, the registry of pods, container logs).
+//! and names, the registry of pods, container logs), `secret` (the store of secrets pods get
+//! at start: 0600 files, values never printed).
 
 pub mod agent;
 pub mod bench;
@@ -17,5 +18,6 @@ pub mod machine;
 pub mod pod;
 pub mod protocol;
 pub mod runtime;
+pub mod secret;
 pub mod supervisor;
 pub mod vmm;

@@ -13,6 +13,7 @@ mod pods;
 mod ps;
 mod rm;
 mod run;
+mod secret;
 mod stop;
 mod supervise;
 pub mod tty;
@@ -75,6 +76,9 @@ pub enum Command {
     Wait(wait::WaitArgs),
     /// A pod's spec and state as JSON
     Inspect(inspect::InspectArgs),
+    /// Secrets that pods get at start: create, list, remove (values are never printed)
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// The per-pod supervisor (started by `peapod run`)
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
@@ -105,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => rm::run(args),
         Command::Wait(args) => wait::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Secret(cmd) => secret::run(cmd),
         Command::Supervise(args) => supervise::run(args),
         Command::Machine(cmd) => machine::run(cmd),
         Command::Doctor(args) => doctor::run(args),
