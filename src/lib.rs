@@ -3,7 +3,7 @@
 //! Layout: `cli` (one file per verb), `host` (what this host offers for VMs), `machine` (the
 //! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
 //! monitor), `cpio` (initramfs archives), `pod` (the pod model on disk: specs, state, ids
-//! and names, the registry of pods, container logs).
+//! and names, the registry of pods, container logs, Kubernetes Pod and Secret YAML).
 
 pub mod agent;
 pub mod bench;
