@@ -38,6 +38,8 @@ mod node;
 mod pod;
 mod quantity;
 mod secret;
+#[cfg(test)]
+mod tests;
 
 pub use quantity::{cpu_millis, memory_bytes};
 
