@@ -1,10 +1,18 @@
 //! peapod: each pod in its own KVM microVM, the pod's containers inside it.
 //!
-//! Layout: `cli` (one file per verb), `host` (what this host offers for VMs), `machine` (the
-//! nested host VM used as a test bed where there is no hardware KVM), `vmm` (the microVM
-//! monitor), `cpio` (initramfs archives), `pod` (the pod model on disk: specs, state, ids
-//! and names, the registry of pods, container logs), `secret` (the store of secrets pods get
-//! at start: 0600 files, values never printed).
+//! Layout:
+//! - `cli`: the command line, one file per verb; `bench`: benchmarks against peers.
+//! - `pod`: the pod model on disk (specs, state, ids and names, the registry of pods,
+//!   container logs, Kubernetes Pod and Secret YAML); `secret`: the store of secrets pods get
+//!   at start (0600 files, values never printed).
+//! - `supervisor`: the per-pod process that owns a pod's VM, logs and state, and its API;
+//!   `runtime`: how the host starts a pod VM and drives its agent.
+//! - `vmm`: the microVM monitor; `protocol`: the versioned host-agent protocol; `agent`: the
+//!   guest agent, PID 1 of a pod VM.
+//! - `image`: OCI images, the store, block images; `guest_kernel`: the guest kernel's path.
+//! - `machine`: the nested host VM used as a test bed where there is no hardware KVM;
+//!   `host`: what this host offers for VMs; `cpio`: initramfs archives; `dirs`: where
+//!   peapod keeps things.
 
 pub mod agent;
 pub mod bench;

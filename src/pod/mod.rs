@@ -1,6 +1,7 @@
 //! The pod model on disk: what a pod runs ([`spec`]), what it is doing ([`state`]), where
 //! its files live ([`layout`]), the set of pods on this host ([`registry`]), its ids and
-//! names ([`id`]) and its containers' logs ([`logs`]).
+//! names ([`id`]), its containers' logs ([`logs`]) and the Kubernetes Pod and Secret YAML
+//! that `pod apply` reads ([`kube`]).
 //!
 //! Nothing here starts a process or a VM: the per-pod supervisor and the CLI verbs build on
 //! these types, and everything is unit-tested against temporary directories.
@@ -23,6 +24,7 @@ use std::path::PathBuf;
 use crate::protocol::WireError;
 
 pub mod id;
+pub mod kube;
 pub mod layout;
 pub mod logs;
 pub mod registry;
