@@ -5,9 +5,11 @@
 //! * `container-init` ([`container_init_main`]): PID 1 of a new PID namespace. It joins the
 //!   container's cgroup, unshares mount/UTS/IPC namespaces, joins the pod's network
 //!   namespace, mounts the rootfs (the image's block device read-only, a tmpfs upper, an
-//!   overlay), `/proc`, a minimal `/dev`, a read-only `/sys` and the pod's `/etc` files,
-//!   pivots into it and sets the hostname ([`setup_container`], unit-tested through
-//!   [`Os`]); then reports `ready` and waits for the agent's start byte. On start it forks
+//!   overlay), its mounts (pod volumes are bind mounts of the agent's, see
+//!   [`super::volume`]), `/proc`, a minimal `/dev`, a read-only `/sys` and the pod's `/etc`
+//!   files, makes the overlay read-only for a read-only root (the upper then only holds
+//!   mount points), pivots into it and sets the hostname ([`setup_container`], unit-tested
+//!   through [`Os`]); then reports `ready` and waits for the agent's start byte. On start it forks
 //!   the container's process (PID 2), forwards every signal it gets to it, reaps orphans,
 //!   and when the process ends reports its status and exits, which kills whatever is left in
 //!   the namespace. Being a tiny init (like `docker run --init`) rather than the process
@@ -49,6 +51,9 @@ pub const CONTAINERS_DIR: &str = "/run/peapod/containers";
 pub const POD_NETNS: &str = "/run/peapod/netns";
 /// The pod's `/etc` files (`hosts`, `resolv.conf`, `hostname`), bound into each container.
 pub const POD_ETC: &str = "/run/peapod/etc";
+/// The pod's volumes, one tmpfs per volume at `<name>` (see [`super::volume`]); they live
+/// as long as the VM, whatever happens to the containers.
+pub const VOLUMES_DIR: &str = "/run/peapod/volumes";
 /// The cgroup v2 mount.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The parent of the containers' cgroups.
@@ -88,7 +93,7 @@ pub struct ContainerInit {
     pub id: String,
     pub hostname: String,
     pub rootfs: RootfsSpec,
-    pub mounts: Vec<MountSpec>,
+    pub mounts: Vec<InitMount>,
     pub process: ProcessSpec,
     /// The container's cgroup directory.
     pub cgroup: PathBuf,
@@ -98,6 +103,29 @@ pub struct ContainerInit {
     pub etc: Option<PathBuf>,
     /// The container's directory under [`CONTAINERS_DIR`].
     pub dir: PathBuf,
+}
+
+/// One of the container's mounts: the spec's, and for a pod volume what the agent
+/// resolved it to ([`super::volume::resolve_mounts`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitMount {
+    pub spec: MountSpec,
+    #[serde(default)]
+    pub bind: Option<VolumeBind>,
+}
+
+/// A pod volume's directory, or `sub_path` inside it, to bind into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeBind {
+    /// The volume's directory under [`VOLUMES_DIR`].
+    pub dir: PathBuf,
+    pub sub_path: Option<PathBuf>,
+    /// `sub_path` is a file (a secret's), so the mount point is a file too.
+    pub file: bool,
+    /// Make `sub_path`'s missing directories (an `emptyDir`'s).
+    pub create: bool,
 }
 
 /// What `exec-init` needs.
@@ -295,6 +323,17 @@ pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
             os.mount(Some(&etc.join(name)), &target, None, MsFlags::MS_BIND, None)?;
         }
     }
+    if init.rootfs.read_only {
+        // Every mount point exists now (made in the upper); from here on `/` itself
+        // refuses writes, while the mounts on it keep their own flags.
+        os.mount(
+            None,
+            &root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None,
+        )?;
+    }
     os.pivot_root(&root)?;
     os.sethostname(&init.hostname)
 }
@@ -304,11 +343,21 @@ fn inside(root: &Path, dest: &Path) -> PathBuf {
     root.join(dest.strip_prefix("/").unwrap_or(dest))
 }
 
-fn mount_extra(os: &dyn Os, root: &Path, m: &MountSpec) -> io::Result<()> {
+fn mount_extra(os: &dyn Os, root: &Path, mount: &InitMount) -> io::Result<()> {
     // Mount targets are made in the container's own overlay before the pivot; a symlink in
     // the image could point one outside, but only within this container's private mount
     // namespace, and the old root is detached at the pivot.
+    let m = &mount.spec;
     let target = inside(root, &m.destination);
+    if let MountSource::PodVolume { name, .. } = &m.source {
+        let Some(bind) = &mount.bind else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("pod volume {name} was not resolved by the agent"),
+            ));
+        };
+        return bind_volume(os, &target, bind, m.read_only);
+    }
     os.mkdir_all(&target, 0o755)?;
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if m.read_only {
@@ -331,7 +380,44 @@ fn mount_extra(os: &dyn Os, root: &Path, m: &MountSpec) -> io::Result<()> {
         MountSource::Block { device, fs_type } => {
             os.mount(Some(device), &target, Some(fs_type.as_str()), flags, None)
         }
+        MountSource::PodVolume { .. } => unreachable!("bound above"),
     }
+}
+
+/// Binds a pod volume (or a file or directory in it) on `target`, read-only when asked (a
+/// bind mount takes `MS_RDONLY` only on a remount).
+fn bind_volume(os: &dyn Os, target: &Path, bind: &VolumeBind, read_only: bool) -> io::Result<()> {
+    if bind.file {
+        if let Some(parent) = target.parent() {
+            os.mkdir_all(parent, 0o755)?;
+        }
+        os.write_file(target, b"")?;
+    } else {
+        os.mkdir_all(target, 0o755)?;
+    }
+    match &bind.sub_path {
+        None => os.mount(Some(&bind.dir), target, None, MsFlags::MS_BIND, None)?,
+        Some(sub) => os.bind_beneath(
+            &bind.dir,
+            sub,
+            target,
+            bind.create.then_some(super::volume::EMPTY_DIR_MODE),
+        )?,
+    }
+    if read_only {
+        os.mount(
+            None,
+            target,
+            None,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOSUID,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 fn mount_proc_dev_sys(os: &dyn Os, root: &Path) -> io::Result<()> {
@@ -667,6 +753,7 @@ fn take_pty(status: &File) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::agent::os::{Call, RecordingOs};
+    use crate::protocol::message::tests::{sample_container, sample_volumes};
     use crate::protocol::{CpuMax, FsType};
 
     fn init() -> ContainerInit {
@@ -676,13 +763,17 @@ mod tests {
             rootfs: RootfsSpec {
                 device: "/dev/vdb".into(),
                 fs_type: FsType::Erofs,
-            },
-            mounts: vec![MountSpec {
-                destination: "/data".into(),
-                source: MountSource::Tmpfs {
-                    size_bytes: Some(4096),
-                },
                 read_only: false,
+            },
+            mounts: vec![InitMount {
+                spec: MountSpec {
+                    destination: "/data".into(),
+                    source: MountSource::Tmpfs {
+                        size_bytes: Some(4096),
+                    },
+                    read_only: false,
+                },
+                bind: None,
             }],
             process: ProcessSpec {
                 args: vec!["/bin/sh".into()],
@@ -760,6 +851,159 @@ mod tests {
         let n = calls.len();
         assert_eq!(calls[n - 2], Call::PivotRoot(format!("{c}/root").into()));
         assert_eq!(calls[n - 1], Call::Sethostname("pod".into()));
+    }
+
+    fn remount_ro(target: &Path, extra: MsFlags) -> Call {
+        Call::Mount {
+            source: None,
+            target: target.into(),
+            fstype: None,
+            flags: MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra,
+            data: None,
+        }
+    }
+
+    /// `init()` with the sample container's mounts, resolved against the sample volumes.
+    fn init_with_volumes() -> ContainerInit {
+        let mut mounts = sample_container("web").mounts;
+        mounts.push(MountSpec {
+            destination: "/shared".into(),
+            source: MountSource::PodVolume {
+                name: "cache".into(),
+                sub_path: None,
+            },
+            read_only: true,
+        });
+        ContainerInit {
+            mounts: crate::agent::volume::resolve_mounts(&sample_volumes(), &mounts).unwrap(),
+            ..init()
+        }
+    }
+
+    #[test]
+    fn pod_volumes_are_bound_beneath_their_dir_and_read_only_by_remount() {
+        let os = RecordingOs::new();
+        setup_container(&os, &init_with_volumes()).unwrap();
+        let calls = os.calls();
+        let root = Path::new(CONTAINERS_DIR).join("web/root");
+        let vols = Path::new(VOLUMES_DIR);
+        let at = |call: &Call| {
+            calls
+                .iter()
+                .position(|c| c == call)
+                .unwrap_or_else(|| panic!("no {call:?} in {calls:#?}"))
+        };
+        // An emptyDir's sub_path: made if missing, never through a symlink; writable.
+        let cache = root.join("cache");
+        let bind_cache = at(&Call::BindBeneath {
+            base: vols.join("cache"),
+            sub: "web/tmp".into(),
+            target: cache.clone(),
+            create: Some(0o777),
+        });
+        assert!(at(&Call::MkdirAll(cache.clone(), 0o755)) < bind_cache);
+        assert!(!calls.contains(&remount_ro(&cache, MsFlags::MS_NODEV | MsFlags::MS_NOSUID)));
+        // A secret's file: a file mount point, bound, then read-only.
+        let key = root.join("etc/tls/key.pem");
+        let made = at(&Call::WriteFile(key.clone(), String::new()));
+        let bound = at(&Call::BindBeneath {
+            base: vols.join("tls"),
+            sub: "key.pem".into(),
+            target: key.clone(),
+            create: None,
+        });
+        let ro = at(&remount_ro(&key, MsFlags::MS_NODEV | MsFlags::MS_NOSUID));
+        assert!(made < bound && bound < ro);
+        // A whole volume: a plain bind of its directory, then read-only as asked.
+        let shared = root.join("shared");
+        let bound = at(&Call::Mount {
+            source: Some(vols.join("cache")),
+            target: shared.clone(),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+        });
+        assert!(bound < at(&remount_ro(&shared, MsFlags::MS_NODEV | MsFlags::MS_NOSUID)));
+        // The root stays writable unless asked.
+        assert!(!calls.contains(&remount_ro(&root, MsFlags::MS_NODEV)));
+    }
+
+    #[test]
+    fn an_unresolved_pod_volume_is_an_error_not_a_guess() {
+        let mut i = init_with_volumes();
+        i.mounts[2].bind = None;
+        let err = setup_container(&RecordingOs::new(), &i).unwrap_err();
+        assert!(err.to_string().contains("pod volume cache"), "{err}");
+    }
+
+    #[test]
+    fn a_read_only_root_is_made_read_only_after_every_mount_point_and_before_the_pivot() {
+        let os = RecordingOs::new();
+        let mut i = init_with_volumes();
+        i.rootfs.read_only = true;
+        setup_container(&os, &i).unwrap();
+        let calls = os.calls();
+        let root = Path::new(CONTAINERS_DIR).join("web/root");
+        let n = calls.len();
+        assert_eq!(calls[n - 3], remount_ro(&root, MsFlags::MS_NODEV));
+        assert_eq!(calls[n - 2], Call::PivotRoot(root.clone()));
+        // Still an overlay (its upper holds the mount points), and no /tmp appears.
+        assert!(
+            calls
+                .iter()
+                .any(|c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "overlay"))
+        );
+        assert!(!mount_targets(&calls).contains(&root.join("tmp").display().to_string()));
+    }
+
+    #[test]
+    fn a_restart_removes_the_first_containers_leftovers_and_makes_them_again() {
+        // What the agent does for RemoveContainer then CreateContainer with the same id:
+        // the helper's mounts live in its own namespace and die with it, so the agent
+        // removes directories and the cgroup, then makes them again.
+        let os = RecordingOs::new();
+        let create = |os: &RecordingOs| {
+            create_cgroup(os, "web", &Resources::default()).unwrap();
+            create_dirs(os, "web").unwrap();
+            setup_container(os, &init_with_volumes()).unwrap();
+        };
+        create(&os);
+        let first = os.calls().len();
+        remove_dirs(&os, "web").unwrap();
+        create(&os);
+        let calls = os.calls();
+        let c = Path::new(CONTAINERS_DIR).join("web");
+        let cgroup = cgroup_dir("web");
+        let removed = &calls[first..first + 5];
+        assert_eq!(
+            removed,
+            [
+                Call::RemoveDir(c.join("lower")),
+                Call::RemoveDir(c.join("rw")),
+                Call::RemoveDir(c.join("root")),
+                Call::RemoveDir(c.join("")),
+                Call::RemoveDir(cgroup.clone()),
+            ]
+        );
+        // The second create makes the cgroup and the directories again, then mounts the
+        // same things in the same order as the first.
+        let second = &calls[first + 5..];
+        assert_eq!(second[0], Call::MkdirAll(cgroup.clone(), 0o755));
+        assert_eq!(second[1], Call::MkdirAll(c.join("lower"), 0o700));
+        assert_eq!(second, &calls[..first]);
+        assert_eq!(mount_targets(second), mount_targets(&calls[..first]));
+        // The pod's volumes are never unmounted or removed: an emptyDir's files survive.
+        assert!(!calls.iter().any(|call| matches!(call,
+            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with(VOLUMES_DIR))));
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|call| matches!(call, Call::BindBeneath { base, .. }
+                    if base == &Path::new(VOLUMES_DIR).join("cache")))
+                .count(),
+            2,
+            "each create binds the same emptyDir"
+        );
     }
 
     #[test]

@@ -13,7 +13,9 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use super::container::{CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, CONTROLLERS, POD_ETC, RUN_DIR};
+use super::container::{
+    CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, CONTROLLERS, POD_ETC, RUN_DIR, VOLUMES_DIR,
+};
 use super::os::Os;
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +134,7 @@ pub fn mount_system(os: &dyn Os) -> io::Result<()> {
         &Path::new(CGROUP_PARENT).join("cgroup.subtree_control"),
         CONTROLLERS.as_bytes(),
     )?;
-    for dir in [RUN_DIR, CONTAINERS_DIR, POD_ETC] {
+    for dir in [RUN_DIR, CONTAINERS_DIR, POD_ETC, VOLUMES_DIR] {
         os.mkdir_all(Path::new(dir), 0o755)?;
     }
     Ok(())

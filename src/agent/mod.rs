@@ -12,6 +12,7 @@ pub mod init;
 pub mod os;
 pub mod process;
 pub mod server;
+pub mod volume;
 
 use std::sync::Arc;
 

@@ -13,8 +13,8 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -33,10 +33,23 @@ pub trait Os: Send + Sync {
     ) -> io::Result<()>;
     /// `umount2(target, MNT_DETACH)`.
     fn umount_detach(&self, target: &Path) -> io::Result<()>;
-    /// `mkdir -p` with `mode` for the directories it creates.
+    /// `mkdir -p` with exactly `mode` (no umask) for the directories it creates.
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
-    /// Creates or truncates a file and writes `data` (cgroup files, /etc files, /proc/sys).
+    /// Creates or truncates a file and writes `data` (cgroup files, /etc files, /proc/sys,
+    /// secret files: implementations never log `data`).
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()>;
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Bind-mounts `sub` (relative, plain components) of the directory `base` onto
+    /// `target` without following a symlink anywhere in `sub`: a container sharing the
+    /// volume may have planted one to point the mount outside it. With `create`, missing
+    /// directories along `sub` are made with that mode.
+    fn bind_beneath(
+        &self,
+        base: &Path,
+        sub: &Path,
+        target: &Path,
+        create: Option<u32>,
+    ) -> io::Result<()>;
     fn read_to_string(&self, path: &Path) -> io::Result<String>;
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
@@ -90,15 +103,94 @@ impl Os for RealOs {
     }
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(path)
-            .map_err(|e| with_path(e, "mkdir", path))
+        // The missing directories, outermost first; each gets `mode` itself (mkdir(2)
+        // would apply the umask).
+        let missing: Vec<&Path> = path
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && fs::metadata(p).is_err())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(mode).create(dir) {
+                Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                    .map_err(|e| with_path(e, "chmod", dir))?,
+                // Made meanwhile by someone else: theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(with_path(e, "mkdir", dir)),
+            }
+        }
+        Ok(())
     }
 
     fn write_file(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         fs::write(path, data).map_err(|e| with_path(e, "write", path))
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| with_path(e, "chmod", path))
+    }
+
+    fn bind_beneath(
+        &self,
+        base: &Path,
+        sub: &Path,
+        target: &Path,
+        create: Option<u32>,
+    ) -> io::Result<()> {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::{Mode, fchmod, mkdirat};
+        let at = |e: nix::Error, what: &str| with_path(nix_io(e), what, &base.join(sub));
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut fd = nix::fcntl::open(base, dir_flags, Mode::empty())
+            .map_err(|e| with_path(nix_io(e), "open", base))?;
+        let parts: Vec<_> = sub.components().collect();
+        if parts.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "empty sub path",
+            ));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let std::path::Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} is not a plain relative path", sub.display()),
+                ));
+            };
+            if let Some(mode) = create {
+                match mkdirat(&fd, *name, Mode::from_bits_truncate(mode)) {
+                    Ok(()) => {
+                        let made = openat(&fd, *name, dir_flags, Mode::empty())
+                            .map_err(|e| at(e, "open"))?;
+                        fchmod(&made, Mode::from_bits_truncate(mode))
+                            .map_err(|e| at(e, "chmod"))?;
+                    }
+                    Err(nix::Error::EEXIST) => {}
+                    Err(e) => return Err(at(e, "mkdir")),
+                }
+            }
+            // O_NOFOLLOW: a symlink fails (ELOOP, or ENOTDIR with O_PATH) instead of
+            // being followed; the last part may be a file, opened as a path only.
+            let last = i + 1 == parts.len();
+            let flags = if last {
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+            } else {
+                dir_flags
+            };
+            fd = openat(&fd, *name, flags, Mode::empty()).map_err(|e| at(e, "open"))?;
+        }
+        // O_PATH | O_NOFOLLOW opens a final symlink itself rather than failing: refuse it.
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| at(e, "stat"))?;
+        if stat.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(with_path(
+                io::Error::from_raw_os_error(libc::ELOOP),
+                "refusing the symlink",
+                &base.join(sub),
+            ));
+        }
+        // The magic link names exactly the file or directory opened above.
+        let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        self.mount(Some(&source), target, None, MsFlags::MS_BIND, None)
     }
 
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
@@ -156,6 +248,13 @@ pub enum Call {
     UmountDetach(PathBuf),
     MkdirAll(PathBuf, u32),
     WriteFile(PathBuf, String),
+    Chmod(PathBuf, u32),
+    BindBeneath {
+        base: PathBuf,
+        sub: PathBuf,
+        target: PathBuf,
+        create: Option<u32>,
+    },
     ReadToString(PathBuf),
     Symlink {
         target: PathBuf,
@@ -251,6 +350,25 @@ impl Os for RecordingOs {
             .unwrap_or_else(|e| e.into_inner())
             .push((path.into(), text));
         Ok(())
+    }
+
+    fn chmod(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.record(Call::Chmod(path.into(), mode))
+    }
+
+    fn bind_beneath(
+        &self,
+        base: &Path,
+        sub: &Path,
+        target: &Path,
+        create: Option<u32>,
+    ) -> io::Result<()> {
+        self.record(Call::BindBeneath {
+            base: base.into(),
+            sub: sub.into(),
+            target: target.into(),
+            create,
+        })
     }
 
     fn read_to_string(&self, path: &Path) -> io::Result<String> {

@@ -26,6 +26,7 @@ use super::container::{
 use super::init;
 use super::os::Os;
 use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
+use super::volume;
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FrameError, PROTOCOL_VERSION, ProcessRef, ProcessSpec,
     Request, Response, SandboxSpec, StreamHello, StreamKind, WireError, read_frame, validate_id,
@@ -458,7 +459,7 @@ impl Agent {
         }
     }
 
-    fn create_sandbox(&self, spec: SandboxSpec) -> Result<(), WireError> {
+    fn create_sandbox(&self, mut spec: SandboxSpec) -> Result<(), WireError> {
         spec.validate()?;
         let mut state = lock(&self.state);
         if state.sandbox.is_some() {
@@ -474,6 +475,8 @@ impl Agent {
                 .map_err(|_| setup(&"the network namespace thread panicked"))?
                 .map_err(|e| setup(&e))?;
         }
+        volume::create_volumes(self.os.as_ref(), &spec.volumes).map_err(|e| setup(&e))?;
+        volume::forget_secret_bytes(&mut spec.volumes);
         state.sandbox = Some(spec);
         Ok(())
     }
@@ -494,6 +497,12 @@ impl Agent {
                 format!("container {:?} exists already", spec.id),
             ));
         }
+        let mounts = volume::resolve_mounts(&sandbox.volumes, &spec.mounts).map_err(|e| {
+            err(
+                ErrorKind::InvalidArgument,
+                format!("container {}: {e}", spec.id),
+            )
+        })?;
         let id = spec.id.clone();
         let setup = |what: &str, e: &dyn std::fmt::Display| {
             err(ErrorKind::Setup, format!("container {id}: {what}: {e}"))
@@ -515,7 +524,7 @@ impl Agent {
                 .clone()
                 .unwrap_or_else(|| sandbox.hostname.clone()),
             rootfs: spec.rootfs.clone(),
-            mounts: spec.mounts.clone(),
+            mounts,
             process: spec.process.clone(),
             cgroup: cgroup.clone(),
             netns: self.pod_netns.then(|| POD_NETNS.into()),
@@ -798,9 +807,11 @@ impl Agent {
 mod tests {
     use super::*;
     use crate::agent::container::cgroup_dir;
+    use crate::agent::container::{CONTAINERS_DIR, VOLUMES_DIR};
     use crate::agent::os::{Call, RecordingOs};
     use crate::protocol::client::{Client, ClientError, attach_stream};
-    use crate::protocol::message::tests::sample_container;
+    use crate::protocol::message::tests::{sample_container, sample_volumes};
+    use crate::protocol::{MountSource, SandboxVolumeKind};
 
     fn agent(os: Arc<RecordingOs>) -> (Arc<Agent>, Client<UnixStream>) {
         let agent = Agent::new(os, Reaper::new(), false);
@@ -958,6 +969,7 @@ mod tests {
         let (_agent, mut c) = agent(Arc::clone(&os));
         c.create_sandbox(&SandboxSpec {
             hostname: "p".into(),
+            volumes: sample_volumes(),
             ..Default::default()
         })
         .unwrap();
@@ -972,6 +984,156 @@ mod tests {
             c.start_container("web").unwrap_err().wire_kind(),
             Some(ErrorKind::NotFound)
         );
+    }
+
+    #[test]
+    fn the_sandbox_makes_the_pod_volumes_and_keeps_no_secret_bytes() {
+        let os = Arc::new(RecordingOs::new());
+        let (agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            volumes: sample_volumes(),
+            ..Default::default()
+        })
+        .unwrap();
+        let calls = os.calls();
+        for name in ["cache", "scratch", "tls"] {
+            let dir = Path::new(VOLUMES_DIR).join(name);
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| matches!(c, Call::Mount { target, fstype: Some(t), .. }
+                    if target == &dir && t == "tmpfs")),
+                "{name}"
+            );
+        }
+        let state = lock(&agent.state);
+        let kept = &state.sandbox.as_ref().unwrap().volumes;
+        let SandboxVolumeKind::Secret { files } = &kept[2].kind else {
+            panic!("the third sample volume is the secret")
+        };
+        assert_eq!(files.len(), 3);
+        assert!(files.values().all(Vec::is_empty), "only the names stay");
+    }
+
+    #[test]
+    fn a_container_mounting_a_volume_the_pod_lacks_is_refused_before_any_setup() {
+        let os = Arc::new(RecordingOs::new());
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let before = os.calls().len();
+        let err = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(err.to_string().contains("\"cache\""), "{err}");
+        assert_eq!(os.calls().len(), before, "no cgroup, no directories");
+        let mut spec = sample_container("web");
+        spec.mounts
+            .retain(|m| !matches!(m.source, MountSource::PodVolume { .. }));
+        assert_eq!(
+            c.create_container(&spec).unwrap_err().wire_kind(),
+            Some(ErrorKind::Setup),
+            "the same container without them gets as far as the (fake) setup"
+        );
+    }
+
+    /// A container whose process has exited, with its stdout still to attach.
+    fn exited_container(agent: &Agent, id: &str, code: i32) -> OwnedFd {
+        let (out_r, out_w) = pipe().unwrap();
+        let main = Proc::new(
+            Pid::from_raw(i32::MAX),
+            HashMap::from([(StreamKind::Stdout, out_r)]),
+        );
+        main.finish(ExitStatus::exited(code));
+        lock(&agent.state).containers.insert(
+            id.into(),
+            Arc::new(Container {
+                cgroup: cgroup_dir(id),
+                phase: Mutex::new(Phase::Started),
+                main,
+                execs: Mutex::new(HashMap::new()),
+            }),
+        );
+        out_w
+    }
+
+    #[test]
+    fn a_restart_frees_the_id_and_its_leftovers_and_keeps_the_volumes() {
+        // Stop the second create right after its cgroup, before a helper would be spawned
+        // (the unit tests cannot run one): the first create was not made through the OS.
+        let os = Arc::new(
+            RecordingOs::new()
+                .failing(|c| matches!(c, Call::MkdirAll(p, _) if p.ends_with("web/lower"))),
+        );
+        let (agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            volumes: sample_volumes(),
+            ..Default::default()
+        })
+        .unwrap();
+        let out_w = exited_container(&agent, "web", 3);
+        let web = ProcessRef::container("web");
+        let attach = |kind| {
+            let (mut host, guest) = UnixStream::pair().unwrap();
+            let a = Arc::clone(&agent);
+            std::thread::spawn(move || a.serve_stream(guest));
+            attach_stream(&mut host, &web, kind).map(|_| host)
+        };
+        let mut out = attach(StreamKind::Stdout).unwrap();
+        drop(out_w);
+        let mut rest = Vec::new();
+        out.read_to_end(&mut rest).unwrap();
+        assert_eq!(c.wait(&web).unwrap(), ExitStatus::exited(3));
+        assert_eq!(
+            c.create_container(&sample_container("web"))
+                .unwrap_err()
+                .wire_kind(),
+            Some(ErrorKind::AlreadyExists),
+            "the id is taken until the container is removed"
+        );
+
+        let before = os.calls().len();
+        c.remove_container("web").unwrap();
+        let c_dir = Path::new(CONTAINERS_DIR).join("web");
+        assert_eq!(
+            os.calls()[before..],
+            [
+                Call::RemoveDir(c_dir.join("lower")),
+                Call::RemoveDir(c_dir.join("rw")),
+                Call::RemoveDir(c_dir.join("root")),
+                Call::RemoveDir(c_dir.join("")),
+                Call::RemoveDir(cgroup_dir("web")),
+            ],
+            "the container's directories and cgroup go; the pod's volumes stay"
+        );
+        for gone in [
+            c.wait(&web).unwrap_err().wire_kind(),
+            attach(StreamKind::Stdout).unwrap_err().wire_kind(),
+            c.start_container("web").unwrap_err().wire_kind(),
+        ] {
+            assert_eq!(gone, Some(ErrorKind::NotFound));
+        }
+
+        let before = os.calls().len();
+        let err = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::Setup), "{err}");
+        let again = &os.calls()[before..];
+        assert_eq!(again[0], Call::MkdirAll(cgroup_dir("web"), 0o755));
+        assert!(
+            again.contains(&Call::RemoveDir(cgroup_dir("web"))),
+            "cleaned up"
+        );
+        assert!(!os.calls().iter().any(|call| matches!(call,
+            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with(VOLUMES_DIR))));
+
+        // A new process of the same id gets fresh streams, attachable once more.
+        let _out_w = exited_container(&agent, "web", 0);
+        assert!(attach(StreamKind::Stdout).is_ok());
+        assert_eq!(c.wait(&web).unwrap(), ExitStatus::exited(0));
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub const MAX_ID_LEN: usize = 64;
 /// Longest entropy seed the host may send with [`SandboxSpec`].
 pub const MAX_ENTROPY_SEED: usize = 512;
 
+/// Longest file name in a [`SandboxVolumeKind::Secret`] (a Linux file name's limit).
+pub const MAX_FILE_NAME_LEN: usize = 255;
+
 /// A request from the host. Every request gets exactly one [`Response`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -129,6 +132,101 @@ pub struct SandboxSpec {
     /// Namespaced sysctls (`net.*`, `kernel.shm*`, ...), written under `/proc/sys`.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// The pod's volumes, made when the sandbox is created and kept until the VM ends
+    /// (removing or restarting a container leaves them alone); containers mount them with
+    /// [`MountSource::PodVolume`]. Names are unique ids ([`validate_id`]).
+    #[serde(default)]
+    pub volumes: Vec<SandboxVolume>,
+}
+
+/// A volume of the pod, shared by the containers that mount it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxVolume {
+    pub name: String,
+    pub kind: SandboxVolumeKind,
+}
+
+/// What a pod volume is. Its `Debug` never shows a secret's bytes (only file names and
+/// sizes), so a logged spec or request leaks nothing.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SandboxVolumeKind {
+    /// Kubernetes' `emptyDir`: an empty tmpfs (mode 1777), at most `size_bytes` big when
+    /// given (the guest's RAM otherwise).
+    EmptyDir {
+        #[serde(default)]
+        size_bytes: Option<u64>,
+    },
+    /// A secret's keys as files: a tmpfs holding one file per entry, mode 0400 and owned
+    /// by root, in a directory of mode 0555; the tmpfs is read-only once written and every
+    /// mount of it is read-only. The bytes travel as standard base64 strings; the whole
+    /// request must fit in one frame ([`crate::protocol::MAX_FRAME_LEN`], 1 MiB, about
+    /// 750 KiB of secret bytes).
+    Secret {
+        #[serde(with = "base64_files")]
+        files: BTreeMap<String, Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for SandboxVolumeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SandboxVolumeKind::EmptyDir { size_bytes } => f
+                .debug_struct("EmptyDir")
+                .field("size_bytes", size_bytes)
+                .finish(),
+            SandboxVolumeKind::Secret { files } => {
+                struct Redacted(usize);
+                impl std::fmt::Debug for Redacted {
+                    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        write!(f, "<{} bytes redacted>", self.0)
+                    }
+                }
+                let sizes: BTreeMap<&str, Redacted> = files
+                    .iter()
+                    .map(|(name, bytes)| (name.as_str(), Redacted(bytes.len())))
+                    .collect();
+                f.debug_struct("Secret").field("files", &sizes).finish()
+            }
+        }
+    }
+}
+
+/// Secret files as `{"name": "<standard base64>"}`. A bad string is refused without
+/// quoting it (it is secret material).
+mod base64_files {
+    use std::collections::BTreeMap;
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        files: &BTreeMap<String, Vec<u8>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(
+            files
+                .iter()
+                .map(|(name, bytes)| (name, STANDARD.encode(bytes))),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<u8>>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(name, text)| match STANDARD.decode(text.as_bytes()) {
+                Ok(bytes) => Ok((name, bytes)),
+                Err(_) => Err(D::Error::custom(format!(
+                    "secret file {name:?} is not standard base64"
+                ))),
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +260,11 @@ pub struct RootfsSpec {
     /// Guest block device, e.g. `/dev/vdb`.
     pub device: PathBuf,
     pub fs_type: FsType,
+    /// Kubernetes' `readOnlyRootFilesystem`: the container's `/` is read-only (writes fail
+    /// with `EROFS`); only its mounts (volumes, `/dev`, `/dev/shm`) are writable. No tmpfs
+    /// at `/tmp` is implied: mount one if the process needs it.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,6 +301,15 @@ pub enum MountSource {
     Tmpfs { size_bytes: Option<u64> },
     /// A filesystem on a guest block device (a volume disk).
     Block { device: PathBuf, fs_type: FsType },
+    /// A bind mount of a pod volume ([`SandboxSpec::volumes`]), or of `sub_path` inside it
+    /// (relative, no `.` or `..`; made if missing in an `emptyDir`; a file's name in a
+    /// secret, mounted as that one file). Every container mounting one `emptyDir` sees the
+    /// same files. Secrets are always mounted read-only.
+    PodVolume {
+        name: String,
+        #[serde(default)]
+        sub_path: Option<String>,
+    },
 }
 
 /// A process to run: the container's own or an exec.
@@ -454,7 +566,75 @@ impl SandboxSpec {
             }
             no_nul("sysctl value", value)?;
         }
+        let mut names = std::collections::BTreeSet::new();
+        for volume in &self.volumes {
+            volume.validate()?;
+            if !names.insert(volume.name.as_str()) {
+                return Err(invalid(format!(
+                    "pod volume {:?} is named twice: volume names are unique in a pod",
+                    volume.name
+                )));
+            }
+        }
         Ok(())
+    }
+}
+
+impl SandboxVolume {
+    pub fn validate(&self) -> Result<(), WireError> {
+        validate_id("pod volume name", &self.name)?;
+        match &self.kind {
+            SandboxVolumeKind::EmptyDir {
+                size_bytes: Some(0),
+            } => Err(invalid(format!(
+                "emptyDir volume {}: size_bytes must be above 0",
+                self.name
+            ))),
+            SandboxVolumeKind::EmptyDir { .. } => Ok(()),
+            SandboxVolumeKind::Secret { files } => {
+                for name in files.keys() {
+                    validate_file_name(&self.name, name)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A secret's file name: one path component, 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
+pub fn validate_file_name(volume: &str, name: &str) -> Result<(), WireError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_FILE_NAME_LEN
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\0']);
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "secret volume {volume}: file name {name:?} must be 1 to {MAX_FILE_NAME_LEN} bytes \
+             without '/' or NUL, and not '.' or '..'"
+        )))
+    }
+}
+
+/// A path inside a pod volume: relative, only plain components (no `.`, `..`, empty or
+/// NUL).
+pub fn validate_sub_path(volume: &str, sub_path: &str) -> Result<(), WireError> {
+    let path = Path::new(sub_path);
+    let ok = !sub_path.is_empty()
+        && !sub_path.contains('\0')
+        && sub_path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && path.components().all(|c| matches!(c, Component::Normal(_)));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "sub_path {sub_path:?} of pod volume {volume} must be a relative path without \
+             '.', '..' or empty parts"
+        )))
     }
 }
 
@@ -499,6 +679,12 @@ impl ContainerSpec {
                 }
                 MountSource::Tmpfs { .. } => {}
                 MountSource::Block { device, .. } => validate_device("volume device", device)?,
+                MountSource::PodVolume { name, sub_path } => {
+                    validate_id("pod volume name", name)?;
+                    if let Some(sub) = sub_path {
+                        validate_sub_path(name, sub)?;
+                    }
+                }
             }
         }
         self.process.validate()?;
@@ -511,15 +697,27 @@ impl ProcessSpec {
         if self.args.is_empty() || self.args[0].is_empty() {
             return Err(invalid("process args must name a program (args[0])".into()));
         }
-        for a in &self.args {
-            no_nul("argument", a)?;
+        // Arguments and environment values may hold secrets: errors name their position
+        // or variable, never their value.
+        for (i, a) in self.args.iter().enumerate() {
+            if a.contains('\0') {
+                return Err(invalid(format!("argument {i} contains a NUL byte")));
+            }
         }
-        for e in &self.env {
-            no_nul("environment entry", e)?;
-            if !e.contains('=') || e.starts_with('=') {
-                return Err(invalid(format!(
-                    "environment entry {e:?} must be NAME=value"
-                )));
+        for (i, e) in self.env.iter().enumerate() {
+            match e.split_once('=') {
+                Some((name, _)) if !name.is_empty() && !e.contains('\0') => {}
+                Some((name, _)) if !name.is_empty() => {
+                    return Err(invalid(format!(
+                        "environment variable {name:?} contains a NUL byte"
+                    )));
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "environment entry {i} must be NAME=value (its text is not shown: it \
+                         may be secret)"
+                    )));
+                }
             }
         }
         validate_abs_path("working directory", &self.cwd)
@@ -573,6 +771,7 @@ pub(crate) mod tests {
             rootfs: RootfsSpec {
                 device: "/dev/vdb".into(),
                 fs_type: FsType::Erofs,
+                read_only: false,
             },
             mounts: vec![
                 MountSpec {
@@ -590,6 +789,22 @@ pub(crate) mod tests {
                     },
                     read_only: true,
                 },
+                MountSpec {
+                    destination: "/cache".into(),
+                    source: MountSource::PodVolume {
+                        name: "cache".into(),
+                        sub_path: Some("web/tmp".into()),
+                    },
+                    read_only: false,
+                },
+                MountSpec {
+                    destination: "/etc/tls/key.pem".into(),
+                    source: MountSource::PodVolume {
+                        name: "tls".into(),
+                        sub_path: Some("key.pem".into()),
+                    },
+                    read_only: true,
+                },
             ],
             process: sample_process(),
             resources: Resources {
@@ -601,6 +816,33 @@ pub(crate) mod tests {
                 pids_max: Some(128),
             },
         }
+    }
+
+    /// One volume of each kind; the secret holds text, binary and empty files.
+    pub(crate) fn sample_volumes() -> Vec<SandboxVolume> {
+        vec![
+            SandboxVolume {
+                name: "cache".into(),
+                kind: SandboxVolumeKind::EmptyDir {
+                    size_bytes: Some(16 << 20),
+                },
+            },
+            SandboxVolume {
+                name: "scratch".into(),
+                kind: SandboxVolumeKind::EmptyDir { size_bytes: None },
+            },
+            SandboxVolume {
+                name: "tls".into(),
+                kind: SandboxVolumeKind::Secret {
+                    files: [
+                        ("key.pem".to_string(), b"-----BEGIN hunter2".to_vec()),
+                        ("raw".to_string(), vec![0, 255, 10, 13, 0x80]),
+                        ("empty".to_string(), vec![]),
+                    ]
+                    .into(),
+                },
+            },
+        ]
     }
 
     pub(crate) fn all_requests() -> Vec<Request> {
@@ -616,8 +858,24 @@ pub(crate) mod tests {
                 }],
                 entropy_seed: vec![1, 2, 3],
                 sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+                volumes: sample_volumes(),
             }),
             Request::CreateContainer(sample_container("web")),
+            Request::CreateContainer(ContainerSpec {
+                rootfs: RootfsSpec {
+                    read_only: true,
+                    ..sample_container("ro").rootfs
+                },
+                mounts: vec![MountSpec {
+                    destination: "/shared".into(),
+                    source: MountSource::PodVolume {
+                        name: "cache".into(),
+                        sub_path: None,
+                    },
+                    read_only: true,
+                }],
+                ..sample_container("ro")
+            }),
             Request::StartContainer {
                 container_id: "web".into(),
             },
@@ -799,6 +1057,158 @@ pub(crate) mod tests {
         s.validate().unwrap();
         s.sysctls.insert("../../etc".into(), "1".into());
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn secret_bytes_travel_as_base64_and_never_show_in_debug() {
+        let request = Request::CreateSandbox(SandboxSpec {
+            hostname: "pod".into(),
+            volumes: sample_volumes(),
+            ..Default::default()
+        });
+        let json = serde_json::to_string(&request).unwrap();
+        assert!(
+            json.contains(r#""key.pem":"LS0tLS1CRUdJTiBodW50ZXIy""#),
+            "{json}"
+        );
+        assert!(json.contains(r#""raw":"AP8KDYA=""#), "{json}");
+        assert!(json.contains(r#""empty":"""#), "{json}");
+        assert!(!json.contains("hunter2"));
+        for shown in [format!("{request:?}"), format!("{request:#?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("LS0tLS1CRUdJTiBodW50ZXIy"), "{shown}");
+            assert!(!shown.contains("255"), "no byte values: {shown}");
+            assert!(shown.contains("key.pem"), "{shown}");
+            assert!(shown.contains("18 bytes redacted"), "{shown}");
+            assert!(shown.contains("16777216"), "{shown}");
+        }
+        // Not base64: refused, without quoting the text.
+        let bad = r#"{"create_sandbox":{"hostname":"p","volumes":[{"name":"s","kind":
+            {"secret":{"files":{"k":"hunter2!!"}}}}]}}"#;
+        let err = serde_json::from_str::<Request>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"k\" is not standard base64"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_larger_than_a_frame_is_not_sent() {
+        let request = Request::CreateSandbox(SandboxSpec {
+            hostname: "pod".into(),
+            volumes: vec![SandboxVolume {
+                name: "big".into(),
+                kind: SandboxVolumeKind::Secret {
+                    files: [("blob".to_string(), vec![7; 800 << 10])].into(),
+                },
+            }],
+            ..Default::default()
+        });
+        assert!(matches!(
+            encode_frame(&request),
+            Err(crate::protocol::FrameError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn version_1_specs_still_decode_with_no_volumes_and_a_writable_root() {
+        let sandbox: SandboxSpec = serde_json::from_str(r#"{"hostname":"p"}"#).unwrap();
+        assert!(sandbox.volumes.is_empty());
+        let spec: ContainerSpec = serde_json::from_str(
+            r#"{"id":"a","rootfs":{"device":"/dev/vdb","fs_type":"ext4"},
+                "mounts":[{"destination":"/v","source":{"pod_volume":{"name":"v"}}}],
+                "process":{"args":["/bin/true"]}}"#,
+        )
+        .unwrap();
+        assert!(!spec.rootfs.read_only);
+        assert_eq!(
+            spec.mounts[0].source,
+            MountSource::PodVolume {
+                name: "v".into(),
+                sub_path: None
+            }
+        );
+    }
+
+    #[test]
+    fn volume_names_file_names_and_sub_paths_are_checked() {
+        let sandbox = |volumes| SandboxSpec {
+            hostname: "pod".into(),
+            volumes,
+            ..Default::default()
+        };
+        sandbox(sample_volumes()).validate().unwrap();
+        let mut twice = sample_volumes();
+        twice.push(twice[0].clone());
+        assert!(
+            sandbox(twice)
+                .validate()
+                .unwrap_err()
+                .message
+                .contains("twice")
+        );
+        for name in ["", "../x", "a/b", ".v"] {
+            let mut v = sample_volumes();
+            v[0].name = name.into();
+            assert!(sandbox(v).validate().is_err(), "{name:?}");
+        }
+        let mut v = sample_volumes();
+        v[0].kind = SandboxVolumeKind::EmptyDir {
+            size_bytes: Some(0),
+        };
+        assert!(sandbox(v).validate().is_err());
+        let long = "x".repeat(256);
+        for file in ["", ".", "..", "a/b", "/abs", "nul\0", long.as_str()] {
+            let v = vec![SandboxVolume {
+                name: "s".into(),
+                kind: SandboxVolumeKind::Secret {
+                    files: [(file.to_string(), vec![1])].into(),
+                },
+            }];
+            let err = sandbox(v).validate().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{file:?}");
+        }
+        validate_file_name("s", "..data").unwrap();
+        validate_file_name("s", &"x".repeat(255)).unwrap();
+
+        for sub in ["a", "a/b", "a.b/..c"] {
+            validate_sub_path("v", sub).unwrap();
+        }
+        for sub in [
+            "", "/abs", "..", "a/../b", "./a", "a/./b", "a//b", "a/", "nul\0",
+        ] {
+            assert!(validate_sub_path("v", sub).is_err(), "{sub:?}");
+        }
+        let mut c = sample_container("web");
+        c.mounts[2].source = MountSource::PodVolume {
+            name: "cache".into(),
+            sub_path: Some("../../etc".into()),
+        };
+        assert!(c.validate().is_err());
+        c.mounts[2].source = MountSource::PodVolume {
+            name: "no/such".into(),
+            sub_path: None,
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn process_errors_never_quote_environment_values_or_arguments() {
+        let mut p = sample_process();
+        p.env.push("TOKEN=hunter2\0".into());
+        let err = p.validate().unwrap_err().message;
+        assert!(err.contains("TOKEN") && !err.contains("hunter2"), "{err}");
+        let mut p = sample_process();
+        p.env.push("=hunter2".into());
+        let err = p.validate().unwrap_err().message;
+        assert!(err.contains("entry 1") && !err.contains("hunter2"), "{err}");
+        let mut p = sample_process();
+        p.args.push("hunter2\0".into());
+        let err = p.validate().unwrap_err().message;
+        assert!(
+            err.contains("argument 3") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -42,6 +42,32 @@
 //! of `Hello` (`{"hello":{"version":N}}`) never changes, so any two versions can at least
 //! tell each other that they differ. The version is bumped on any incompatible change.
 //!
+//! Version history:
+//!
+//! * 1: the first.
+//! * 2: pod volumes and read-only roots. [`SandboxSpec::volumes`] lists the pod's
+//!   [`SandboxVolume`]s, made by `CreateSandbox` and kept until the VM ends:
+//!   [`SandboxVolumeKind::EmptyDir`] (`{"empty_dir":{"size_bytes":N}}`, a tmpfs) and
+//!   [`SandboxVolumeKind::Secret`] (`{"secret":{"files":{"name":"<base64>"}}}`, files of
+//!   mode 0400 on a read-only tmpfs; the whole request still fits one 1 MiB frame).
+//!   Containers mount them with [`MountSource::PodVolume`] (`{"pod_volume":{"name":"cache",
+//!   "sub_path":"a/b"}}`). [`RootfsSpec::read_only`] makes a container's `/` read-only.
+//!   All new fields default (`volumes: []`, `read_only: false`, `sub_path: null`), so a
+//!   version 1 spec decodes to the same thing; the bump is for the agent's side: a version 1
+//!   agent would refuse the new fields, and the handshake says so up front.
+//!
+//! # Restarting a container
+//!
+//! A container whose process has exited is restarted in the running VM with the same id:
+//! [`Request::RemoveContainer`], then [`Request::CreateContainer`] (same spec), then
+//! [`Request::StartContainer`], then new stdio attaches. Remove frees the id, its cgroup and
+//! its directories; the pod's volumes (an `emptyDir`'s files included) are untouched, so the
+//! new process finds what the old one left there. Streams belong to one process: the old
+//! process's streams end at its exit, and the new one's are attached afresh (before or after
+//! the start, as for any container). A `Wait` still blocked on the old process returns its
+//! status; one sent after the remove names the new container (or `not_found` between the
+//! remove and the create).
+//!
 //! # Stdio streams
 //!
 //! stdio is not polled through RPCs (unlike Kata's `ReadStdout`/`WriteStdin`): each stream of
@@ -71,7 +97,7 @@ pub use frame::{FrameError, MAX_FRAME_LEN, decode_frame, encode_frame, read_fram
 pub use message::*;
 
 /// Version of this protocol; see the module docs on versioning.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// vsock port of the agent's control connections.
 pub const CONTROL_PORT: u32 = 1024;

@@ -223,6 +223,7 @@ pub fn run_container_io(run: &RunContainer, io: RunIo<'_>) -> Result<RunOutcome,
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fs_type,
+            read_only: false,
         },
         mounts: Vec::new(),
         process: run.process.clone(),

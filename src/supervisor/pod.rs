@@ -203,6 +203,7 @@ impl RunningPod {
                     rootfs: RootfsSpec {
                         device: root.into(),
                         fs_type: FsType::Erofs,
+                        read_only: false,
                     },
                     mounts,
                     process: c.process.clone(),

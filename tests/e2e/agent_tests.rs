@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use libtest_mimic::Failed;
 use peapod::protocol::{
-    ContainerSpec, ExitStatus, ProcessRef, ProcessSpec, Resources, RootfsSpec, SandboxSpec,
-    StreamKind,
+    ContainerSpec, ExitStatus, MountSource, MountSpec, ProcessRef, ProcessSpec, Resources,
+    RootfsSpec, SandboxSpec, SandboxVolume, SandboxVolumeKind, StreamKind,
 };
 use peapod::runtime::container::detect_fs_type;
 use peapod::runtime::{PodVm, PodVmConfig};
@@ -55,6 +55,10 @@ pub fn cases() -> Vec<Case> {
             pod_exec_two_containers_namespaces_and_host_signals,
         ),
         case("agent_container_stdin_and_tty", container_stdin_and_tty),
+        case(
+            "agent_pod_volumes_read_only_root_and_restart",
+            pod_volumes_read_only_root_and_restart,
+        ),
         case(
             "agent_missing_is_a_clear_error",
             guest_without_agent_is_a_clear_error,
@@ -328,6 +332,7 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
         rootfs: RootfsSpec {
             device: "/dev/vda".into(),
             fs_type,
+            read_only: false,
         },
         mounts: vec![],
         process: process(args),
@@ -460,5 +465,140 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
             .map_err(|e| fail("remove", &e.to_string(), &vm))?;
     }
     vm.shutdown().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Pod volumes, a read-only root and a restart in one pod: container `w` (read-only root)
+/// appends to an emptyDir sub_path and reads a secret; it is removed and created again with
+/// the same id and spec, and finds its earlier line; container `r` sees both lines through
+/// a read-only mount of the whole volume.
+fn pod_volumes_read_only_root_and_restart() -> Result<(), Failed> {
+    let image = artifact(TEST_IMAGE_ENV)?;
+    let fs_type = detect_fs_type(&image).map_err(|e| e.to_string())?;
+    let mut vm = PodVm::start(&PodVmConfig {
+        vmm: VmmProgram::next_to(&peapod()),
+        kernel: artifact(GUEST_KERNEL_ENV)?,
+        initrd: artifact(AGENT_INITRAMFS_ENV)?,
+        cpus: 1,
+        memory_mib: 256,
+        disks: vec![(image, true)],
+        agent_timeout: Duration::from_secs(120),
+        dir: None,
+    })
+    .map_err(|e| e.to_string())?;
+    vm.client()
+        .create_sandbox(&SandboxSpec {
+            hostname: "pod-volumes".into(),
+            volumes: vec![
+                SandboxVolume {
+                    name: "cache".into(),
+                    kind: SandboxVolumeKind::EmptyDir {
+                        size_bytes: Some(1 << 20),
+                    },
+                },
+                SandboxVolume {
+                    name: "tls".into(),
+                    kind: SandboxVolumeKind::Secret {
+                        files: [("key".to_string(), b"s3cret".to_vec())].into(),
+                    },
+                },
+            ],
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+    let volume = |dest: &str, name: &str, sub: Option<&str>, read_only| MountSpec {
+        destination: dest.into(),
+        source: MountSource::PodVolume {
+            name: name.into(),
+            sub_path: sub.map(str::to_string),
+        },
+        read_only,
+    };
+    let writer = ContainerSpec {
+        id: "w".into(),
+        hostname: None,
+        rootfs: RootfsSpec {
+            device: "/dev/vda".into(),
+            fs_type,
+            read_only: true,
+        },
+        mounts: vec![
+            volume("/cache", "cache", Some("w/logs"), false),
+            volume("/secret", "tls", None, false),
+            volume("/etc/key", "tls", Some("key"), false),
+        ],
+        process: process(&[
+            "sh",
+            "-c",
+            "touch /rootfile 2>/dev/null && echo root-writable || echo root-ro; \
+             echo run >> /cache/log && wc -l < /cache/log; \
+             stat -c '%a %u' /secret/key /secret; cat /etc/key; echo; \
+             echo x > /secret/key 2>/dev/null && echo secret-writable || echo secret-ro",
+        ]),
+        resources: Resources::default(),
+    };
+    let w = ProcessRef::container("w");
+    let mut outputs = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            // The restart: remove, then create with the same id and spec, start, attach.
+            vm.client()
+                .remove_container("w")
+                .map_err(|e| fail("removing w", &e, &vm))?;
+        }
+        vm.client()
+            .create_container(&writer)
+            .map_err(|e| fail(&format!("creating w (round {round})"), &e, &vm))?;
+        vm.client()
+            .start_container("w")
+            .map_err(|e| fail(&format!("starting w (round {round})"), &e, &vm))?;
+        let out = read_stream(&vm, &w, StreamKind::Stdout)?;
+        let status = vm.client().wait(&w).map_err(|e| e.to_string())?;
+        if status != ExitStatus::exited(0) {
+            return Err(fail("w's status", &(status, out), &vm));
+        }
+        outputs.push(out);
+    }
+    for (round, lines) in ["1", "2"].iter().enumerate() {
+        let want = format!("root-ro\n{lines}\n400 0\n555 0\ns3cret\nsecret-ro\n");
+        if outputs[round] != want {
+            return Err(fail(
+                &format!("w's output in round {round} (want {want:?})"),
+                &outputs[round],
+                &vm,
+            ));
+        }
+    }
+    let reader = ContainerSpec {
+        id: "r".into(),
+        mounts: vec![volume("/c", "cache", None, true)],
+        rootfs: RootfsSpec {
+            read_only: false,
+            ..writer.rootfs.clone()
+        },
+        process: process(&[
+            "sh",
+            "-c",
+            "cat /c/w/logs/log; touch /c/x 2>/dev/null && echo volume-writable || echo volume-ro; \
+             touch /rootfile && echo root-writable",
+        ]),
+        ..writer.clone()
+    };
+    vm.client()
+        .create_container(&reader)
+        .map_err(|e| fail("creating r", &e, &vm))?;
+    vm.client()
+        .start_container("r")
+        .map_err(|e| fail("starting r", &e, &vm))?;
+    let r = ProcessRef::container("r");
+    let out = read_stream(&vm, &r, StreamKind::Stdout)?;
+    let status = vm.client().wait(&r).map_err(|e| e.to_string())?;
+    if status != ExitStatus::exited(0) || out != "run\nrun\nvolume-ro\nroot-writable\n" {
+        return Err(fail(
+            "r sees both runs through a read-only mount and has a writable root",
+            &(status, out),
+            &vm,
+        ));
+    }
     Ok(())
 }
