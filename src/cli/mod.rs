@@ -9,6 +9,7 @@ mod inspect;
 mod kill;
 mod logs;
 mod machine;
+mod pod;
 mod pods;
 mod ps;
 mod rm;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Run a command in a new pod (its own microVM), in the foreground or with -d in the
     /// background
     Run(run::RunArgs),
+    /// Pods from Kubernetes YAML (`peapod pod apply -f FILE`)
+    #[command(subcommand)]
+    Pod(pod::PodCommand),
     /// List pods
     Ps(ps::PsArgs),
     /// Print a pod's container logs
@@ -101,6 +105,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Pod(cmd) => pod::run(cmd),
         Command::Ps(args) => ps::run(args),
         Command::Logs(args) => logs::run(args),
         Command::Exec(args) => exec::run(args),

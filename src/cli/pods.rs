@@ -63,6 +63,73 @@ pub fn status_column(view: &PodView) -> String {
     }
 }
 
+/// The guest kernel and agent initramfs a pod VM boots: the flags' paths, else the defaults.
+pub fn guest_artifacts(
+    kernel: Option<&std::path::Path>,
+    initrd: Option<&std::path::Path>,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let kernel = match kernel {
+        Some(k) => k.to_path_buf(),
+        None => crate::guest_kernel::default_kernel()?,
+    };
+    let initrd = match initrd {
+        Some(i) => i.to_path_buf(),
+        None => crate::runtime::default_agent_initramfs()?,
+    };
+    Ok((kernel, initrd))
+}
+
+/// Creates a pod from `spec` and starts its supervisor, which boots the VM and creates the
+/// containers (stopped): the record, the host snapshots (`-v`, read-only `hostPath`), then
+/// the supervisor. On any error nothing of the pod is left.
+pub fn launch(
+    registry: &Registry,
+    spec: crate::pod::PodSpec,
+    kernel: std::path::PathBuf,
+    initrd: std::path::PathBuf,
+) -> anyhow::Result<crate::pod::PodRecord> {
+    use crate::pod::spec::PodVolumeSource;
+    // `create` checks the spec (and names an unnamed pod).
+    let (record, lock) = registry.create(spec)?;
+    let id = record.id.clone();
+    let created = (|| -> anyhow::Result<()> {
+        let store_dir = registry.dirs().store_dir(&id);
+        let container_snapshots = record
+            .spec
+            .init_containers
+            .iter()
+            .chain(&record.spec.containers)
+            .flat_map(|c| &c.volumes)
+            .map(|v| (&v.source, &v.disk));
+        let pod_snapshots = record.spec.volumes.iter().filter_map(|v| match &v.source {
+            PodVolumeSource::HostSnapshot { source, disk } => Some((source, disk)),
+            _ => None,
+        });
+        for (source, disk) in container_snapshots.chain(pod_snapshots) {
+            let out = store_dir.join(disk);
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            crate::image::disk::snapshot_dir(source, &out)
+                .with_context(|| format!("cannot snapshot {}", source.display()))?;
+        }
+        let config = crate::supervisor::SupervisorConfig {
+            kernel,
+            initrd,
+            agent_timeout_ms: crate::runtime::container::agent_timeout_from_env().as_millis()
+                as u64,
+        };
+        crate::supervisor::spawn(registry.dirs(), &record, lock, &config)?;
+        Ok(())
+    })();
+    if let Err(e) = created {
+        let _ = registry.remove(&id);
+        return Err(e);
+    }
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

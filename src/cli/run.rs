@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::pods;
-use crate::pod::spec::{ContainerConfig, PodSpec, VmSize, VolumeSnapshot};
+use crate::pod::spec::{
+    ContainerConfig, PodSpec, PodVolume, PodVolumeSource, RestartPolicy, VmSize, VolumeMount,
+    VolumeSnapshot,
+};
 use crate::protocol::{ProcessSpec, Resources};
 use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
-use crate::supervisor::{self, SupervisorConfig};
 
 /// The container's name in a pod made by `peapod run`.
 pub const MAIN_CONTAINER: &str = "main";
@@ -64,6 +66,14 @@ pub struct RunArgs {
     /// Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST:ro")]
     volumes: Vec<VolumeArg>,
+    /// A stored secret (peapod secret create) as files in /run/secrets/NAME/, read-only.
+    /// Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// Restart the container inside the running VM when it exits: no, on-failure[:N] (at
+    /// most N times), always; with the kubelet's backoff (10 s doubling to 5 min)
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    restart: RestartArg,
     /// The guest kernel [default: what kernel/build.sh built, or PEAPOD_GUEST_KERNEL]
     #[arg(long, hide = true)]
     kernel: Option<PathBuf>,
@@ -79,6 +89,35 @@ pub struct RunArgs {
     /// The command and its arguments (replaces the image's Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `--restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartArg(pub RestartPolicy);
+
+impl FromStr for RestartArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let policy = match s {
+            "no" | "never" => RestartPolicy::Never,
+            "always" => RestartPolicy::Always,
+            "on-failure" => RestartPolicy::OnFailure { max_retries: None },
+            other => match other.strip_prefix("on-failure:") {
+                Some(n) => RestartPolicy::OnFailure {
+                    max_retries: Some(n.parse().map_err(|_| {
+                        format!("`{s}`: the count after on-failure: must be a number")
+                    })?),
+                },
+                None => {
+                    return Err(format!(
+                        "`{s}` is not a restart policy: give no, on-failure[:N] or always"
+                    ));
+                }
+            },
+        };
+        Ok(RestartArg(policy))
+    }
 }
 
 /// `--memory`: a size in bytes.
@@ -215,19 +254,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let env = environment(&args.env_files, &args.env)?;
-    let kernel = match &args.kernel {
-        Some(k) => k.clone(),
-        None => crate::guest_kernel::default_kernel()?,
-    };
-    let initrd = match &args.initrd {
-        Some(i) => i.clone(),
-        None => crate::runtime::default_agent_initramfs()?,
-    };
+    let store_of_secrets = crate::secret::SecretStore::from_env();
+    let mut pod_volumes = Vec::new();
+    let mut secret_mounts = Vec::new();
+    for (i, name) in args.secrets.iter().enumerate() {
+        store_of_secrets
+            .get(name)
+            .with_context(|| format!("--secret {name}"))?;
+        let volume = format!("secret-{i}");
+        pod_volumes.push(PodVolume {
+            name: volume.clone(),
+            source: PodVolumeSource::Secret {
+                secret_name: name.clone(),
+                optional: false,
+            },
+        });
+        secret_mounts.push(VolumeMount {
+            name: volume,
+            mount_path: PathBuf::from("/run/secrets").join(name),
+            read_only: true,
+            sub_path: None,
+        });
+    }
+    let (kernel, initrd) = pods::guest_artifacts(args.kernel.as_deref(), args.initrd.as_deref())?;
 
     // The image: pulled first when the store lacks it, then its block image.
     let store = crate::image::store::Store::open(&args.store)
         .with_context(|| format!("cannot open the image store at {}", args.store.display()))?;
     let overrides = crate::image::process::Overrides {
+        entrypoint: None,
         command: args.command.clone(),
         env,
         workdir: args.workdir.clone(),
@@ -282,47 +337,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             process,
             resources: Resources::default(),
             volumes,
-            volume_mounts: Vec::new(),
+            volume_mounts: secret_mounts,
             secret_env: Vec::new(),
             ports: Vec::new(),
             read_only_root: false,
         }],
         auto_remove: args.rm,
         init_containers: Vec::new(),
-        restart_policy: Default::default(),
+        restart_policy: args.restart.0,
         termination_grace_period_s: None,
-        volumes: Vec::new(),
+        volumes: pod_volumes,
         labels: Default::default(),
         annotations: Default::default(),
     };
-    // From here on the pod exists; any failure removes it again.
-    // `create` checks the spec (and names an unnamed pod).
-    let (record, lock) = registry.create(spec)?;
+    let record = pods::launch(&registry, spec, kernel, initrd)?;
     let id = record.id.clone();
-    let created = (|| -> anyhow::Result<()> {
-        let store_dir = registry.dirs().store_dir(&id);
-        for v in &record.spec.containers[0].volumes {
-            let out = store_dir.join(&v.disk);
-            if let Some(parent) = out.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot create {}", parent.display()))?;
-            }
-            crate::image::disk::snapshot_dir(&v.source, &out)
-                .with_context(|| format!("cannot snapshot {} for -v", v.source.display()))?;
-        }
-        let config = SupervisorConfig {
-            kernel,
-            initrd,
-            agent_timeout_ms: crate::runtime::container::agent_timeout_from_env().as_millis()
-                as u64,
-        };
-        supervisor::spawn(registry.dirs(), &record, lock, &config)?;
-        Ok(())
-    })();
-    if let Err(e) = created {
-        let _ = registry.remove(&id);
-        return Err(e);
-    }
     let view = registry.resolve(id.as_str())?;
     let client = pods::connect(&registry, &view)?;
 
@@ -388,7 +417,7 @@ pub fn report_signal(status: &crate::protocol::ExitStatus) {
 }
 
 /// Pulls `reference`, with progress on a terminal.
-fn pull(store: &crate::image::store::Store, reference: &str) -> anyhow::Result<()> {
+pub(super) fn pull(store: &crate::image::store::Store, reference: &str) -> anyhow::Result<()> {
     use crate::image::pull::{self, PullOptions};
     use crate::image::registry::ClientOptions;
     use crate::image::registry::auth::Credentials;
@@ -421,6 +450,25 @@ fn pull(store: &crate::image::store::Store, reference: &str) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn restart_policies_parse_as_docker_writes_them() {
+        let r = |s: &str| s.parse::<RestartArg>().map(|r| r.0);
+        assert_eq!(r("no").unwrap(), RestartPolicy::Never);
+        assert_eq!(r("always").unwrap(), RestartPolicy::Always);
+        assert_eq!(
+            r("on-failure").unwrap(),
+            RestartPolicy::OnFailure { max_retries: None }
+        );
+        assert_eq!(
+            r("on-failure:3").unwrap(),
+            RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            }
+        );
+        assert!(r("on-failure:x").unwrap_err().contains("number"));
+        assert!(r("unless-stopped").unwrap_err().contains("no, on-failure"));
+    }
 
     #[test]
     fn memory_sizes_parse_as_docker_writes_them() {

@@ -357,6 +357,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
     let (rootfs, mut process) = match &args.image {
         Some(reference) => {
             let overrides = crate::image::process::Overrides {
+                entrypoint: None,
                 command: args.command,
                 env: args.env,
                 workdir: args.workdir.map(|d| d.display().to_string()),

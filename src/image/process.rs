@@ -52,6 +52,9 @@ pub enum ProcessError {
 /// What the command line says, to lay over the image's config.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// Replaces the image's Entrypoint when set (Kubernetes' `command`); the image's Cmd is
+    /// then dropped too, as Kubernetes does, and `command` alone follows it.
+    pub entrypoint: Option<Vec<String>>,
     /// CMD: replaces the image's Cmd when not empty.
     pub command: Vec<String>,
     /// `NAME=VALUE` entries added to (or replacing those of) the image's Env.
@@ -89,12 +92,21 @@ pub fn build_process(
     overrides: &Overrides,
     accounts: &mut dyn FnMut(&'static str) -> Result<Option<String>, ProcessError>,
 ) -> Result<Process, ProcessError> {
-    let cmd = if overrides.command.is_empty() {
-        &config.cmd
-    } else {
-        &overrides.command
+    let args: Vec<String> = match &overrides.entrypoint {
+        Some(entrypoint) => entrypoint
+            .iter()
+            .chain(&overrides.command)
+            .cloned()
+            .collect(),
+        None => {
+            let cmd = if overrides.command.is_empty() {
+                &config.cmd
+            } else {
+                &overrides.command
+            };
+            config.entrypoint.iter().chain(cmd).cloned().collect()
+        }
     };
-    let args: Vec<String> = config.entrypoint.iter().chain(cmd).cloned().collect();
     if args.is_empty() {
         return Err(ProcessError::NoCommand);
     }
@@ -323,6 +335,7 @@ mod tests {
         assert_eq!(p.args, ["/bin/echo", "default"]);
         assert_eq!((p.cwd.as_str(), p.uid, p.gid), ("/srv", 0, 0));
         let overrides = Overrides {
+            entrypoint: None,
             command: vec!["hi".into()],
             env: vec!["MODE=cli".into(), "EXTRA=1".into()],
             workdir: Some("/tmp".into()),
@@ -340,6 +353,7 @@ mod tests {
         let p = build(
             &bare,
             &Overrides {
+                entrypoint: None,
                 command: vec!["sh".into()],
                 ..Overrides::default()
             },

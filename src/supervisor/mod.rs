@@ -234,8 +234,9 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
     state.supervisor_pid = Some(std::process::id());
     state.containers = record
         .spec
-        .containers
+        .init_containers
         .iter()
+        .chain(&record.spec.containers)
         .map(|c| crate::pod::state::ContainerState::created(&c.name))
         .collect();
     registry.save_state(&state)?;

@@ -1,16 +1,25 @@
 //! One pod under supervision: its VM, its containers' stdio (logged, and copied to attached
-//! clients), their exits, and the pod's state as it changes.
+//! clients), their exits and restarts, and the pod's state as it changes.
 //!
-//! The life of a pod: [`RunningPod::boot`] starts the VM, creates the sandbox and every
-//! container (stopped, as `docker create`) and attaches their output streams; the pod is
-//! `Created`. [`RunningPod::start`] starts the containers and a waiter thread per container;
-//! the pod is `Running`. When the last container has exited (or [`RunningPod::stop`] ended
-//! them), [`RunningPod::finish`] powers the VM off and the pod is `Exited (N)` with the
-//! first container's code, or `Failed` when the VM ended on its own.
+//! The life of a pod: [`RunningPod::boot`] starts the VM, creates the sandbox (with the pod's
+//! volumes: emptyDirs, secrets) and every regular container (stopped, as `docker create`)
+//! and attaches their output streams; the pod is `Created`. [`RunningPod::start`] runs the
+//! init containers in order, each to completion (a failing one fails the pod, naming it and
+//! its exit code), then starts the containers, with a waiter thread each; the pod is
+//! `Running`. A container that exits is started again inside the running VM when the pod's
+//! restart policy says so, after the kubelet's backoff (10 s doubling to 5 min;
+//! `PEAPOD_RESTART_BACKOFF_MS` sets the base, for tests). When the last container has
+//! exited for good (or [`RunningPod::stop`] ended them), [`RunningPod::finish`] powers the
+//! VM off and the pod is `Exited (N)` with the first container's code, or `Failed` when the
+//! VM ended on its own.
+//!
+//! Secret values are read from the secret store here, when the sandbox and the containers
+//! are created, and go to the guest only: they are kept in this process's memory (for
+//! restarts) and never written to a file, a log or an argument list on the host.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,14 +28,15 @@ use super::stream::{MAX_CHUNK, StreamFrame};
 use crate::pod::layout::PodDirs;
 use crate::pod::logs::{LogStream, LogWriter};
 use crate::pod::registry::Registry;
-use crate::pod::spec::PodSpec;
+use crate::pod::spec::{ContainerConfig, PodSpec, PodVolumeSource, RestartPolicy, SecretEnv};
 use crate::pod::state::{ContainerStatus, PodState, PodStatus};
 use crate::protocol::client::ClientError;
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FsType, MountSource, MountSpec, ProcessRef, ProcessSpec,
-    RootfsSpec, SandboxSpec, StreamKind,
+    RootfsSpec, SandboxSpec, SandboxVolume, SandboxVolumeKind, StreamKind,
 };
 use crate::runtime::{PodVm, PodVmConfig};
+use crate::secret::SecretStore;
 
 /// How long a container's output may trail its exit before the exit is reported anyway.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
@@ -34,6 +44,13 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Largest container log file before rotation.
 pub const LOG_MAX_BYTES: u64 = 10 << 20;
+/// The kubelet's restart backoff: the first delay, doubled per restart up to the cap.
+const RESTART_BACKOFF_BASE: Duration = Duration::from_secs(10);
+const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// Environment variable setting the backoff's first delay in ms (tests use a short one).
+pub const RESTART_BACKOFF_ENV: &str = "PEAPOD_RESTART_BACKOFF_MS";
+/// Disks a pod VM can attach (virtio slots less rng and vsock).
+const MAX_DISKS: usize = 17;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodRunError {
@@ -52,9 +69,14 @@ pub enum PodRunError {
         source: crate::pod::PodError,
     },
     #[error(
-        "the pod has {0} disks, more than a pod VM can attach (17): use fewer containers or volumes"
+        "the pod has {0} disks (images and host snapshots), more than a pod VM can attach \
+         ({MAX_DISKS}): use fewer containers or volumes"
     )]
     TooManyDisks(usize),
+    #[error("{0}")]
+    Secret(#[from] crate::secret::SecretError),
+    #[error("{0}")]
+    Spec(String),
 }
 
 fn agent(what: impl Into<String>) -> impl FnOnce(ClientError) -> PodRunError {
@@ -65,7 +87,10 @@ fn agent(what: impl Into<String>) -> impl FnOnce(ClientError) -> PodRunError {
 /// One container's runtime side.
 struct Container {
     name: String,
+    init: bool,
     tty: bool,
+    /// What the agent gets to create it (secret values resolved; kept for restarts).
+    agent_spec: Mutex<Option<ContainerSpec>>,
     /// The agent's stdin (or pty) stream, when the process keeps stdin open.
     stdin: Mutex<Option<UnixStream>>,
     /// Attached clients' connections (write halves).
@@ -85,9 +110,12 @@ pub struct RunningPod {
     state: Mutex<PodState>,
     changed: Condvar,
     vm: Mutex<Option<PodVm>>,
-    /// Set once boot made the VM and its containers.
+    /// Init containers first, then the regular ones: the order of `state.containers`.
     containers: Vec<Container>,
     next_exec: AtomicU64,
+    /// Set by `stop`: no more restarts.
+    stopping: AtomicBool,
+    backoff_base: Duration,
     /// Requests for the end waiting (Wait, Stop): the supervisor lingers until they have
     /// answered.
     pub waiters: Mutex<usize>,
@@ -102,6 +130,75 @@ fn device_name(index: usize) -> String {
     format!("/dev/vd{letter}")
 }
 
+/// The delay before restart number `restarts + 1`.
+fn backoff(base: Duration, restarts: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(restarts.min(16)).unwrap_or(u32::MAX))
+        .min(RESTART_BACKOFF_CAP.max(base))
+}
+
+/// Whether a container that ended with `code` after `restarts` restarts starts again.
+fn restarts_again(policy: RestartPolicy, code: i32, restarts: u32) -> bool {
+    match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure { max_retries } => {
+            code != 0 && max_retries.is_none_or(|max| restarts < max)
+        }
+    }
+}
+
+/// The process with the values of its secret variables added.
+fn with_secret_env(c: &ContainerConfig, secrets: &SecretStore) -> Result<ProcessSpec, PodRunError> {
+    let mut process = c.process.clone();
+    for entry in &c.secret_env {
+        let (name, optional) = match entry {
+            SecretEnv::Key {
+                secret, optional, ..
+            }
+            | SecretEnv::All { secret, optional } => (secret, *optional),
+        };
+        let secret = match secrets.get(name) {
+            Ok(s) => s,
+            Err(crate::secret::SecretError::NotFound { .. }) if optional => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let value = |bytes: &[u8], key: &str| {
+            String::from_utf8(bytes.to_vec()).map_err(|_| {
+                PodRunError::Spec(format!(
+                    "container {}: key {key} of secret {name} is not UTF-8 text, so it cannot \
+                     be an environment variable (mount the secret as a volume instead)",
+                    c.name
+                ))
+            })
+        };
+        match entry {
+            SecretEnv::Key {
+                env_name,
+                key,
+                optional,
+                ..
+            } => match secret.data.get(key) {
+                Some(bytes) => process
+                    .env
+                    .push(format!("{env_name}={}", value(bytes, key)?)),
+                None if *optional => {}
+                None => {
+                    return Err(PodRunError::Spec(format!(
+                        "container {}: secret {name} has no key {key} (for {env_name})",
+                        c.name
+                    )));
+                }
+            },
+            SecretEnv::All { .. } => {
+                for (key, bytes) in &secret.data {
+                    process.env.push(format!("{key}={}", value(bytes, key)?));
+                }
+            }
+        }
+    }
+    Ok(process)
+}
+
 impl RunningPod {
     /// The pod's runtime side before its VM exists: its container logs opened. It lives
     /// as long as the supervisor process (leaked: threads of its containers hold it).
@@ -112,7 +209,12 @@ impl RunningPod {
         state: PodState,
     ) -> Result<&'static Self, PodRunError> {
         let mut containers = Vec::new();
-        for c in &spec.containers {
+        let all = spec
+            .init_containers
+            .iter()
+            .map(|c| (c, true))
+            .chain(spec.containers.iter().map(|c| (c, false)));
+        for (c, init) in all {
             let path = dirs.container_log_path(&state.id, &c.name);
             let log =
                 LogWriter::create(&path, LOG_MAX_BYTES, 1).map_err(|source| PodRunError::Log {
@@ -121,7 +223,9 @@ impl RunningPod {
                 })?;
             containers.push(Container {
                 name: c.name.clone(),
+                init,
                 tty: c.process.tty,
+                agent_spec: Mutex::new(None),
                 stdin: Mutex::new(None),
                 attached: Mutex::new(Vec::new()),
                 log: Mutex::new(log),
@@ -130,6 +234,10 @@ impl RunningPod {
                 start_error: Mutex::new(None),
             });
         }
+        let backoff_base = std::env::var(RESTART_BACKOFF_ENV)
+            .ok()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(RESTART_BACKOFF_BASE, Duration::from_millis);
         Ok(Box::leak(Box::new(RunningPod {
             store_dir: dirs.store_dir(&state.id),
             spec,
@@ -139,6 +247,8 @@ impl RunningPod {
             vm: Mutex::new(None),
             containers,
             next_exec: AtomicU64::new(1),
+            stopping: AtomicBool::new(false),
+            backoff_base,
             waiters: Mutex::new(0),
         })))
     }
@@ -155,17 +265,33 @@ impl RunningPod {
         booted
     }
 
+    /// Every container's config, init containers first.
+    fn configs(&self) -> impl Iterator<Item = &ContainerConfig> {
+        self.spec
+            .init_containers
+            .iter()
+            .chain(self.spec.containers.iter())
+    }
+
     fn boot_vm(&'static self, mut config: PodVmConfig) -> Result<(), PodRunError> {
-        // Disks in guest order: each container's image, then each volume snapshot.
+        let secrets = SecretStore::new(self.registry.dirs().store.with_file_name("secrets"));
+        // Disks in guest order: each container's image, then its `-v` snapshots, then the
+        // pod's host snapshots.
         let mut disks = Vec::new();
+        let mut specs = Vec::new();
+        let mut snapshot_devices = std::collections::BTreeMap::new();
+        for v in &self.spec.volumes {
+            if let PodVolumeSource::HostSnapshot { disk, .. } = &v.source {
+                snapshot_devices.insert(v.name.clone(), (disk.clone(), None::<String>));
+            }
+        }
         let mut roots = Vec::new();
-        let mut mounts = Vec::new();
-        for c in &self.spec.containers {
+        for c in self.configs() {
             roots.push(device_name(disks.len()));
             disks.push((c.disk.clone(), true));
-            let mut own = Vec::new();
+            let mut mounts = Vec::new();
             for v in &c.volumes {
-                own.push(MountSpec {
+                mounts.push(MountSpec {
                     destination: v.destination.clone(),
                     source: MountSource::Block {
                         device: device_name(disks.len()).into(),
@@ -176,11 +302,87 @@ impl RunningPod {
                 // Snapshot disks are named relative to the pod's store directory.
                 disks.push((self.store_dir.join(&v.disk), true));
             }
-            mounts.push(own);
+            specs.push(mounts);
         }
-        if disks.len() > 17 {
+        for (disk, device) in snapshot_devices.values_mut() {
+            *device = Some(device_name(disks.len()));
+            disks.push((self.store_dir.join(&*disk), true));
+        }
+        if disks.len() > MAX_DISKS {
             return Err(PodRunError::TooManyDisks(disks.len()));
         }
+        let mut agent_specs = Vec::new();
+        for ((c, root), mut mounts) in self.configs().zip(roots).zip(specs) {
+            for m in &c.volume_mounts {
+                let source = match snapshot_devices.get(&m.name) {
+                    Some((_, Some(device))) => {
+                        if m.sub_path.is_some() {
+                            return Err(PodRunError::Spec(format!(
+                                "container {}: subPath is not supported on the host snapshot \
+                                 volume {}",
+                                c.name, m.name
+                            )));
+                        }
+                        MountSource::Block {
+                            device: device.into(),
+                            fs_type: FsType::Erofs,
+                        }
+                    }
+                    _ => MountSource::PodVolume {
+                        name: m.name.clone(),
+                        sub_path: m.sub_path.clone(),
+                    },
+                };
+                mounts.push(MountSpec {
+                    destination: m.mount_path.clone(),
+                    source,
+                    read_only: m.read_only || snapshot_devices.contains_key(&m.name),
+                });
+            }
+            agent_specs.push(ContainerSpec {
+                id: c.name.clone(),
+                hostname: None,
+                rootfs: RootfsSpec {
+                    device: root.into(),
+                    fs_type: FsType::Erofs,
+                    read_only: c.read_only_root,
+                },
+                mounts,
+                process: with_secret_env(c, &secrets)?,
+                resources: c.resources.clone(),
+            });
+        }
+        let mut volumes = Vec::new();
+        for v in &self.spec.volumes {
+            let kind = match &v.source {
+                PodVolumeSource::EmptyDir {
+                    size_limit_bytes, ..
+                } => SandboxVolumeKind::EmptyDir {
+                    size_bytes: *size_limit_bytes,
+                },
+                PodVolumeSource::Secret {
+                    secret_name,
+                    optional,
+                } => match secrets.get(secret_name) {
+                    Ok(s) => SandboxVolumeKind::Secret { files: s.data },
+                    Err(crate::secret::SecretError::NotFound { .. }) if *optional => {
+                        SandboxVolumeKind::Secret {
+                            files: Default::default(),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                PodVolumeSource::HostSnapshot { .. } => continue,
+            };
+            volumes.push(SandboxVolume {
+                name: v.name.clone(),
+                kind,
+            });
+        }
+        for (c, spec) in self.containers.iter().zip(agent_specs) {
+            *lock(&c.agent_spec) = Some(spec);
+        }
+
         config.disks = disks;
         let mut vm = PodVm::start(&config)?;
         {
@@ -192,49 +394,50 @@ impl RunningPod {
             .create_sandbox(&SandboxSpec {
                 hostname: self.spec.hostname.clone(),
                 entropy_seed: host_seed(),
+                volumes,
                 ..Default::default()
             })
             .map_err(agent("creating the pod sandbox"))?;
-        for ((c, root), mounts) in self.spec.containers.iter().zip(roots).zip(mounts) {
-            vm.client()
-                .create_container(&ContainerSpec {
-                    id: c.name.clone(),
-                    hostname: None,
-                    rootfs: RootfsSpec {
-                        device: root.into(),
-                        fs_type: FsType::Erofs,
-                        read_only: false,
-                    },
-                    mounts,
-                    process: c.process.clone(),
-                    resources: c.resources.clone(),
-                })
-                .map_err(agent(format!("creating container {}", c.name)))?;
-        }
-        for (c, rt) in self.spec.containers.iter().zip(&self.containers) {
-            let main = ProcessRef::container(&c.name);
-            let attach = |kind| vm.attach(&main, kind).map_err(PodRunError::Vm);
-            if c.process.tty {
-                let pty = attach(StreamKind::Pty)?;
-                let input = pty
-                    .try_clone()
-                    .map_err(|e| PodRunError::Vm(crate::runtime::PodVmError::TempDir(e)))?;
-                *lock(&rt.stdin) = Some(input);
-                self.pump(rt, pty, LogStream::Stdout);
-            } else {
-                let out = attach(StreamKind::Stdout)?;
-                let err = attach(StreamKind::Stderr)?;
-                if c.process.stdin {
-                    *lock(&rt.stdin) = Some(attach(StreamKind::Stdin)?);
-                }
-                self.pump(rt, out, LogStream::Stdout);
-                self.pump(rt, err, LogStream::Stderr);
-            }
-        }
         *lock(&self.vm) = Some(vm);
+        for c in self.containers.iter().filter(|c| !c.init) {
+            self.create_and_attach(c)?;
+        }
         Ok(())
     }
 
+    /// Creates `c` in the VM (again, for a restart) and attaches its output to its log.
+    fn create_and_attach(&'static self, c: &'static Container) -> Result<(), PodRunError> {
+        let spec = lock(&c.agent_spec)
+            .clone()
+            .ok_or_else(|| PodRunError::Spec(format!("container {} was never set up", c.name)))?;
+        let mut vm = lock(&self.vm);
+        let vm = vm
+            .as_mut()
+            .ok_or_else(|| PodRunError::Spec("the pod VM is gone".into()))?;
+        vm.client()
+            .create_container(&spec)
+            .map_err(agent(format!("creating container {}", c.name)))?;
+        let main = ProcessRef::container(&c.name);
+        let attach = |kind| vm.attach(&main, kind).map_err(PodRunError::Vm);
+        if spec.process.tty {
+            let pty = attach(StreamKind::Pty)?;
+            let input = pty
+                .try_clone()
+                .map_err(|e| PodRunError::Vm(crate::runtime::PodVmError::TempDir(e)))?;
+            *lock(&c.stdin) = Some(input);
+            self.pump(c, pty, LogStream::Stdout);
+        } else {
+            let out = attach(StreamKind::Stdout)?;
+            let err = attach(StreamKind::Stderr)?;
+            *lock(&c.stdin) = match spec.process.stdin {
+                true => Some(attach(StreamKind::Stdin)?),
+                false => None,
+            };
+            self.pump(c, out, LogStream::Stdout);
+            self.pump(c, err, LogStream::Stderr);
+        }
+        Ok(())
+    }
     /// Copies one output stream of a container to its log and its attached clients, on a
     /// thread of its own, until the agent closes it.
     fn pump(&'static self, c: &'static Container, mut from: UnixStream, stream: LogStream) {
@@ -372,11 +575,12 @@ impl RunningPod {
         }
     }
 
-    /// Starts every container; an error carries the exit code a command that cannot run
-    /// gets (126/127).
+    /// Starts the pod: its init containers one after the other, each to completion, then
+    /// its containers. An error carries the exit code a command that cannot run gets
+    /// (126/127), or a failing init container's.
     pub fn start(&'static self) -> Result<(), (String, Option<i32>)> {
         {
-            let state = lock(&self.state);
+            let mut state = lock(&self.state);
             if !matches!(state.status, PodStatus::Created) {
                 return Err((
                     format!(
@@ -386,46 +590,57 @@ impl RunningPod {
                     None,
                 ));
             }
+            state.status = PodStatus::Running;
+            state.started_at = Some(SystemTime::now());
+            self.save(&state);
+        }
+        for (i, c) in self.containers.iter().enumerate().filter(|(_, c)| c.init) {
+            if self.stopping.load(Ordering::SeqCst) {
+                return Err((
+                    "the pod was stopped during its init containers".into(),
+                    None,
+                ));
+            }
+            let ran = self
+                .create_and_attach(c)
+                .map_err(|e| (e.to_string(), None))
+                .and_then(|()| self.start_one(i))
+                .and_then(|()| self.run_to_completion(i));
+            match ran {
+                Ok(status) if status.code == 0 => {}
+                Ok(status) => {
+                    let why = match lock(&c.start_error).clone() {
+                        Some(e) => format!("init container {} could not run: {e}", c.name),
+                        None => format!("init container {} exited with {}", c.name, status.code),
+                    };
+                    self.finish(Some(why.clone()));
+                    return Err((why, Some(status.code)));
+                }
+                Err((why, code)) => {
+                    let why = format!("init container {}: {why}", c.name);
+                    self.finish(Some(why.clone()));
+                    return Err((why, code));
+                }
+            }
         }
         let mut first_error = None;
-        for (i, c) in self.containers.iter().enumerate() {
-            let started = {
-                let mut vm = lock(&self.vm);
-                let Some(vm) = vm.as_mut() else {
-                    return Err(("the pod VM is gone".into(), None));
-                };
-                vm.client().start_container(&c.name)
-            };
-            match started {
-                Ok(_) => {}
-                Err(e) if e.wire_kind() == Some(ErrorKind::Setup) => {
-                    let message = match e {
-                        ClientError::Agent { error, .. } => error.message,
-                        other => other.to_string(),
-                    };
-                    *lock(&c.start_error) = Some(message.clone());
-                    first_error.get_or_insert(message);
+        for (i, c) in self.containers.iter().enumerate().filter(|(_, c)| !c.init) {
+            match self.start_one(i) {
+                Ok(()) => {}
+                Err((message, None)) => return Err((message, None)),
+                Err((message, Some(_))) => {
+                    first_error.get_or_insert((i, message));
                 }
-                Err(e) => return Err((format!("starting container {}: {e}", c.name), None)),
-            }
-            {
-                let mut state = lock(&self.state);
-                if let Some(cs) = state.containers.get_mut(i) {
-                    cs.status = ContainerStatus::Running;
-                    cs.started_at = Some(SystemTime::now());
-                }
-                state.status = PodStatus::Running;
-                state.started_at.get_or_insert_with(SystemTime::now);
-                self.save(&state);
             }
             let control = lock(&self.vm).as_ref().map(|vm| vm.control());
             match control {
                 Some(Ok(client)) => {
-                    std::thread::spawn(move || self.wait_container(i, client));
+                    std::thread::spawn(move || self.follow_container(i, client));
                 }
                 Some(Err(e)) => {
-                    self.finish(Some(format!("cannot wait for container {}: {e}", c.name)));
-                    return Err((format!("cannot wait for container {}: {e}", c.name), None));
+                    let why = format!("cannot wait for container {}: {e}", c.name);
+                    self.finish(Some(why.clone()));
+                    return Err((why, None));
                 }
                 None => return Err(("the pod VM is gone".into(), None)),
             }
@@ -433,12 +648,103 @@ impl RunningPod {
         self.changed.notify_all();
         match first_error {
             None => Ok(()),
-            Some(message) => {
+            Some((i, message)) => {
                 // The failed process exits at once with 126 or 127: report that code.
-                let code = self.container_exit(0, Duration::from_secs(10));
+                let code = self.container_exit(i, Duration::from_secs(10));
                 Err((message, code))
             }
         }
+    }
+
+    /// Starts container `index` (created already) and marks it Running. A command that
+    /// cannot run is `Err((message, Some(_)))`: its process exits at once with 126/127.
+    fn start_one(&self, index: usize) -> Result<(), (String, Option<i32>)> {
+        let Some(c) = self.containers.get(index) else {
+            return Err(("no such container".into(), None));
+        };
+        let started = {
+            let mut vm = lock(&self.vm);
+            let Some(vm) = vm.as_mut() else {
+                return Err(("the pod VM is gone".into(), None));
+            };
+            vm.client().start_container(&c.name)
+        };
+        let result = match started {
+            Ok(_) => {
+                *lock(&c.start_error) = None;
+                Ok(())
+            }
+            Err(e) if e.wire_kind() == Some(ErrorKind::Setup) => {
+                let message = match e {
+                    ClientError::Agent { error, .. } => error.message,
+                    other => other.to_string(),
+                };
+                *lock(&c.start_error) = Some(message.clone());
+                Err((message, Some(127)))
+            }
+            Err(e) => return Err((format!("starting container {}: {e}", c.name), None)),
+        };
+        let mut state = lock(&self.state);
+        if let Some(cs) = state.containers.get_mut(index) {
+            cs.status = ContainerStatus::Running;
+            cs.started_at = Some(SystemTime::now());
+            cs.finished_at = None;
+        }
+        self.save(&state);
+        self.changed.notify_all();
+        result
+    }
+
+    /// Waits for container `index` (an init container) to exit, records it, and removes it
+    /// from the VM.
+    fn run_to_completion(&self, index: usize) -> Result<ExitStatus, (String, Option<i32>)> {
+        let Some(c) = self.containers.get(index) else {
+            return Err(("no such container".into(), None));
+        };
+        let client = lock(&self.vm).as_ref().map(|vm| vm.control());
+        let mut client = match client {
+            Some(Ok(client)) => client,
+            Some(Err(e)) => return Err((e.to_string(), None)),
+            None => return Err(("the pod VM is gone".into(), None)),
+        };
+        let status = client
+            .wait(&ProcessRef::container(&c.name))
+            .map_err(|e| (format!("waiting for it: {e}"), None))?;
+        self.drain_outputs(c);
+        self.record_exit(index, status);
+        let _ = client.remove_container(&c.name);
+        Ok(status)
+    }
+
+    /// Waits until `c`'s output streams are closed (or a drain timeout passes).
+    fn drain_outputs(&self, c: &Container) {
+        let deadline = Instant::now() + OUTPUT_DRAIN;
+        let mut open = lock(&c.open_outputs);
+        while *open > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            open = c
+                .outputs_closed
+                .wait_timeout(open, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn record_exit(&self, index: usize, status: ExitStatus) {
+        let mut state = lock(&self.state);
+        if let Some(cs) = state.containers.get_mut(index) {
+            cs.status = ContainerStatus::Exited {
+                code: status.code,
+                signal: status.signal,
+                oom_killed: status.oom_killed,
+            };
+            cs.finished_at = Some(SystemTime::now());
+        }
+        self.save(&state);
+        self.changed.notify_all();
     }
 
     /// The exit code of container `index` once it has exited (or `None` after `timeout`).
@@ -463,8 +769,29 @@ impl RunningPod {
         }
     }
 
-    /// Follows container `index` until it exits; the last one to exit ends the pod.
-    fn wait_container(
+    /// Sleeps `delay`, or less when the pod is being stopped; returns whether to go on.
+    fn backoff_sleep(&self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        let mut state = lock(&self.state);
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Follows container `index` until it exits for good, restarting it as the pod's
+    /// policy says; the last one to exit ends the pod.
+    fn follow_container(
         &'static self,
         index: usize,
         mut client: crate::protocol::client::Client<UnixStream>,
@@ -472,63 +799,81 @@ impl RunningPod {
         let Some(c) = self.containers.get(index) else {
             return;
         };
-        let status = client.wait(&ProcessRef::container(&c.name));
-        let status = match status {
-            Ok(s) => s,
-            Err(e) => {
-                // The agent is gone: the VM ended under the pod.
-                let why = match lock(&self.vm).as_mut().and_then(|vm| vm.try_exit()) {
-                    Some(exit) => format!("the pod VM ended: {}", exit.reason()),
-                    None => format!("lost the pod VM's agent: {e}"),
-                };
-                self.finish(Some(why));
-                return;
-            }
-        };
-        // Output first, then the exit, as a terminal shows it.
-        {
-            let deadline = Instant::now() + OUTPUT_DRAIN;
-            let mut open = lock(&c.open_outputs);
-            while *open > 0 {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
+        loop {
+            let status = match client.wait(&ProcessRef::container(&c.name)) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The agent is gone: the VM ended under the pod.
+                    let why = match lock(&self.vm).as_mut().and_then(|vm| vm.try_exit()) {
+                        Some(exit) => format!("the pod VM ended: {}", exit.reason()),
+                        None => format!("lost the pod VM's agent: {e}"),
+                    };
+                    self.finish(Some(why));
+                    return;
                 }
-                open = c
-                    .outputs_closed
-                    .wait_timeout(open, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+            };
+            // Output first, then the exit, as a terminal shows it.
+            self.drain_outputs(c);
+            let restarts = lock(&self.state)
+                .containers
+                .get(index)
+                .map_or(0, |cs| cs.restarts);
+            let again = !self.stopping.load(Ordering::SeqCst)
+                && restarts_again(self.spec.restart_policy, status.code, restarts);
+            self.record_exit(index, status);
+            if again && self.backoff_sleep(backoff(self.backoff_base, restarts)) {
+                match self.restart(index) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        self.finish(Some(format!("cannot restart container {}: {e}", c.name)));
+                        return;
+                    }
+                }
             }
+            let end = ProcessEnd {
+                status,
+                start_error: lock(&c.start_error).clone(),
+            };
+            let wire = StreamFrame::Exit(end).encode();
+            for mut conn in lock(&c.attached).drain(..) {
+                let _ = conn.write_all(&wire);
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+            let all_exited = {
+                let state = lock(&self.state);
+                state
+                    .containers
+                    .iter()
+                    .all(|c| matches!(c.status, ContainerStatus::Exited { .. }))
+            };
+            if all_exited {
+                self.finish(None);
+            }
+            return;
         }
-        let end = ProcessEnd {
-            status,
-            start_error: lock(&c.start_error).clone(),
-        };
-        let wire = StreamFrame::Exit(end).encode();
-        for mut conn in lock(&c.attached).drain(..) {
-            let _ = conn.write_all(&wire);
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Starts container `index` again in the running VM: removed, created and attached
+    /// afresh (a fresh writable layer, as Kubernetes does; pod volumes keep their data).
+    fn restart(&'static self, index: usize) -> Result<(), String> {
+        let c = self.containers.get(index).ok_or("no such container")?;
+        {
+            let mut vm = lock(&self.vm);
+            let vm = vm.as_mut().ok_or("the pod VM is gone")?;
+            vm.client()
+                .remove_container(&c.name)
+                .map_err(|e| format!("removing it: {e}"))?;
         }
-        let all_exited = {
+        self.create_and_attach(c).map_err(|e| e.to_string())?;
+        {
             let mut state = lock(&self.state);
             if let Some(cs) = state.containers.get_mut(index) {
-                cs.status = ContainerStatus::Exited {
-                    code: status.code,
-                    signal: status.signal,
-                    oom_killed: status.oom_killed,
-                };
-                cs.finished_at = Some(SystemTime::now());
+                cs.restarts = cs.restarts.saturating_add(1);
             }
-            self.save(&state);
-            self.changed.notify_all();
-            state
-                .containers
-                .iter()
-                .all(|c| matches!(c.status, ContainerStatus::Exited { .. }))
-        };
-        if all_exited {
-            self.finish(None);
+        }
+        match self.start_one(index) {
+            Ok(()) | Err((_, Some(_))) => Ok(()),
+            Err((message, None)) => Err(message),
         }
     }
 
@@ -565,8 +910,11 @@ impl RunningPod {
         }
     }
 
-    /// SIGTERM to every container, SIGKILL after `timeout`, then the VM goes down.
+    /// SIGTERM to every container, SIGKILL after `timeout`, then the VM goes down; no
+    /// container restarts after this.
     pub fn stop(&'static self, timeout: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
         if matches!(lock(&self.state).status, PodStatus::Created) {
             self.finish(None);
             return;
@@ -588,7 +936,6 @@ impl RunningPod {
         }
     }
 
-    /// Runs one more process in a running container and serves `conn` with its stdio.
     pub fn exec(
         &'static self,
         container: &str,
@@ -731,9 +1078,11 @@ impl RunningPod {
                 PodStatus::Failed { reason }
             }
             None => {
+                let first_regular = self.spec.init_containers.len();
                 let code = state
                     .containers
                     .iter()
+                    .skip(first_regular)
                     .find_map(|c| match c.status {
                         ContainerStatus::Exited { code, .. } => Some(code),
                         _ => None,
@@ -766,5 +1115,33 @@ mod tests {
     fn disks_are_named_in_guest_order() {
         assert_eq!(device_name(0), "/dev/vda");
         assert_eq!(device_name(3), "/dev/vdd");
+    }
+
+    #[test]
+    fn restarts_follow_the_policy() {
+        assert!(!restarts_again(RestartPolicy::Never, 1, 0));
+        assert!(restarts_again(RestartPolicy::Always, 0, 7));
+        let on_failure = RestartPolicy::OnFailure { max_retries: None };
+        assert!(restarts_again(on_failure, 1, 100));
+        assert!(!restarts_again(on_failure, 0, 0));
+        let twice = RestartPolicy::OnFailure {
+            max_retries: Some(2),
+        };
+        assert!(restarts_again(twice, 3, 1));
+        assert!(!restarts_again(twice, 3, 2));
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let s = Duration::from_secs;
+        assert_eq!(backoff(s(10), 0), s(10));
+        assert_eq!(backoff(s(10), 1), s(20));
+        assert_eq!(backoff(s(10), 4), s(160));
+        assert_eq!(backoff(s(10), 5), s(300));
+        assert_eq!(backoff(s(10), u32::MAX), s(300));
+        assert_eq!(
+            backoff(Duration::from_millis(100), 2),
+            Duration::from_millis(400)
+        );
     }
 }

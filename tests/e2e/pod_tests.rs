@@ -41,34 +41,37 @@ pub fn cases() -> Vec<Case> {
 }
 
 /// A store and run directory of the test's own.
-struct Pods {
+pub struct Pods {
     dir: tempfile::TempDir,
 }
 
 impl Pods {
-    fn new() -> Result<Self, Failed> {
+    pub fn new() -> Result<Self, Failed> {
         Ok(Pods {
             dir: tempfile::tempdir()?,
         })
     }
 
-    fn root(&self) -> PathBuf {
+    pub fn root(&self) -> PathBuf {
         self.dir.path().join("store")
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(peapod());
         c.args(args)
             .env("PEAPOD_ROOT", self.root())
-            .env("PEAPOD_RUN_DIR", self.run_dir());
+            .env("PEAPOD_RUN_DIR", self.run_dir())
+            // Ten pod VMs booting at once in the emulated L1 can take longer than the
+            // default minute to reach their agents.
+            .env("PEAPOD_AGENT_TIMEOUT", "180");
         c
     }
 
-    fn run(&self, args: &[&str]) -> Result<Output, Failed> {
+    pub fn run(&self, args: &[&str]) -> Result<Output, Failed> {
         self.command(args)
             .stdin(Stdio::null())
             .output()
@@ -76,7 +79,7 @@ impl Pods {
     }
 
     /// `peapod ARGS` that must exit 0; its stdout.
-    fn ok(&self, args: &[&str]) -> Result<String, Failed> {
+    pub fn ok(&self, args: &[&str]) -> Result<String, Failed> {
         let out = self.run(args)?;
         check(
             out.status.success(),
@@ -87,7 +90,7 @@ impl Pods {
     }
 
     /// The `ps -a --format json` object of pod `name`.
-    fn ps_entry(&self, name: &str) -> Result<Option<serde_json::Value>, Failed> {
+    pub fn ps_entry(&self, name: &str) -> Result<Option<serde_json::Value>, Failed> {
         let out = self.ok(&["ps", "-a", "--format", "json"])?;
         for line in out.lines() {
             let v: serde_json::Value = serde_json::from_str(line)
@@ -99,7 +102,7 @@ impl Pods {
         Ok(None)
     }
 
-    fn status_of(&self, name: &str) -> Result<String, Failed> {
+    pub fn status_of(&self, name: &str) -> Result<String, Failed> {
         Ok(self
             .ps_entry(name)?
             .map(|v| v["status_text"].as_str().unwrap_or("").to_string())
@@ -107,7 +110,7 @@ impl Pods {
     }
 
     /// Waits until `ps` shows pod `name` with a status starting with `prefix`.
-    fn wait_status(&self, name: &str, prefix: &str, timeout: Duration) -> Result<(), Failed> {
+    pub fn wait_status(&self, name: &str, prefix: &str, timeout: Duration) -> Result<(), Failed> {
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status_of(name)?;
@@ -124,7 +127,7 @@ impl Pods {
     }
 
     /// The pod's `inspect` object.
-    fn inspect(&self, name: &str) -> Result<serde_json::Value, Failed> {
+    pub fn inspect(&self, name: &str) -> Result<serde_json::Value, Failed> {
         let out = self.ok(&["inspect", name])?;
         let v: serde_json::Value =
             serde_json::from_str(&out).map_err(|e| format!("inspect is not JSON ({e}): {out}"))?;
@@ -133,7 +136,7 @@ impl Pods {
 
     /// Fails when anything of pod `id` is left: a process naming it, its directories, a
     /// mount.
-    fn nothing_left_of(&self, id: &str) -> Result<(), Failed> {
+    pub fn nothing_left_of(&self, id: &str) -> Result<(), Failed> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let procs = processes_naming(id);
@@ -159,7 +162,7 @@ impl Pods {
 }
 
 /// Processes (pid, command line) whose command line names `needle`, this one excepted.
-fn processes_naming(needle: &str) -> Vec<(u32, String)> {
+pub fn processes_naming(needle: &str) -> Vec<(u32, String)> {
     let me = std::process::id();
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
