@@ -349,7 +349,7 @@ fn bad_documents_create_nothing() -> Result<(), Failed> {
             format!(
                 "{secret}{}",
                 pod(
-                    "  - name: a\n    image: x\n    env:\n    - name: P\n      valueFrom:\n        secretKeyRef: {{name: s, key: nope}}\n"
+                    "  - name: a\n    image: x\n    env:\n    - name: P\n      valueFrom:\n        secretKeyRef: {name: s, key: nope}\n"
                 )
             ),
             "nope",

@@ -589,7 +589,7 @@ fn container(
         .chain(args.iter())
         .flatten()
         .chain(env.iter())
-        .any(|s| s.contains("$("));
+        .any(|s| has_var_reference(s));
     if unexpanded {
         ctx.warnings.push(format!(
             "document {}: {}: peapod does not expand $(VAR) references in command, args and \
@@ -875,4 +875,22 @@ fn volumes(ctx: &mut Ctx, spec: &Fields) -> Result<Vec<PodVolume>, KubeError> {
         });
     }
     Ok(out)
+}
+
+/// Whether `s` holds a Kubernetes variable reference, `$(NAME)` with NAME a C identifier
+/// (`$(cat f)`, a shell's command substitution, is not one).
+fn has_var_reference(s: &str) -> bool {
+    s.match_indices("$(").any(|(i, _)| {
+        let rest = &s[i + 2..];
+        match rest.find(')') {
+            Some(end) => {
+                let name = &rest[..end];
+                name.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            }
+            None => false,
+        }
+    })
 }

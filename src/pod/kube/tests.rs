@@ -588,6 +588,12 @@ fn pull_policy_defaults_as_kubernetes() {
 
 #[test]
 fn unexpanded_var_references_are_warned_about() {
+    let shell = parse_documents(&pod("args: [\"echo $(cat /etc/hostname)\"]", "")).unwrap();
+    assert!(
+        !shell.warnings.iter().any(|w| w.contains("$(VAR)")),
+        "a shell command substitution is not a variable reference: {:?}",
+        shell.warnings
+    );
     let docs = parse_documents(&pod("args: [\"echo $(HOME)\"]", "")).unwrap();
     assert!(
         docs.warnings.iter().any(|w| w.contains("$(VAR)")),
