@@ -305,6 +305,62 @@ spec:
     if pods.ps_entry("once")?.ok_or("once is not listed")?["restarts"] != 0 {
         return Err("once restarted".into());
     }
+    // `peapod run --restart on-failure:2`: two restarts, then Exited with the last code.
+    let out = pods
+        .command(&[
+            "run",
+            "-d",
+            "--name",
+            "twice",
+            "--restart",
+            "on-failure:2",
+            "peapod/busybox:latest",
+            "sh",
+            "-c",
+            "exit 4",
+        ])
+        .env("PEAPOD_RESTART_BACKOFF_MS", "200")
+        .output()?;
+    check(out.status.success(), "run -d --restart on-failure:2", &out)?;
+    pods.wait_status("twice", "Exited (4)", Duration::from_secs(60))?;
+    let twice = pods.ps_entry("twice")?.ok_or("twice is not listed")?;
+    if twice["restarts"] != 2 {
+        return Err(format!("on-failure:2 restarted other than twice: {twice}").into());
+    }
+    // `peapod run --secret`: the keys as files under /run/secrets/NAME.
+    let mut create = pods
+        .command(&["secret", "create", "runsec", "--from-file", "key=-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = create.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(SECRET_VALUE.as_bytes())?;
+    }
+    let out = create.wait_with_output()?;
+    check(out.status.success(), "secret create from stdin", &out)?;
+    let out = pods
+        .command(&[
+            "run",
+            "--rm",
+            "--secret",
+            "runsec",
+            "-e",
+            "EXPECTED",
+            "peapod/busybox:latest",
+            "sh",
+            "-c",
+            "test \"$(cat /run/secrets/runsec/key)\" = \"$EXPECTED\" && echo secret-file-ok",
+        ])
+        .env("EXPECTED", SECRET_VALUE)
+        .output()?;
+    check(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("secret-file-ok"),
+        "run --secret mounts the secret's keys as files",
+        &out,
+    )?;
     let all = pods.ok(&["ps", "-aq"])?;
     let mut rm = vec!["rm", "-f"];
     rm.extend(all.split_whitespace());
