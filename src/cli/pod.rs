@@ -11,7 +11,7 @@ use super::pods;
 use crate::image::store::Store;
 use crate::pod::kube::{KubeContainer, KubeDocuments, KubePod, PullPolicy, parse_documents};
 use crate::pod::spec::{ContainerConfig, PodSpec, PodVolumeSource, SecretEnv};
-use crate::protocol::{CpuMax, ProcessSpec, Resources};
+use crate::protocol::{CpuMax, Resources};
 use crate::secret::{Secret, SecretStore};
 use crate::supervisor::api::ApiRequest;
 
@@ -269,16 +269,7 @@ fn container(store: &Store, c: &KubeContainer) -> anyhow::Result<ContainerConfig
         image: c.image.clone(),
         image_digest: resolved.manifest_digest.to_string(),
         disk: resolved.disk.path.clone(),
-        process: ProcessSpec {
-            args: process.args,
-            env: process.env,
-            cwd: PathBuf::from(process.cwd),
-            uid: process.uid,
-            gid: process.gid,
-            additional_gids: process.additional_gids,
-            tty: false,
-            stdin: false,
-        },
+        process: process.into_spec(false, false),
         resources: Resources {
             memory_max: c.memory_limit_bytes,
             cpu: c.cpu_limit_millis.map(|millis| CpuMax {

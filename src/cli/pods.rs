@@ -1,6 +1,7 @@
 //! What the pod verbs share: the registry, finding a pod by name or id prefix, reaching its
 //! supervisor, and how a pod's status and age read in a table.
 
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -60,6 +61,30 @@ pub fn status_column(view: &PodView) -> String {
             None => format!("Exited ({code})"),
         },
         other => other.to_string(),
+    }
+}
+
+/// Runs `each` on every name given to a verb that takes several (`stop`, `rm`, `secret rm`):
+/// prints the name when it worked, the error when not, and goes on; exits 125 when any
+/// failed, as docker does.
+pub fn for_each_name(
+    names: &[String],
+    mut each: impl FnMut(&str) -> anyhow::Result<()>,
+) -> ExitCode {
+    let mut failed = false;
+    for name in names {
+        match each(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("peapod: error: {}", super::error_message(&e));
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(super::EXIT_PEAPOD_ERROR)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -24,21 +24,9 @@ pub struct RmArgs {
 
 pub fn run(args: RmArgs) -> anyhow::Result<ExitCode> {
     let registry = pods::registry();
-    let mut failed = false;
-    for query in &args.pods {
-        match remove(&registry, query, args.force) {
-            Ok(()) => println!("{query}"),
-            Err(e) => {
-                eprintln!("peapod: error: {}", super::error_message(&e));
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(super::EXIT_PEAPOD_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(pods::for_each_name(&args.pods, |query| {
+        remove(&registry, query, args.force)
+    }))
 }
 
 fn remove(

@@ -13,7 +13,7 @@ use crate::pod::spec::{
     ContainerConfig, PodSpec, PodVolume, PodVolumeSource, RestartPolicy, VmSize, VolumeMount,
     VolumeSnapshot,
 };
-use crate::protocol::{ProcessSpec, Resources};
+use crate::protocol::Resources;
 use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
 
 /// The container's name in a pod made by `peapod run`.
@@ -299,16 +299,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (resolved, process) =
         prepared.with_context(|| format!("cannot prepare image {}", args.image))?;
-    let process = ProcessSpec {
-        args: process.args,
-        env: process.env,
-        cwd: PathBuf::from(process.cwd),
-        uid: process.uid,
-        gid: process.gid,
-        additional_gids: process.additional_gids,
-        tty: args.tty,
-        stdin: args.interactive,
-    };
+    let process = process.into_spec(args.tty, args.interactive);
     let registry = pods::registry();
     let volumes: Vec<VolumeSnapshot> = args
         .volumes

@@ -199,35 +199,22 @@ fn list(store: &SecretStore, args: LsArgs) -> anyhow::Result<ExitCode> {
 
 fn remove(store: &SecretStore, args: RmArgs) -> anyhow::Result<ExitCode> {
     let registry = pods::registry();
-    let mut failed = false;
-    for name in &args.names {
-        let removed = secret::users_of(&registry, name)
-            .with_context(|| format!("cannot tell which pods use secret {name}"))
-            .and_then(|users| match users.as_slice() {
-                [] => Ok(store.remove(name)?),
-                [pod] => bail!(
-                    "secret {name} is used by running pod {pod}: stop the pod first \
-                     (peapod stop {pod})"
-                ),
-                pods => bail!(
-                    "secret {name} is used by running pods {}: stop them first (peapod stop {})",
-                    pods.join(", "),
-                    pods.join(" ")
-                ),
-            });
-        match removed {
-            Ok(()) => println!("{name}"),
-            Err(e) => {
-                eprintln!("peapod: error: {}", super::error_message(&e));
-                failed = true;
-            }
+    Ok(pods::for_each_name(&args.names, |name| {
+        let users = secret::users_of(&registry, name)
+            .with_context(|| format!("cannot tell which pods use secret {name}"))?;
+        match users.as_slice() {
+            [] => Ok(store.remove(name)?),
+            [pod] => bail!(
+                "secret {name} is used by running pod {pod}: stop the pod first \
+                 (peapod stop {pod})"
+            ),
+            pods => bail!(
+                "secret {name} is used by running pods {}: stop them first (peapod stop {})",
+                pods.join(", "),
+                pods.join(" ")
+            ),
         }
-    }
-    Ok(if failed {
-        ExitCode::from(super::EXIT_PEAPOD_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+    }))
 }
 
 #[cfg(test)]

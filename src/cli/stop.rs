@@ -21,29 +21,14 @@ pub struct StopArgs {
 
 pub fn run(args: StopArgs) -> anyhow::Result<ExitCode> {
     let registry = pods::registry();
-    let mut failed = false;
-    for query in &args.pods {
-        let stopped = (|| -> anyhow::Result<()> {
-            let view = pods::resolve(&registry, query)?;
-            if pods::is_live(&view) {
-                let mut client = pods::connect(&registry, &view)?;
-                client.expect_state(&ApiRequest::Stop {
-                    timeout_s: args.time,
-                })?;
-            }
-            Ok(())
-        })();
-        match stopped {
-            Ok(()) => println!("{query}"),
-            Err(e) => {
-                eprintln!("peapod: error: {}", super::error_message(&e));
-                failed = true;
-            }
+    Ok(pods::for_each_name(&args.pods, |query| {
+        let view = pods::resolve(&registry, query)?;
+        if pods::is_live(&view) {
+            let mut client = pods::connect(&registry, &view)?;
+            client.expect_state(&ApiRequest::Stop {
+                timeout_s: args.time,
+            })?;
         }
-    }
-    Ok(if failed {
-        ExitCode::from(super::EXIT_PEAPOD_ERROR)
-    } else {
-        ExitCode::SUCCESS
-    })
+        Ok(())
+    }))
 }

@@ -328,16 +328,7 @@ fn image_process(
         cache_hit = resolved.disk.cache_hit,
         "image resolved"
     );
-    let spec = crate::protocol::ProcessSpec {
-        args: process.args,
-        env: process.env,
-        cwd: PathBuf::from(process.cwd),
-        uid: process.uid,
-        gid: process.gid,
-        additional_gids: process.additional_gids,
-        tty: false,
-        stdin: false,
-    };
+    let spec = process.into_spec(false, false);
     Ok((resolved.disk.path, spec))
 }
 

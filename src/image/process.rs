@@ -74,6 +74,22 @@ pub struct Process {
     pub additional_gids: Vec<u32>,
 }
 
+impl Process {
+    /// The protocol's process spec for this process, with its stdin and tty choices.
+    pub fn into_spec(self, tty: bool, stdin: bool) -> crate::protocol::ProcessSpec {
+        crate::protocol::ProcessSpec {
+            args: self.args,
+            env: self.env,
+            cwd: std::path::PathBuf::from(self.cwd),
+            uid: self.uid,
+            gid: self.gid,
+            additional_gids: self.additional_gids,
+            tty,
+            stdin,
+        }
+    }
+}
+
 /// Lays `overrides` over the image's run config; reads the image's account files from the
 /// store when a user or group name must be resolved.
 pub fn process_for(
