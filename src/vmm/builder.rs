@@ -23,7 +23,10 @@
 //! 6. per vCPU: CPUID ([`filter_cpuid`]), boot MSRs, LAPIC LINT0/LINT1, registers and FPU for
 //!    the chosen entry;
 //! 7. one thread per vCPU; the first one to stop (or the i8042) stops the VM, and the others
-//!    are kicked out of `KVM_RUN` with a signal.
+//!    are kicked out of `KVM_RUN` with a signal. Unless `seccomp` is off, each thread first
+//!    confines itself to its syscall allow-list ([`crate::vmm::seccomp`]): a vCPU thread
+//!    before its first `KVM_RUN`, the device thread before its loop, the main thread once
+//!    every other thread is started.
 //!
 //! What happens is also told as it happens, as [`VmmEvent`]s on an [`EventSink`] (see
 //! [`crate::vmm::events`]).
