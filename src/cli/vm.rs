@@ -92,6 +92,11 @@ pub struct BootArgs {
     /// `boot-timing: first_output_ms=.. boot_signal_ms=.. total_ms=..`
     #[arg(long)]
     boot_timing: bool,
+    /// Run the VMM's threads without their seccomp allow-lists (for debugging, e.g. under
+    /// strace; see vmm::seccomp); also turns them off for a --config file. Without it, a
+    /// syscall outside a thread's list kills the VMM with SIGSYS
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +168,9 @@ impl BootArgs {
     /// kernel when `--kernel` is not given), checked.
     pub fn vmm_config(&self) -> anyhow::Result<VmmConfig> {
         if let Some(path) = &self.config {
-            return Ok(VmmConfig::from_file(path)?);
+            let mut config = VmmConfig::from_file(path)?;
+            config.seccomp &= !self.no_seccomp;
+            return Ok(config);
         }
         let kernel = match &self.kernel {
             Some(path) => path.clone(),
@@ -186,6 +193,7 @@ impl BootArgs {
                 uds_path,
                 guest_cid: self.cid,
             }),
+            seccomp: !self.no_seccomp,
         };
         config.validate()?;
         Ok(config)
@@ -557,8 +565,11 @@ mod tests {
                     uds_path: "/tmp/v.sock".into(),
                     guest_cid: 7
                 }),
+                seccomp: true,
             }
         );
+        let off = boot_args(&["--kernel", "/k", "--no-seccomp"]).unwrap();
+        assert!(!off.vmm_config().unwrap().seccomp);
         let bad = boot_args(&["--kernel", "/k", "--cpus", "0"]).unwrap();
         assert!(bad.vmm_config().unwrap_err().to_string().contains("--cpus"));
     }
@@ -573,6 +584,9 @@ mod tests {
         let path_arg = path.to_str().unwrap();
         let args = boot_args(&["--config", path_arg, "--boot-timing"]).unwrap();
         assert_eq!(args.vmm_config().unwrap(), config);
+        // --no-seccomp is not a VM flag: it turns the filters off for a config file too.
+        let args = boot_args(&["--config", path_arg, "--no-seccomp"]).unwrap();
+        assert!(!args.vmm_config().unwrap().seccomp);
         for flag in [&["--cpus", "2"][..], &["--kernel", "/k"], &["--rng"]] {
             let mut argv = vec!["--config", path_arg];
             argv.extend_from_slice(flag);

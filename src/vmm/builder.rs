@@ -23,7 +23,10 @@
 //! 6. per vCPU: CPUID ([`filter_cpuid`]), boot MSRs, LAPIC LINT0/LINT1, registers and FPU for
 //!    the chosen entry;
 //! 7. one thread per vCPU; the first one to stop (or the i8042) stops the VM, and the others
-//!    are kicked out of `KVM_RUN` with a signal.
+//!    are kicked out of `KVM_RUN` with a signal. Unless `seccomp` is off, each thread first
+//!    confines itself to its syscall allow-list ([`crate::vmm::seccomp`]): a vCPU thread
+//!    before its first `KVM_RUN`, the device thread before its loop, the main thread once
+//!    every other thread is started.
 //!
 //! What happens is also told as it happens, as [`VmmEvent`]s on an [`EventSink`] (see
 //! [`crate::vmm::events`]).
@@ -64,6 +67,7 @@ use crate::vmm::layout::{
     ZERO_PAGE_START,
 };
 use crate::vmm::memory::{self, GuestMemory, MemoryError};
+use crate::vmm::seccomp::{self, SeccompError, ThreadKind};
 use crate::vmm::stop::{GuestExit, VmStop};
 use crate::vmm::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vmm::virtio::block::{Block, BlockError};
@@ -165,6 +169,8 @@ pub enum BuildError {
         #[source]
         source: vmm_sys_util::errno::Error,
     },
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("cannot start the vCPU {id} thread: {source}")]
     Thread {
         id: u64,
@@ -322,6 +328,9 @@ pub struct LinuxVmConfig {
     pub rng: bool,
     /// Attach a virtio-vsock.
     pub vsock: Option<VsockConfig>,
+    /// Confine each VMM thread to its syscall allow-list once the guest can run (see
+    /// [`crate::vmm::seccomp`]); off only for debugging.
+    pub seccomp: bool,
 }
 
 impl LinuxVmConfig {
@@ -338,6 +347,7 @@ impl LinuxVmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            seccomp: true,
         }
     }
 
@@ -625,11 +635,15 @@ pub fn boot_linux(
         .map(|id| create_linux_vcpu(&vm, &plan, id))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // 7: run.
-    let device_thread = has_virtio
-        .then(|| spawn_device_thread(events, stop.clone()))
+    // 7: run, each thread under its seccomp filter once the guest can reach it.
+    let filters = config
+        .seccomp
+        .then(|| ThreadFilters::new(kick_signal()))
         .transpose()?;
-    let exit = run_vcpus(vcpus, &stop, vmm_events)?;
+    let device_thread = has_virtio
+        .then(|| spawn_device_thread(events, stop.clone(), filters.as_ref()))
+        .transpose()?;
+    let exit = run_vcpus(vcpus, &stop, vmm_events, filters.as_ref())?;
     if let Some(t) = device_thread {
         let _ = t.join();
     }
@@ -639,13 +653,43 @@ pub fn boot_linux(
     Ok(VmOutcome { exit, times })
 }
 
+/// The compiled seccomp filters of a VM's threads (see [`crate::vmm::seccomp`]), built on the
+/// main thread before any other thread starts.
+struct ThreadFilters {
+    vcpu: seccompiler::BpfProgram,
+    device: seccompiler::BpfProgram,
+    main: seccompiler::BpfProgram,
+}
+
+impl ThreadFilters {
+    fn new(kick: i32) -> Result<Self, SeccompError> {
+        Ok(ThreadFilters {
+            vcpu: seccomp::filter(ThreadKind::Vcpu, kick)?,
+            device: seccomp::filter(ThreadKind::Device, kick)?,
+            main: seccomp::filter(ThreadKind::Main, kick)?,
+        })
+    }
+}
+
 fn spawn_device_thread(
     mut events: DeviceEventManager,
     stop: Arc<VmStop>,
+    filters: Option<&ThreadFilters>,
 ) -> Result<std::thread::JoinHandle<()>, BuildError> {
+    let filter = filters.map(|f| f.device.clone());
     std::thread::Builder::new()
         .name("virtio".into())
         .spawn(move || {
+            if let Some(filter) = filter
+                && let Err(e) = seccomp::install(ThreadKind::Device, &filter)
+            {
+                tracing::error!("virtio device thread: {e}");
+                stop.request(GuestExit::VcpuFailed {
+                    vcpu: 0,
+                    message: format!("the virtio device thread: {e}"),
+                });
+                return;
+            }
             // Wakes at least every 100 ms to see whether the VM is stopping.
             while !stop.is_requested() {
                 if let Err(e) = events.run_with_timeout(100) {
@@ -685,11 +729,14 @@ fn guest_exit(vcpu: u64, stopped: Result<Option<VcpuStop>, VcpuError>) -> Option
     }
 }
 
-/// Runs each vCPU on its own thread until the VM stops, then brings every thread home.
+/// Runs each vCPU on its own thread until the VM stops, then brings every thread home. With
+/// `filters`, each vCPU thread installs its seccomp filter right before its first `KVM_RUN`,
+/// and this (main) thread installs its own once every thread is started.
 fn run_vcpus(
     vcpus: Vec<Vcpu>,
     stop: &Arc<VmStop>,
     events: &EventSink,
+    filters: Option<&ThreadFilters>,
 ) -> Result<GuestExit, BuildError> {
     let signal = kick_signal();
     register_signal_handler(signal, on_kick)
@@ -698,9 +745,19 @@ fn run_vcpus(
     for mut vcpu in vcpus {
         let id = vcpu.id();
         let stop_for_thread = stop.clone();
+        let filter = filters.map(|f| f.vcpu.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                if let Some(filter) = filter
+                    && let Err(e) = seccomp::install(ThreadKind::Vcpu, &filter)
+                {
+                    stop_for_thread.request(GuestExit::VcpuFailed {
+                        vcpu: id,
+                        message: e.to_string(),
+                    });
+                    return;
+                }
                 if let Some(exit) = guest_exit(id, vcpu.run_until(&stop_for_thread)) {
                     stop_for_thread.request(exit);
                 }
@@ -716,6 +773,16 @@ fn run_vcpus(
                 return Err(BuildError::Thread { id, source });
             }
         }
+    }
+    if let Some(f) = filters
+        && let Err(e) = seccomp::install(ThreadKind::Main, &f.main)
+    {
+        stop.request(GuestExit::VcpuFailed {
+            vcpu: 0,
+            message: e.to_string(),
+        });
+        stop_threads(threads, signal);
+        return Err(e.into());
     }
     events.emit(&VmmEvent::Running);
     let exit = stop.wait();

@@ -19,7 +19,8 @@
 //!   "console": { "file": { "path": "/run/peapod/pod1/console.log" } },
 //!   "disks": [ { "path": "/images/busybox.erofs", "read_only": true } ],
 //!   "rng": true,
-//!   "vsock": { "uds_path": "/run/peapod/pod1/vsock.sock", "guest_cid": 3 }
+//!   "vsock": { "uds_path": "/run/peapod/pod1/vsock.sock", "guest_cid": 3 },
+//!   "seccomp": true
 //! }
 //! ```
 
@@ -118,6 +119,14 @@ pub struct VmmConfig {
     /// Attach a virtio-vsock with this host side.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Confine each VMM thread to its syscall allow-list (see [`crate::vmm::seccomp`]);
+    /// `false` only for debugging (`--no-seccomp`).
+    #[serde(default = "yes")]
+    pub seccomp: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one_cpu() -> u8 {
@@ -142,6 +151,7 @@ impl VmmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            seccomp: true,
         }
     }
 
@@ -199,6 +209,7 @@ impl From<VmmConfig> for LinuxVmConfig {
             disks: c.disks,
             rng: c.rng,
             vsock: c.vsock,
+            seccomp: c.seccomp,
         }
     }
 }
@@ -273,6 +284,7 @@ mod tests {
                 uds_path: "/run/pod/vsock.sock".into(),
                 guest_cid: 3,
             }),
+            seccomp: true,
         }
     }
 
@@ -299,6 +311,9 @@ mod tests {
     fn left_out_fields_take_their_defaults() {
         let c = VmmConfig::from_json(br#"{"kernel": "/vmlinux"}"#, Path::new("x")).unwrap();
         assert_eq!(c, VmmConfig::new("/vmlinux".into()));
+        assert!(c.seccomp, "seccomp is on unless turned off");
+        let off = br#"{"kernel": "/vmlinux", "seccomp": false}"#;
+        assert!(!VmmConfig::from_json(off, Path::new("x")).unwrap().seccomp);
         assert_eq!(c.validate().unwrap(), DEFAULT_MEMORY_MIB << 20);
     }
 

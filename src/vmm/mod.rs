@@ -17,6 +17,7 @@
 //! - [`builder`]: the one place that assembles and starts VMs.
 //! - [`events`]: what a VMM process reports while it runs (started, running, boot signal,
 //!   exited, failed) as JSON lines on `--events-fd`, and the reader for the host side.
+//! - [`seccomp`]: the syscall allow-list of each VMM thread (vCPU, device, main).
 //! - [`program`]: which executable runs a VM as its own process (`peapod-vmm`).
 
 pub mod boot;
@@ -31,6 +32,7 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod program;
+pub mod seccomp;
 pub mod stop;
 pub mod vcpu;
 pub mod virtio;
