@@ -130,6 +130,21 @@ fn device_name(index: usize) -> String {
     format!("/dev/vd{letter}")
 }
 
+/// How the pod VM ended, waiting a moment for its VMM to exit after the agent's connection
+/// broke; what a lost connection means for the user.
+fn vm_end(vm: &mut PodVm) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(exit) = vm.try_exit() {
+            return format!("the pod VM ended: {}", exit.reason());
+        }
+        if Instant::now() >= deadline {
+            return "the pod VM still runs (its agent closed the connection)".into();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The delay before restart number `restarts + 1`.
 fn backoff(base: Duration, restarts: u32) -> Duration {
     base.saturating_mul(1u32.checked_shl(restarts.min(16)).unwrap_or(u32::MAX))
@@ -414,9 +429,17 @@ impl RunningPod {
         let vm = vm
             .as_mut()
             .ok_or_else(|| PodRunError::Spec("the pod VM is gone".into()))?;
-        vm.client()
-            .create_container(&spec)
-            .map_err(agent(format!("creating container {}", c.name)))?;
+        if let Err(e) = vm.client().create_container(&spec) {
+            return Err(match e {
+                // The connection went away: say how the VM ended, when it did.
+                ClientError::Frame { .. } => PodRunError::Spec(format!(
+                    "creating container {}: {e}; {}",
+                    c.name,
+                    vm_end(vm)
+                )),
+                other => agent(format!("creating container {}", c.name))(other),
+            });
+        }
         let main = ProcessRef::container(&c.name);
         let attach = |kind| vm.attach(&main, kind).map_err(PodRunError::Vm);
         if spec.process.tty {
