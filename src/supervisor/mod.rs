@@ -379,9 +379,19 @@ fn serve(pod: &'static RunningPod, mut conn: UnixStream) {
                         .write_to(&mut reply);
                     return;
                 }
-                if start && let Err((message, _)) = pod.start() {
-                    // The container's exit frame (126/127) follows; the message explains it.
-                    tracing::debug!("start on attach: {message}");
+                match start.then(|| pod.start()) {
+                    None | Some(Ok(())) => {}
+                    // The container's exit frame (126/127) follows and says why.
+                    Some(Err((_, Some(_)))) if !pod.is_down() => {}
+                    // Nothing will run (the VM is gone, an init container failed): say why
+                    // and end the pod, which closes this connection.
+                    Some(Err((message, _))) => {
+                        let _ = stream::StreamFrame::Stderr(
+                            format!("peapod: {message}\n").into_bytes(),
+                        )
+                        .write_to(&mut reply);
+                        pod.finish(Some(message));
+                    }
                 }
                 return;
             }
