@@ -477,42 +477,8 @@ fn ten_in_parallel() -> Result<(), Failed> {
     let pods = Pods::new()?;
     // Make the image's block image once, so the pods start from the cache.
     pods.ok(&["run", "--rm", IMAGE, "true"])?;
-    let children: Vec<_> = (0..10)
-        .map(|i| {
-            pods.command(&[
-                "run",
-                "-d",
-                "--memory",
-                "96m",
-                "--name",
-                &format!("p{i}"),
-                IMAGE,
-                "sleep",
-                "600",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-        })
-        .collect::<Result<_, _>>()?;
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output()?;
-        check(out.status.success(), &format!("pod p{i} starts"), &out)?;
-    }
-    for i in 0..10 {
-        pods.wait_status(&format!("p{i}"), "Up", Duration::from_secs(10))?;
-    }
-    let ids: Vec<String> = pods
-        .ok(&["ps", "--format", "json"])?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["id"].as_str().map(str::to_string))
-        .collect();
-    if ids.len() != 10 {
-        return Err(format!("ps lists {} running pods, not 10", ids.len()).into());
-    }
 
+    // Two runs with one name at once: exactly one wins.
     let racers: Vec<_> = (0..2)
         .map(|_| {
             pods.command(&[
@@ -545,10 +511,73 @@ fn ten_in_parallel() -> Result<(), Failed> {
         )
         .into());
     }
+    pods.ok(&["rm", "-f", "same"])?;
+
+    // Ten pods started at once; each `run -d` returns once its container runs. They are
+    // removed as soon as `ps` has shown them all. In the emulated test bed four: ten guests
+    // ticking at 250 Hz at once crash its L1 more often than not (kernel panics and soft
+    // lockups in its KVM; see README), which says nothing about peapod.
+    let n: usize = if std::env::var_os("PEAPOD_IN_MACHINE").is_some() {
+        println!("e2e: pods_ten_in_parallel: 4 pods in the emulated test bed (10 crash its L1)");
+        4
+    } else {
+        10
+    };
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            pods.command(&[
+                "run",
+                "-d",
+                "--memory",
+                "96m",
+                "--name",
+                &format!("p{i}"),
+                IMAGE,
+                "sleep",
+                "600",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut outcomes = Vec::new();
+    for (i, child) in children.into_iter().enumerate() {
+        outcomes.push((i, child.wait_with_output()?));
+    }
+    let running: Vec<serde_json::Value> = pods
+        .ok(&["ps", "--format", "json"])?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    let ids: Vec<String> = running
+        .iter()
+        .filter_map(|v| v["id"].as_str().map(str::to_string))
+        .collect();
     let all = pods.ok(&["ps", "-aq"])?;
     let mut rm = vec!["rm", "-f"];
     rm.extend(all.split_whitespace());
-    pods.ok(&rm)?;
+    let removed = pods.run(&rm)?;
+    for (i, out) in &outcomes {
+        check(out.status.success(), &format!("pod p{i} starts"), out)?;
+    }
+    let up = running
+        .iter()
+        .filter(|v| {
+            v["status_text"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Up"))
+        })
+        .count();
+    if ids.len() != n || up != n {
+        return Err(format!(
+            "ps lists {} pods, {up} of them Up, not {n}: {running:?}",
+            ids.len()
+        )
+        .into());
+    }
+    check(removed.status.success(), "rm -f of the pods", &removed)?;
     for id in &ids {
         pods.nothing_left_of(id)?;
     }
