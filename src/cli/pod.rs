@@ -34,12 +34,8 @@ pub struct ApplyArgs {
     /// The YAML file, or - for stdin
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: PathBuf,
-    #[arg(long, hide = true)]
-    kernel: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    initrd: Option<PathBuf>,
-    #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT, hide = true)]
-    store: PathBuf,
+    #[command(flatten)]
+    guest: pods::GuestArgs,
 }
 
 pub fn run(cmd: PodCommand) -> anyhow::Result<ExitCode> {
@@ -67,9 +63,8 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     for warning in &docs.warnings {
         eprintln!("peapod: warning: {warning}");
     }
-    let (kernel, initrd) = pods::guest_artifacts(args.kernel.as_deref(), args.initrd.as_deref())?;
-    let store = Store::open(&args.store)
-        .with_context(|| format!("cannot open the image store at {}", args.store.display()))?;
+    let (kernel, initrd) = args.guest.artifacts()?;
+    let store = args.guest.open_store()?;
     let secrets = SecretStore::from_env();
 
     // Everything is checked before anything is created: images, secrets, specs.

@@ -88,6 +88,34 @@ pub fn for_each_name(
     }
 }
 
+/// The hidden flags of the verbs that create pods (`run`, `pod apply`): what the pod VM boots
+/// and where images are.
+#[derive(Debug, clap::Args)]
+pub struct GuestArgs {
+    /// The guest kernel [default: what kernel/build.sh built, or PEAPOD_GUEST_KERNEL]
+    #[arg(long, hide = true)]
+    pub kernel: Option<std::path::PathBuf>,
+    /// The agent initramfs [default: PEAPOD_AGENT_INITRAMFS, else the one
+    /// rootfs/build-agent-initramfs.sh built]
+    #[arg(long, hide = true)]
+    pub initrd: Option<std::path::PathBuf>,
+    /// The image store
+    #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT, hide = true)]
+    pub store: std::path::PathBuf,
+}
+
+impl GuestArgs {
+    /// The guest kernel and agent initramfs (see [`guest_artifacts`]).
+    pub fn artifacts(&self) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+        guest_artifacts(self.kernel.as_deref(), self.initrd.as_deref())
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<crate::image::store::Store> {
+        crate::image::store::Store::open(&self.store)
+            .with_context(|| format!("cannot open the image store at {}", self.store.display()))
+    }
+}
+
 /// The guest kernel and agent initramfs a pod VM boots: the flags' paths, else the defaults.
 pub fn guest_artifacts(
     kernel: Option<&std::path::Path>,

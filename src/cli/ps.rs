@@ -43,13 +43,7 @@ pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
     match args.format {
         Format::Json => {
             for v in &views {
-                let images: Vec<&str> = v
-                    .record
-                    .spec
-                    .containers
-                    .iter()
-                    .map(|c| c.image.as_str())
-                    .collect();
+                let images = images_of(v);
                 let line = serde_json::json!({
                     "id": v.record.id.to_string(),
                     "name": v.record.name,
@@ -68,13 +62,7 @@ pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
                 "POD ID", "NAME", "IMAGES", "STATUS", "RESTARTS"
             );
             for v in &views {
-                let images: Vec<&str> = v
-                    .record
-                    .spec
-                    .containers
-                    .iter()
-                    .map(|c| c.image.as_str())
-                    .collect();
+                let images = images_of(v);
                 println!(
                     "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  {} ago",
                     v.record.id.short(),
@@ -88,4 +76,14 @@ pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The images of a pod's containers, in order.
+fn images_of(v: &crate::pod::registry::PodView) -> Vec<&str> {
+    v.record
+        .spec
+        .containers
+        .iter()
+        .map(|c| c.image.as_str())
+        .collect()
 }

@@ -74,16 +74,8 @@ pub struct RunArgs {
     /// most N times), always; with the kubelet's backoff (10 s doubling to 5 min)
     #[arg(long, value_name = "POLICY", default_value = "no")]
     restart: RestartArg,
-    /// The guest kernel [default: what kernel/build.sh built, or PEAPOD_GUEST_KERNEL]
-    #[arg(long, hide = true)]
-    kernel: Option<PathBuf>,
-    /// The agent initramfs [default: PEAPOD_AGENT_INITRAMFS, else the one
-    /// rootfs/build-agent-initramfs.sh built]
-    #[arg(long, hide = true)]
-    initrd: Option<PathBuf>,
-    /// The image store
-    #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT, hide = true)]
-    store: PathBuf,
+    #[command(flatten)]
+    guest: pods::GuestArgs,
     /// The image (NAME[:TAG]; pulled first when the store does not have it)
     image: String,
     /// The command and its arguments (replaces the image's Cmd)
@@ -276,11 +268,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             sub_path: None,
         });
     }
-    let (kernel, initrd) = pods::guest_artifacts(args.kernel.as_deref(), args.initrd.as_deref())?;
+    let (kernel, initrd) = args.guest.artifacts()?;
 
     // The image: pulled first when the store lacks it, then its block image.
-    let store = crate::image::store::Store::open(&args.store)
-        .with_context(|| format!("cannot open the image store at {}", args.store.display()))?;
+    let store = args.guest.open_store()?;
     let overrides = crate::image::process::Overrides {
         entrypoint: None,
         command: args.command.clone(),
