@@ -23,6 +23,7 @@ pub mod guest_kernel;
 pub mod host;
 pub mod image;
 pub mod machine;
+pub mod network;
 pub mod pod;
 pub mod protocol;
 pub mod runtime;

@@ -11,6 +11,7 @@ mod logs;
 mod machine;
 mod pod;
 mod pods;
+mod port;
 mod ps;
 mod rm;
 mod run;
@@ -80,6 +81,8 @@ pub enum Command {
     Wait(wait::WaitArgs),
     /// A pod's spec and state as JSON
     Inspect(inspect::InspectArgs),
+    /// A pod's published ports
+    Port(port::PortArgs),
     /// Secrets that pods get at start: create, list, remove (values are never printed)
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => rm::run(args),
         Command::Wait(args) => wait::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Port(args) => port::run(args),
         Command::Secret(cmd) => secret::run(cmd),
         Command::Supervise(args) => supervise::run(args),
         Command::Machine(cmd) => machine::run(cmd),

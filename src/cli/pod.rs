@@ -10,7 +10,7 @@ use clap::Subcommand;
 use super::pods;
 use crate::image::store::Store;
 use crate::pod::kube::{KubeContainer, KubeDocuments, KubePod, PullPolicy, parse_documents};
-use crate::pod::spec::{ContainerConfig, PodSpec, PodVolumeSource, SecretEnv};
+use crate::pod::spec::{ContainerConfig, NetworkMode, PodSpec, PodVolumeSource, SecretEnv};
 use crate::protocol::{CpuMax, Resources};
 use crate::secret::{Secret, SecretStore};
 use crate::supervisor::api::ApiRequest;
@@ -34,6 +34,9 @@ pub struct ApplyArgs {
     /// The YAML file, or - for stdin
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: PathBuf,
+    /// The pods' network: peapod (the default bridge), none, or a CNI network's name
+    #[arg(long, value_name = "NETWORK", default_value = NetworkMode::DEFAULT_NETWORK)]
+    network: String,
     #[command(flatten)]
     guest: pods::GuestArgs,
 }
@@ -58,6 +61,7 @@ fn read_input(file: &std::path::Path) -> anyhow::Result<String> {
 }
 
 fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let network = NetworkMode::parse(&args.network)?;
     let text = read_input(&args.file)?;
     let docs = parse_documents(&text).with_context(|| format!("{}", args.file.display()))?;
     for warning in &docs.warnings {
@@ -70,7 +74,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     // Everything is checked before anything is created: images, secrets, specs.
     let mut specs = Vec::new();
     for pod in &docs.pods {
-        let spec = pod_spec(&store, pod).with_context(|| format!("pod {}", pod.name))?;
+        let spec = pod_spec(&store, pod, &network).with_context(|| format!("pod {}", pod.name))?;
         check_secrets(&spec, &docs, &secrets).with_context(|| format!("pod {}", pod.name))?;
         specs.push(spec);
     }
@@ -207,7 +211,7 @@ fn check_secrets(
 
 /// The pod's spec: images resolved (pulled as the pull policy says), processes from the
 /// images' configs with `command`/`args`/`env`/`workingDir`/`runAsUser` laid over them.
-fn pod_spec(store: &Store, pod: &KubePod) -> anyhow::Result<PodSpec> {
+fn pod_spec(store: &Store, pod: &KubePod, network: &NetworkMode) -> anyhow::Result<PodSpec> {
     let containers = |list: &[KubeContainer]| -> anyhow::Result<Vec<ContainerConfig>> {
         list.iter().map(|c| container(store, c)).collect()
     };
@@ -223,6 +227,7 @@ fn pod_spec(store: &Store, pod: &KubePod) -> anyhow::Result<PodSpec> {
         volumes: pod.volumes.clone(),
         labels: pod.labels.clone(),
         annotations: pod.annotations.clone(),
+        network: network.clone(),
     })
 }
 

@@ -51,6 +51,8 @@ pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
                     "status": v.state.status,
                     "status_text": pods::status_column(v),
                     "restarts": v.state.containers.iter().map(|c| c.restarts).sum::<u32>(),
+                    "network": v.record.spec.network.name(),
+                    "ports": ports_of(v),
                     "created_at": humantime::format_rfc3339_seconds(v.record.created_at).to_string(),
                 });
                 println!("{line}");
@@ -58,18 +60,20 @@ pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
         }
         Format::Table => {
             println!(
-                "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  CREATED",
-                "POD ID", "NAME", "IMAGES", "STATUS", "RESTARTS"
+                "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  {:<14}  {:<24}  CREATED",
+                "POD ID", "NAME", "IMAGES", "STATUS", "RESTARTS", "NETWORK", "PORTS"
             );
             for v in &views {
                 let images = images_of(v);
                 println!(
-                    "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  {} ago",
+                    "{:<12}  {:<20}  {:<28}  {:<26}  {:>8}  {:<14}  {:<24}  {} ago",
                     v.record.id.short(),
                     v.record.name,
                     images.join(","),
                     pods::status_column(v),
                     v.state.containers.iter().map(|c| c.restarts).sum::<u32>(),
+                    v.record.spec.network.name(),
+                    ports_of(v).join(","),
                     pods::human_duration(pods::since(v.record.created_at))
                 );
             }
@@ -85,5 +89,14 @@ fn images_of(v: &crate::pod::registry::PodView) -> Vec<&str> {
         .containers
         .iter()
         .map(|c| c.image.as_str())
+        .collect()
+}
+
+/// The pod's published ports in docker's form (`0.0.0.0:8080->80/tcp`).
+pub fn ports_of(v: &crate::pod::registry::PodView) -> Vec<String> {
+    crate::network::ports::published_ports(&v.record.spec)
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
         .collect()
 }

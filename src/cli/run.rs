@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::pods;
+use crate::network::ports::PublishedPort;
 use crate::pod::spec::{
-    ContainerConfig, PodSpec, PodVolume, PodVolumeSource, RestartPolicy, VmSize, VolumeMount,
-    VolumeSnapshot,
+    ContainerConfig, NetworkMode, PodSpec, PodVolume, PodVolumeSource, PortSpec, RestartPolicy,
+    VmSize, VolumeMount, VolumeSnapshot,
 };
 use crate::protocol::Resources;
 use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
@@ -26,7 +27,9 @@ const DEFAULT_MEMORY_MIB: u64 = crate::vmm::builder::DEFAULT_MEMORY_MIB;
   peapod run --rm peapod/busybox:latest echo hi
   peapod run -d --name web peapod/busybox:latest sh -c 'echo start; sleep 600'
   peapod run -it --rm peapod/busybox:latest sh
-  peapod run --rm -v /srv/site:/site:ro -e MODE=ro --memory 512m peapod/busybox:latest ls /site")]
+  peapod run --rm -v /srv/site:/site:ro -e MODE=ro --memory 512m peapod/busybox:latest ls /site
+  peapod run -d --name web -p 127.0.0.1:8080:80 peapod/busybox:latest httpd -f -p 80
+  peapod run --rm --network none peapod/busybox:latest ip addr")]
 pub struct RunArgs {
     /// Run in the background and print the pod's id
     #[arg(short = 'd', long)]
@@ -78,9 +81,47 @@ pub struct RunArgs {
     guest: pods::GuestArgs,
     /// The image (NAME[:TAG]; pulled first when the store does not have it)
     image: String,
+    /// The pod's network: peapod (the default bridge peapod0, 10.88.0.0/16), none (loopback
+    /// only) or the name of a CNI network under /etc/peapod/cni/
+    #[arg(long, value_name = "NETWORK", default_value = NetworkMode::DEFAULT_NETWORK)]
+    network: String,
+    /// Publish a port of the pod on the host: [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]
+    /// (all host addresses unless IP is given)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    publish: Vec<PublishArg>,
     /// The command and its arguments (replaces the image's Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `-p [IP:]HOSTPORT:CONTAINERPORT[/PROTO]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishArg(pub PublishedPort);
+
+impl FromStr for PublishArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        crate::network::ports::parse_publish(s)
+            .map(PublishArg)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PublishArg {
+    fn port_spec(&self) -> PortSpec {
+        let p = self.0;
+        PortSpec {
+            container_port: p.container_port,
+            host_port: Some(p.host_port),
+            host_ip: (!p.host_ip.is_unspecified()).then(|| p.host_ip.to_string()),
+            protocol: p.protocol,
+        }
+    }
 }
 
 /// `--restart`.
@@ -236,6 +277,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::pod::id::validate_name(name)?;
     }
     let vm = vm_size(&args)?;
+    let network = NetworkMode::parse(&args.network)?;
     for v in &args.volumes {
         if !v.source.is_dir() {
             bail!(
@@ -321,7 +363,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             volumes,
             volume_mounts: secret_mounts,
             secret_env: Vec::new(),
-            ports: Vec::new(),
+            ports: args.publish.iter().map(PublishArg::port_spec).collect(),
             read_only_root: false,
         }],
         auto_remove: args.rm,
@@ -331,6 +373,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         volumes: pod_volumes,
         labels: Default::default(),
         annotations: Default::default(),
+        network,
     };
     let record = pods::launch(&registry, spec, kernel, initrd)?;
     let id = record.id.clone();

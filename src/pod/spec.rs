@@ -50,6 +50,57 @@ pub struct PodSpec {
     pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The network the pod joins (records from before networking have none).
+    #[serde(default)]
+    pub network: NetworkMode,
+}
+
+/// `--network none|peapod|NAME`: no network (loopback only), or a CNI network by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum NetworkMode {
+    /// Loopback only.
+    #[default]
+    None,
+    /// The CNI network of this name (a conflist under `/etc/peapod/cni/`).
+    Cni { name: String },
+}
+
+impl NetworkMode {
+    /// The network `peapod run` and `pod apply` give a pod unless told otherwise.
+    pub const DEFAULT_NETWORK: &str = "peapod";
+
+    /// Parses `--network`: `none`, or a CNI network's name.
+    pub fn parse(s: &str) -> Result<Self, PodError> {
+        match s {
+            "none" => Ok(NetworkMode::None),
+            "host" | "bridge" => Err(PodError::spec(format!(
+                "--network {s}: a pod VM cannot share the host's network; give none, peapod \
+                 (the default) or the name of a CNI network under /etc/peapod/cni/"
+            ))),
+            name if !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && !name.starts_with('.') =>
+            {
+                Ok(NetworkMode::Cni { name: name.into() })
+            }
+            _ => Err(PodError::spec(format!(
+                "--network {s:?}: give none, peapod or a CNI network name (letters, digits, \
+                 -, _ and .)"
+            ))),
+        }
+    }
+
+    /// The name `ps` and `inspect` show.
+    pub fn name(&self) -> &str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Cni { name } => name,
+        }
+    }
 }
 
 /// Kubernetes' `restartPolicy` (and `peapod run --restart`): containers restart inside the
@@ -151,7 +202,9 @@ pub struct PortSpec {
     pub protocol: PortProtocol,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PortProtocol {
     #[default]
@@ -258,6 +311,13 @@ impl PodSpec {
                 validate_abs_path("volume destination", &v.destination).map_err(wrap)?;
             }
         }
+        let published = crate::network::ports::published_ports(self)
+            .map_err(|e| PodError::spec(e.to_string()))?;
+        if !published.is_empty() && self.network == NetworkMode::None {
+            return Err(PodError::spec(
+                "published ports need a network: drop --network none (or the hostPort)",
+            ));
+        }
         Ok(())
     }
 }
@@ -283,6 +343,7 @@ pub(crate) mod tests {
             volumes: vec![],
             labels: Default::default(),
             annotations: Default::default(),
+            network: NetworkMode::None,
         }
     }
 
@@ -378,6 +439,33 @@ pub(crate) mod tests {
                 "absolute path",
             ),
             ("bad hostname", |s| s.hostname = "a b".into(), "hostname"),
+            (
+                "published port without a network",
+                |s| s.containers[0].ports = vec![published(8080, 80)],
+                "published ports need a network",
+            ),
+            (
+                "one host port twice",
+                |s| {
+                    s.network = NetworkMode::Cni {
+                        name: "peapod".into(),
+                    };
+                    s.containers[0].ports = vec![published(8080, 80), published(8080, 81)];
+                },
+                "host port 0.0.0.0:8080->81/tcp is published twice",
+            ),
+            (
+                "bad host IP",
+                |s| {
+                    s.network = NetworkMode::Cni {
+                        name: "peapod".into(),
+                    };
+                    let mut p = published(8080, 80);
+                    p.host_ip = Some("localhost".into());
+                    s.containers[0].ports = vec![p];
+                },
+                "\"localhost\" is not an IP address",
+            ),
         ];
         for (what, edit, want) in cases {
             let mut s = spec("web");
@@ -385,6 +473,43 @@ pub(crate) mod tests {
             let err = s.validate().expect_err(what).to_string();
             assert!(err.contains(want), "{what}: {err}");
         }
+    }
+
+    fn published(host: u16, container: u16) -> PortSpec {
+        PortSpec {
+            container_port: container,
+            host_port: Some(host),
+            host_ip: None,
+            protocol: PortProtocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn network_names_parse() {
+        assert_eq!(NetworkMode::parse("none").unwrap(), NetworkMode::None);
+        for good in ["peapod", "my-net", "net_2", "a.b"] {
+            assert_eq!(
+                NetworkMode::parse(good).unwrap(),
+                NetworkMode::Cni { name: good.into() }
+            );
+        }
+        for (bad, want) in [
+            ("host", "cannot share the host's network"),
+            ("", "give none, peapod"),
+            ("../x", "give none, peapod"),
+            ("a b", "give none, peapod"),
+            (".hidden", "give none, peapod"),
+        ] {
+            let err = NetworkMode::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(want), "{bad:?}: {err}");
+        }
+        // A record from before networking has none.
+        let mut v = serde_json::to_value(spec("web")).unwrap();
+        v.as_object_mut().unwrap().remove("network");
+        assert_eq!(
+            serde_json::from_value::<PodSpec>(v).unwrap().network,
+            NetworkMode::None
+        );
     }
 
     #[test]

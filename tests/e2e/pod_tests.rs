@@ -610,6 +610,7 @@ fn write_exited_pod(dirs: &peapod::pod::PodDirs, id: &str, name: &str) -> Result
         volumes: Vec::new(),
         labels: Default::default(),
         annotations: Default::default(),
+        network: Default::default(),
     };
     write_json_atomic(
         &dirs.record_path(&id),

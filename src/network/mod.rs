@@ -1,0 +1,3 @@
+//! Pod networking on the host.
+
+pub mod ports;
