@@ -73,6 +73,12 @@ impl PodDirs {
         self.run_dir(id).join("vmm.log")
     }
 
+    /// `run/<id>/network.json`: what the pod's network attachment made (namespace, CNI
+    /// result), so that it can be undone by whoever removes the pod.
+    pub fn network_path(&self, id: &PodId) -> PathBuf {
+        self.run_dir(id).join("network.json")
+    }
+
     /// `store/<id>/pod.json`: the [`PodRecord`](super::PodRecord).
     pub fn record_path(&self, id: &PodId) -> PathBuf {
         self.store_dir(id).join("pod.json")

@@ -225,6 +225,7 @@ impl Registry {
                 .map(|c| ContainerState::created(&c.name))
                 .collect(),
             error: None,
+            network: None,
         };
         match self.make_pod(&record, &state) {
             Ok(lock) => Ok((record, lock)),
@@ -314,6 +315,7 @@ impl Registry {
                 vmm_pid: None,
                 containers: Vec::new(),
                 error: Some(e.to_string()),
+                network: None,
             });
         if state.status.is_active() && !self.is_supervised(id) {
             state.status = PodStatus::Failed {

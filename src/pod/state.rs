@@ -122,6 +122,27 @@ pub struct PodState {
     /// Why the pod failed, in full (the status's reason may be shorter).
     #[serde(default)]
     pub error: Option<String>,
+    /// The pod's network while it is attached.
+    #[serde(default)]
+    pub network: Option<NetworkStatus>,
+}
+
+/// Where a pod sits on its network (`inspect` shows it; tests find the pieces to check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkStatus {
+    /// The CNI network's name.
+    pub name: String,
+    /// The pod's addresses (`10.88.0.5/16`).
+    pub addresses: Vec<String>,
+    /// The guest NIC's MAC (the veth's in the pod's namespace).
+    pub mac: String,
+    pub mtu: u32,
+    /// The pod's network namespace on the host.
+    pub netns: std::path::PathBuf,
+    /// The host end of the pod's veth, where the plugin reported it.
+    #[serde(default)]
+    pub host_interface: Option<String>,
 }
 
 /// Formats `t` as RFC 3339 with nanoseconds, or `None` for a time humantime cannot write
@@ -244,6 +265,7 @@ mod tests {
                 ContainerState::created("side"),
             ],
             error: None,
+            network: None,
         }
     }
 

@@ -634,6 +634,7 @@ fn write_exited_pod(dirs: &peapod::pod::PodDirs, id: &str, name: &str) -> Result
             vmm_pid: None,
             containers: Vec::new(),
             error: None,
+            network: None,
         },
     )?;
     Ok(())
