@@ -16,6 +16,8 @@ use crate::vmm::config::{ConsoleConfig, VmmConfig};
 use crate::vmm::events::{EventSink, VmmEvent};
 use crate::vmm::program::VmmProgram;
 use crate::vmm::vcpu::VcpuStop;
+use crate::vmm::virtio::net::NetConfig;
+use crate::vmm::virtio::net::config::DEFAULT_MTU;
 use crate::vmm::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// Exit status when the guest ended badly (triple fault, crash, failed vCPU); peapod's own
@@ -37,8 +39,9 @@ pub enum VmCommand {
 }
 
 /// The flags that describe the VM itself; `--config` replaces all of them.
-const VM_FLAGS: [&str; 10] = [
+const VM_FLAGS: [&str; 13] = [
     "kernel", "initrd", "cmdline", "cpus", "memory", "console", "disks", "rng", "vsock", "cid",
+    "net_fd", "net_mac", "net_mtu",
 ];
 
 #[derive(Debug, clap::Args)]
@@ -87,6 +90,16 @@ pub struct BootArgs {
     /// The guest's vsock CID (with --vsock)
     #[arg(long, default_value_t = DEFAULT_GUEST_CID, requires = "vsock")]
     cid: u64,
+    /// Attach a virtio-net device on the tap whose descriptor this process inherited as N
+    /// (created with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the VMM creates no network device)
+    #[arg(long, value_name = "N", requires = "net_mac")]
+    net_fd: Option<i32>,
+    /// The guest interface's MAC address (with --net-fd), e.g. 02:00:00:00:00:01
+    #[arg(long, value_name = "MAC", requires = "net_fd")]
+    net_mac: Option<String>,
+    /// The guest interface's MTU (with --net-fd), 68 to 65535
+    #[arg(long, value_name = "M", default_value_t = DEFAULT_MTU, requires = "net_fd")]
+    net_mtu: u16,
     /// Print when the guest first wrote to its console and when it wrote the boot signal
     /// (see vmm::devices::boot_signal), in ms since peapod started, on stderr at the end:
     /// `boot-timing: first_output_ms=.. boot_signal_ms=.. total_ms=..`
@@ -192,6 +205,11 @@ impl BootArgs {
             vsock: self.vsock.clone().map(|uds_path| VsockConfig {
                 uds_path,
                 guest_cid: self.cid,
+            }),
+            net: self.net_fd.map(|tap_fd| NetConfig {
+                tap_fd,
+                mac: self.net_mac.clone().unwrap_or_default(),
+                mtu: self.net_mtu,
             }),
             seccomp: !self.no_seccomp,
         };
@@ -565,6 +583,7 @@ mod tests {
                     uds_path: "/tmp/v.sock".into(),
                     guest_cid: 7
                 }),
+                net: None,
                 seccomp: true,
             }
         );
@@ -572,6 +591,54 @@ mod tests {
         assert!(!off.vmm_config().unwrap().seccomp);
         let bad = boot_args(&["--kernel", "/k", "--cpus", "0"]).unwrap();
         assert!(bad.vmm_config().unwrap_err().to_string().contains("--cpus"));
+    }
+
+    #[test]
+    fn net_flags_build_a_net_config() {
+        use std::os::fd::AsRawFd;
+        // Not a tap: the flags parse into the config, and validation names the problem.
+        let (r, _w) = std::io::pipe().unwrap();
+        let fd = r.as_raw_fd().to_string();
+        let args = boot_args(&[
+            "--kernel",
+            "/k",
+            "--net-fd",
+            &fd,
+            "--net-mac",
+            "02:00:00:00:00:07",
+            "--net-mtu",
+            "9000",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.net_fd
+                .map(|tap_fd| (tap_fd, args.net_mac.clone(), args.net_mtu)),
+            Some((r.as_raw_fd(), Some("02:00:00:00:00:07".to_string()), 9000))
+        );
+        let err = args.vmm_config().unwrap_err().to_string();
+        assert!(
+            err.contains("not a tap") && err.contains("--net-fd"),
+            "{err}"
+        );
+        let bad_mac = boot_args(&["--kernel", "/k", "--net-fd", &fd, "--net-mac", "x"]).unwrap();
+        let err = bad_mac.vmm_config().unwrap_err().to_string();
+        assert!(err.contains("--net-mac"), "{err}");
+        // --net-fd needs --net-mac, and the others need --net-fd.
+        for argv in [
+            &["--kernel", "/k", "--net-fd", "3"][..],
+            &["--kernel", "/k", "--net-mac", "02:00:00:00:00:01"],
+            &["--kernel", "/k", "--net-mtu", "1400"],
+        ] {
+            let err = boot_args(argv).err().unwrap();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{argv:?}"
+            );
+        }
+        // No --net-fd, no device.
+        let none = boot_args(&["--kernel", "/k"]).unwrap();
+        assert_eq!(none.vmm_config().unwrap().net, None);
     }
 
     #[test]
@@ -587,7 +654,12 @@ mod tests {
         // --no-seccomp is not a VM flag: it turns the filters off for a config file too.
         let args = boot_args(&["--config", path_arg, "--no-seccomp"]).unwrap();
         assert!(!args.vmm_config().unwrap().seccomp);
-        for flag in [&["--cpus", "2"][..], &["--kernel", "/k"], &["--rng"]] {
+        for flag in [
+            &["--cpus", "2"][..],
+            &["--kernel", "/k"],
+            &["--rng"],
+            &["--net-fd", "3", "--net-mac", "02:00:00:00:00:01"],
+        ] {
             let mut argv = vec!["--config", path_arg];
             argv.extend_from_slice(flag);
             let err = boot_args(&argv).err().unwrap();

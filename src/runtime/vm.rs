@@ -153,6 +153,7 @@ impl PodVmConfig {
                 uds_path: dir.join("vsock.sock"),
                 guest_cid: DEFAULT_GUEST_CID,
             }),
+            net: None,
             seccomp: true,
         }
     }

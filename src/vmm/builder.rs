@@ -6,7 +6,7 @@
 //! # Booting Linux
 //!
 //! [`boot_linux`] takes a [`LinuxVmConfig`] (kernel, initrd, command line, vCPUs, memory,
-//! console, virtio disks, rng and vsock) and runs the VM until it ends, returning how it ended
+//! console, virtio disks, rng, vsock and net) and runs the VM until it ends, returning how it ended
 //! ([`GuestExit`]) and its [`BootTimes`]. The steps, in order:
 //!
 //! 1. open and check KVM ([`Kvm::open`]);
@@ -14,9 +14,9 @@
 //! 3. create the VM with its TSS and identity-map pages, then the in-kernel PIC, IOAPIC,
 //!    local APICs and PIT;
 //! 4. devices: COM1 on IRQ 4 (irqfd) writing to the console, the i8042 (reset ends the VM),
-//!    the boot-signal page, then one virtio-mmio window per disk / rng / vsock at
+//!    the boot-signal page, then one virtio-mmio window per disk / rng / vsock / net at
 //!    [`VIRTIO_MMIO_START`] + 4 KiB × n on IRQ 5 + n (irqfd, ioeventfd per queue, served by
-//!    one device thread, which also serves vsock's host sockets);
+//!    one device thread, which also serves vsock's host sockets and net's tap);
 //! 5. the kernel ([`linux::load_kernel`]: PVH if the ELF has the note, else the 64-bit boot
 //!    protocol), the initrd at the top of low RAM, the command line (base + one
 //!    `virtio_mmio.device=` per device), the MP table, then the PVH start info or the zero page;
@@ -73,6 +73,7 @@ use crate::vmm::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vmm::virtio::block::{Block, BlockError};
 use crate::vmm::virtio::event::HostFdHandler;
 use crate::vmm::virtio::mmio::MmioError;
+use crate::vmm::virtio::net::{Net, NetConfig, NetError, NetHost};
 use crate::vmm::virtio::rng::{Rng, RngError};
 use crate::vmm::virtio::vsock::{Vsock, VsockError, VsockHost};
 use crate::vmm::virtio::{
@@ -155,6 +156,8 @@ pub enum BuildError {
     Rng(#[from] RngError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("the virtio device thread: {0}")]
     DeviceThread(String),
     #[error(
@@ -328,6 +331,8 @@ pub struct LinuxVmConfig {
     pub rng: bool,
     /// Attach a virtio-vsock.
     pub vsock: Option<VsockConfig>,
+    /// Attach a virtio-net on an inherited tap.
+    pub net: Option<NetConfig>,
     /// Confine each VMM thread to its syscall allow-list once the guest can run (see
     /// [`crate::vmm::seccomp`]); off only for debugging.
     pub seccomp: bool,
@@ -347,6 +352,7 @@ impl LinuxVmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            net: None,
             seccomp: true,
         }
     }
@@ -355,8 +361,14 @@ impl LinuxVmConfig {
     /// [`VmmConfig::validate`](crate::vmm::config::VmmConfig::validate)); returns the memory
     /// size in bytes.
     pub fn validate(&self) -> Result<u64, BuildError> {
-        let devices = config::device_count(self.disks.len(), self.rng, self.vsock.as_ref());
+        let devices = config::device_count(
+            self.disks.len(),
+            self.rng,
+            self.vsock.as_ref(),
+            self.net.as_ref(),
+        );
         config::check_vsock(self.vsock.as_ref())?;
+        config::check_net(self.net.as_ref())?;
         Ok(config::check(self.cpus, devices, self.memory_mib)?)
     }
 }
@@ -565,6 +577,12 @@ pub fn boot_linux(
         devices.push(Box::new(device));
         vsock_host = Some(host);
     }
+    let mut net_host: Option<NetHost> = None;
+    if let Some(n) = &config.net {
+        let (device, host) = Net::from_config(n)?;
+        devices.push(Box::new(device));
+        net_host = Some(host);
+    }
     let mut fragments = Vec::new();
     for (n, device) in devices.into_iter().enumerate() {
         let slot = virtio_slot(n).ok_or(BuildError::TooManyDevices {
@@ -574,6 +592,11 @@ pub fn boot_linux(
         fragments.push(attach_virtio(&vm, &mut mmio, &mut events, slot, device)?);
     }
     if let Some(host) = vsock_host {
+        let handler =
+            HostFdHandler::new(host).map_err(|e| BuildError::DeviceThread(e.to_string()))?;
+        events.add_subscriber(Arc::new(Mutex::new(handler)));
+    }
+    if let Some(host) = net_host {
         let handler =
             HostFdHandler::new(host).map_err(|e| BuildError::DeviceThread(e.to_string()))?;
         events.add_subscriber(Arc::new(Mutex::new(handler)));

@@ -20,9 +20,15 @@
 //!   "disks": [ { "path": "/images/busybox.erofs", "read_only": true } ],
 //!   "rng": true,
 //!   "vsock": { "uds_path": "/run/peapod/pod1/vsock.sock", "guest_cid": 3 },
+//!   "net": { "tap_fd": 3, "mac": "02:00:00:00:00:01", "mtu": 1500 },
 //!   "seccomp": true
 //! }
 //! ```
+//!
+//! `net.tap_fd` is a descriptor number in the VMM process (a tap the VMM inherited, see
+//! [`crate::vmm::virtio::net::tap`]): [`VmmConfig::validate`] checks that it is an open tap,
+//! which means something only in the VMM itself; another process (the one writing the
+//! config) checks the rest of a `net` with [`NetConfig::check_fields`].
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::vmm::boot::mptable;
 use crate::vmm::builder::{Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig, VsockConfig};
 use crate::vmm::layout::{IRQ_LAST, VIRTIO_IRQ_FIRST};
+use crate::vmm::virtio::net::{NetConfig, NetConfigError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -64,6 +71,8 @@ pub enum ConfigError {
     TooManyDevices { count: usize, max: u32 },
     #[error("the vsock guest CID {0} is reserved (--cid, \"guest_cid\"): give 3 or more")]
     GuestCid(u64),
+    #[error(transparent)]
+    Net(#[from] NetConfigError),
 }
 
 /// Where the guest's serial console goes. In JSON: `"stdout"`, `"off"` or
@@ -119,6 +128,9 @@ pub struct VmmConfig {
     /// Attach a virtio-vsock with this host side.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Attach a virtio-net on this inherited tap.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     /// Confine each VMM thread to its syscall allow-list (see [`crate::vmm::seccomp`]);
     /// `false` only for debugging (`--no-seccomp`).
     #[serde(default = "yes")]
@@ -151,6 +163,7 @@ impl VmmConfig {
             disks: Vec::new(),
             rng: false,
             vsock: None,
+            net: None,
             seccomp: true,
         }
     }
@@ -185,14 +198,21 @@ impl VmmConfig {
         std::fs::write(path, json).map_err(write)
     }
 
-    /// Checks what can be checked before touching KVM; returns the memory size in bytes.
+    /// Checks what can be checked before touching KVM, including that `net.tap_fd` is an
+    /// open tap in this process; returns the memory size in bytes.
     pub fn validate(&self) -> Result<u64, ConfigError> {
         check(
             self.cpus,
-            device_count(self.disks.len(), self.rng, self.vsock.as_ref()),
+            device_count(
+                self.disks.len(),
+                self.rng,
+                self.vsock.as_ref(),
+                self.net.as_ref(),
+            ),
             self.memory_mib,
         )?;
         check_vsock(self.vsock.as_ref())?;
+        check_net(self.net.as_ref())?;
         guest_bytes(self.memory_mib)
     }
 }
@@ -209,14 +229,20 @@ impl From<VmmConfig> for LinuxVmConfig {
             disks: c.disks,
             rng: c.rng,
             vsock: c.vsock,
+            net: c.net,
             seccomp: c.seccomp,
         }
     }
 }
 
 /// The number of virtio devices a VM gets.
-pub(crate) fn device_count(disks: usize, rng: bool, vsock: Option<&VsockConfig>) -> usize {
-    disks + usize::from(rng) + usize::from(vsock.is_some())
+pub(crate) fn device_count(
+    disks: usize,
+    rng: bool,
+    vsock: Option<&VsockConfig>,
+    net: Option<&NetConfig>,
+) -> usize {
+    disks + usize::from(rng) + usize::from(vsock.is_some()) + usize::from(net.is_some())
 }
 
 /// The checks on a VM's shape, shared by [`VmmConfig::validate`] and
@@ -243,6 +269,14 @@ pub(crate) fn check_vsock(vsock: Option<&VsockConfig>) -> Result<(), ConfigError
     match vsock {
         Some(v) if v.guest_cid < 3 => Err(ConfigError::GuestCid(v.guest_cid)),
         _ => Ok(()),
+    }
+}
+
+/// The network device's fields, and its tap descriptor in this process.
+pub(crate) fn check_net(net: Option<&NetConfig>) -> Result<(), ConfigError> {
+    match net {
+        Some(n) => Ok(n.validate()?),
+        None => Ok(()),
     }
 }
 
@@ -284,6 +318,7 @@ mod tests {
                 uds_path: "/run/pod/vsock.sock".into(),
                 guest_cid: 3,
             }),
+            net: None,
             seccomp: true,
         }
     }
@@ -388,6 +423,67 @@ mod tests {
             guest_cid: 2,
         });
         assert!(matches!(c.validate(), Err(ConfigError::GuestCid(2))));
+    }
+
+    #[test]
+    fn a_net_device_is_data_and_its_tap_is_checked() {
+        let net = NetConfig {
+            tap_fd: 7,
+            mac: "02:00:00:00:00:09".into(),
+            mtu: 9000,
+        };
+        let c = VmmConfig {
+            net: Some(net.clone()),
+            ..full()
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains(r#""net":{"tap_fd":7,"mac":"02:00:00:00:00:09","mtu":9000}"#),
+            "{json}"
+        );
+        assert_eq!(
+            VmmConfig::from_json(json.as_bytes(), Path::new("x")).unwrap(),
+            c
+        );
+        let err = VmmConfig::from_json(
+            br#"{"kernel": "/k", "net": {"tap_fd": 3, "mac": "02:00:00:00:00:01", "tap": "t"}}"#,
+            Path::new("c.json"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `tap`"), "{err}");
+
+        // A bad field, then a descriptor that is not a tap, each named.
+        let bad_mac = VmmConfig {
+            net: Some(NetConfig {
+                mac: "02:00".into(),
+                ..net.clone()
+            }),
+            ..full()
+        };
+        let err = bad_mac.validate().unwrap_err();
+        assert!(err.to_string().contains("--net-mac"), "{err}");
+        let (r, _w) = std::io::pipe().unwrap();
+        let not_tap = VmmConfig {
+            net: Some(NetConfig {
+                tap_fd: std::os::fd::AsRawFd::as_raw_fd(&r),
+                ..net.clone()
+            }),
+            ..full()
+        };
+        let err = not_tap.validate().unwrap_err();
+        assert!(err.to_string().contains("not a tap"), "{err}");
+
+        // It counts as a device.
+        let mut c = VmmConfig {
+            net: Some(net),
+            ..full()
+        };
+        c.disks = vec![c.disks[0].clone(); 17];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { count: 20, max: 19 })
+        ));
+        assert!(LinuxVmConfig::from(c).net.is_some());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! | thread | installed | allowed syscalls | Firecracker's (x86_64 musl) |
 //! |---|---|---|---|
 //! | vCPU | just before its first `KVM_RUN` | 46 | 21 (`vcpu`) |
-//! | device (virtio, vsock host sockets) | before its event loop | 60 | 38 (`vmm`) |
+//! | device (virtio, vsock host sockets, net's tap) | before its event loop | 60 | 38 (`vmm`) |
 //! | main | after it spawned the device and vCPU threads | 37 | 38 (`vmm`) |
 //!
 //! (The counts are syscall numbers with at least one allowing rule; a test keeps them true.
@@ -21,8 +21,9 @@
 //! in debug builds. So `open`/`openat` are allowed, read-only and close-on-exec only (as
 //! Firecracker allows `open` in every thread).
 //!
-//! Where it is cheap and clear, arguments are restricted too: `ioctl` only with `KVM_RUN`
-//! (vCPU) or `FIONBIO`/`FIOCLEX` (device thread), `socket` only `AF_UNIX`, `mmap` and
+//! Where it is cheap and clear, arguments are restricted too: `ioctl` only with `KVM_RUN` or
+//! `TUNSETOFFLOAD` (vCPU: a driver starting virtio-net runs its activation there) or
+//! `FIONBIO`/`FIOCLEX` (device thread), `socket` only `AF_UNIX`, `mmap` and
 //! `mprotect` never with `PROT_EXEC`, signals sent only as `SIGABRT` or the vCPU kick,
 //! `rt_sigaction` only for `SIGABRT`/`SIGSEGV`/`SIGBUS`, `fcntl` only to get or set flags,
 //! `open`/`openat` only read-only. Creating processes or threads (`clone`, `execve`), binding
@@ -52,6 +53,8 @@ use seccompiler::{
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)` (KVMIO is 0xAE).
 pub const KVM_RUN: u64 = 0xae80;
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
 /// The kinds of VMM threads, each with its own filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +232,7 @@ fn runtime(kick: i32) -> Vec<Allowed> {
         any(
             SYS_write,
             "write",
-            "logs (stderr), events (pipe), console, eventfd signals",
+            "logs (stderr), events (pipe), console, eventfd signals, frames to net's tap",
         ),
         any(SYS_writev, "writev", "vectored writes of std's writers"),
         any(SYS_close, "close", "dropping files, sockets, eventfds"),
@@ -295,7 +298,8 @@ fn runtime(kick: i32) -> Vec<Allowed> {
         any(
             SYS_read,
             "read",
-            "eventfds, /dev/urandom for virtio-rng, host streams; glibc reads the file below",
+            "eventfds, /dev/urandom for virtio-rng, host streams, frames from net's tap; glibc \
+             reads the file below",
         ),
         when(
             SYS_openat,
@@ -355,7 +359,7 @@ fn device_io() -> Vec<Allowed> {
         any(
             SYS_epoll_ctl,
             "epoll_ctl",
-            "vsock watches and forgets host streams",
+            "vsock watches and forgets host streams; net stops and resumes watching its tap",
         ),
         any(
             SYS_timerfd_settime,
@@ -375,8 +379,9 @@ pub fn allowed(kind: ThreadKind, kick: i32) -> Vec<Allowed> {
             list.push(when(
                 SYS_ioctl,
                 "ioctl",
-                "KVM_RUN only",
-                vec![arg_eq(1, KVM_RUN)],
+                "KVM_RUN; TUNSETOFFLOAD when the guest driver starts virtio-net (the tap \
+                 gets the offloads the guest accepted)",
+                arg_in(1, &[KVM_RUN, TUNSETOFFLOAD]),
             ));
         }
         ThreadKind::Device => {

@@ -311,3 +311,65 @@ fn the_main_threads_waiting_kicking_and_exit_run_under_its_filter() {
         }
     }
 }
+
+/// What virtio-net does with its tap, under the filters of the threads that do it: the
+/// driver's start (offloads, watching the tap) on a vCPU thread, frames both ways and
+/// watching on the device thread. Needs root for the tap (in a fresh network namespace).
+#[test]
+fn net_tap_calls_run_under_the_vcpu_and_device_filters() {
+    const NAME: &str = "vmm::seccomp::tests::net_tap_calls_run_under_the_vcpu_and_device_filters";
+    use crate::vmm::virtio::net::{Backend, Tap};
+    use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+    match std::env::var(CHILD).as_deref() {
+        Ok("net") => {
+            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                say(&format!("skipped: cannot make a network namespace: {e}\n"));
+                return;
+            }
+            use std::os::fd::AsRawFd;
+            let fd = crate::vmm::virtio::net::tap::create_tap("peapod-s0").unwrap();
+            let mut tap = Tap::from_inherited(fd.as_raw_fd()).unwrap();
+            let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).unwrap();
+            let vcpu = filter(ThreadKind::Vcpu, KICK).unwrap();
+            let device = filter(ThreadKind::Device, KICK).unwrap();
+            let tap = std::thread::spawn(move || {
+                install(ThreadKind::Vcpu, &vcpu).unwrap();
+                tap.set_offload(libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6)
+                    .unwrap();
+                epoll
+                    .add(tap.fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))
+                    .unwrap();
+                say("vcpu ok\n");
+                (tap, epoll)
+            })
+            .join()
+            .unwrap();
+            std::thread::spawn(move || {
+                let (mut tap, epoll) = tap;
+                install(ThreadKind::Device, &device).unwrap();
+                let mut buf = [0u8; 128];
+                let err = tap.recv(&mut buf).unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+                // The tap is down, so the kernel refuses the frame: the write was allowed.
+                let frame = [0u8; 12 + 60];
+                let err = tap.send(&frame).unwrap_err();
+                assert_eq!(err.raw_os_error(), Some(libc::EIO));
+                epoll.delete(tap.fd()).unwrap();
+                drop(tap);
+                say("device ok\n");
+            })
+            .join()
+            .unwrap();
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let (status, out) = run_child(NAME, "net");
+            if out.contains("skipped:") {
+                eprintln!("{out}");
+                return;
+            }
+            assert!(status.success(), "{status:?}\n{out}");
+            assert!(out.contains("vcpu ok\ndevice ok\n"), "{out}");
+        }
+    }
+}

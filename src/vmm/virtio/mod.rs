@@ -6,7 +6,7 @@
 //! - [`interrupt`]: InterruptStatus and the line to the guest (a KVM irqfd, or a counter).
 //! - [`queue`]: popping available chains, checking every descriptor, moving their bytes.
 //! - [`event`]: the device thread's subscriber that serves a queue when the guest kicks it.
-//! - [`block`], [`rng`], [`vsock`]: the devices.
+//! - [`block`], [`net`], [`rng`], [`vsock`]: the devices.
 //!
 //! Attaching a device, as the VM builder does it:
 //!
@@ -31,6 +31,7 @@ pub mod device;
 pub mod event;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod queue;
 pub mod rng;
 #[cfg(test)]
