@@ -422,6 +422,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             disks: Vec::new(),
             agent_timeout: runtime::container::agent_timeout_from_env(),
             dir: None,
+            net: None,
         },
         rootfs,
         fs_type: None,

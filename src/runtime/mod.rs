@@ -13,4 +13,6 @@ pub use container::{
     RunContainer, RunError, RunIo, RunOutcome, default_agent_initramfs, run_container,
     run_container_io,
 };
-pub use vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle, VmDown, VmEnd, VmmExit, VmmStatus};
+pub use vm::{
+    PodVm, PodVmConfig, PodVmError, PodVmNet, ProcessHandle, VmDown, VmEnd, VmmExit, VmmStatus,
+};

@@ -46,6 +46,11 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 const CONSOLE_TAIL: u64 = 3000;
 /// The descriptor the VMM writes its events to.
 const EVENTS_FD: i32 = 3;
+/// The descriptor number of the pod's tap in the VMM.
+pub const TAP_FD: i32 = 4;
+/// Descriptors handed to the VMM are first copied at or above this number, so that moving
+/// them to [`EVENTS_FD`] and [`TAP_FD`] never overwrites one with another.
+const HANDOFF_FD_MIN: i32 = 10;
 /// How long to wait for the last events once the VMM has exited (the pipe closes with the
 /// VMM unless something it started still holds it).
 const EVENTS_DRAIN: Duration = Duration::from_secs(1);
@@ -107,6 +112,8 @@ pub enum PodVmError {
     VmmFailed { status: ExitStatus, vmm: String },
     #[error("waiting for the VMM: {0}")]
     Wait(#[source] std::io::Error),
+    #[error("cannot hand the pod's tap to the VMM: {0}")]
+    Tap(#[source] std::io::Error),
 }
 
 /// What a pod VM boots.
@@ -126,6 +133,18 @@ pub struct PodVmConfig {
     /// `vmm.log`), left in place when the VM is gone: a pod's supervisor owns it. `None`: a
     /// temporary directory, removed with the [`PodVm`].
     pub dir: Option<PathBuf>,
+    /// The pod's NIC: a tap the VMM serves as virtio-net.
+    pub net: Option<PodVmNet>,
+}
+
+/// A pod VM's network interface: the tap (made by the caller in the pod's network
+/// namespace; the VMM gets it as fd [`TAP_FD`] and makes no device of its own), the MAC the
+/// guest uses and the MTU it is told.
+#[derive(Debug, Clone)]
+pub struct PodVmNet {
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub mac: String,
+    pub mtu: u16,
 }
 
 impl PodVmConfig {
@@ -153,7 +172,14 @@ impl PodVmConfig {
                 uds_path: dir.join("vsock.sock"),
                 guest_cid: DEFAULT_GUEST_CID,
             }),
-            net: None,
+            net: self
+                .net
+                .as_ref()
+                .map(|n| crate::vmm::virtio::net::NetConfig {
+                    tap_fd: TAP_FD,
+                    mac: n.mac.clone(),
+                    mtu: n.mtu,
+                }),
             seccomp: true,
         }
     }
@@ -369,6 +395,22 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
     let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| PodVmError::Events(e.into()))?;
     let write_fd = write_end.as_raw_fd();
+    // The tap, copied high (close-on-exec): the child moves it to TAP_FD after EVENTS_FD.
+    let tap_copy = match &config.net {
+        Some(net) => Some(
+            nix::fcntl::fcntl(
+                net.tap.as_ref(),
+                nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HANDOFF_FD_MIN),
+            )
+            .map(|fd| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+                unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+            })
+            .map_err(|e| PodVmError::Tap(e.into()))?,
+        ),
+        None => None,
+    };
+    let tap_raw = tap_copy.as_ref().map(|fd| fd.as_raw_fd());
     let mut cmd = config.vmm.command();
     cmd.arg("--config")
         .arg(&config_path)
@@ -399,6 +441,13 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
             } else if libc::dup2(write_fd, EVENTS_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The tap's copy is at HANDOFF_FD_MIN or above, so neither dup2 overwrote it;
+            // dup2 leaves the new TAP_FD open across exec.
+            if let Some(tap) = tap_raw
+                && libc::dup2(tap, TAP_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -408,6 +457,7 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
     })?;
     // Only the VMM may hold the write end, or the reader never sees the end of the pipe.
     drop(write_end);
+    drop(tap_copy);
     let events = match EventWatch::spawn(read_end) {
         Ok(events) => events,
         Err(e) => {
@@ -814,6 +864,7 @@ mod tests {
             disks: vec![("/img".into(), true)],
             agent_timeout,
             dir: None,
+            net: None,
         }
     }
 

@@ -105,6 +105,7 @@ impl SupervisorConfig {
             disks: Vec::new(),
             agent_timeout: Duration::from_millis(self.agent_timeout_ms),
             dir: Some(dir),
+            net: None,
         })
     }
 }

@@ -318,6 +318,7 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
         disks: vec![(image, true)],
         agent_timeout: Duration::from_secs(120),
         dir: None,
+        net: None,
     })
     .map_err(|e| e.to_string())?;
     let c = vm.client();
@@ -484,6 +485,7 @@ fn pod_volumes_read_only_root_and_restart() -> Result<(), Failed> {
         disks: vec![(image, true)],
         agent_timeout: Duration::from_secs(120),
         dir: None,
+        net: None,
     })
     .map_err(|e| e.to_string())?;
     vm.client()

@@ -34,14 +34,19 @@ pub fn cases() -> Vec<Case> {
 /// A secret value that must appear nowhere on the host but where the user asked for it.
 const SECRET_VALUE: &str = "s3cr3t-e2e-value-7c1f";
 
-fn write_yaml(pods: &Pods, name: &str, text: &str) -> Result<String, Failed> {
+pub(crate) fn write_yaml(pods: &Pods, name: &str, text: &str) -> Result<String, Failed> {
     let path = pods.root().with_file_name(name);
     std::fs::write(&path, text)?;
     Ok(path.display().to_string())
 }
 
 /// Waits until `logs POD -c C` contains `needle`; returns the logs.
-fn wait_logs(pods: &Pods, pod: &str, container: &str, needle: &str) -> Result<String, Failed> {
+pub(crate) fn wait_logs(
+    pods: &Pods,
+    pod: &str,
+    container: &str,
+    needle: &str,
+) -> Result<String, Failed> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let logs = pods.ok(&["logs", pod, "-c", container])?;
