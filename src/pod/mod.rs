@@ -56,6 +56,9 @@ pub enum PodError {
     #[error("invalid pod spec: {message}")]
     InvalidSpec { message: String },
 
+    #[error("cannot release the pod's network: {0}; fix the cause and run rm again")]
+    Network(String),
+
     #[error("invalid pod spec: container {container:?}: {source}")]
     InvalidContainer {
         container: String,

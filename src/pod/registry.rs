@@ -370,6 +370,11 @@ impl Registry {
     /// The caller stops the pod first: this does not look at its supervisor.
     pub fn remove(&self, id: &PodId) -> Result<(), PodError> {
         let _guard = self.lock_store()?;
+        // A pod whose supervisor died still holds its network (namespace, veth, IP lease):
+        // release it first (nothing to do when the supervisor did, or there was none).
+        if let Err(e) = crate::network::detach(&self.dirs.network_path(id)) {
+            return Err(PodError::Network(e.to_string()));
+        }
         let store_dir = self.dirs.store_dir(id);
         let doomed = self.staging_dir(id, "removing");
         match fs::rename(&store_dir, &doomed) {

@@ -24,6 +24,7 @@
 //! the registry's lock check turns into `Failed`.
 
 pub mod api;
+pub mod network;
 pub mod pod;
 pub mod stream;
 
@@ -276,6 +277,7 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             vm.memory_mib = record.spec.vm.memory_mib;
             Ok(vm)
         });
+    let vm = vm.and_then(|vm| running.attach_network(&args.id, &dirs).map(|()| vm));
     let vm = match vm {
         Ok(vm) => vm,
         Err(e) => {

@@ -119,6 +119,8 @@ pub struct RunningPod {
     /// Requests for the end waiting (Wait, Stop): the supervisor lingers until they have
     /// answered.
     pub waiters: Mutex<usize>,
+    /// The pod's network, once attached (none with `--network none`).
+    pub network: std::sync::OnceLock<super::network::PodNetwork>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -265,7 +267,25 @@ impl RunningPod {
             stopping: AtomicBool::new(false),
             backoff_base,
             waiters: Mutex::new(0),
+            network: std::sync::OnceLock::new(),
         })))
+    }
+
+    /// Attaches the pod's network (before [`RunningPod::boot`]); on an error nothing of it
+    /// is left.
+    pub fn attach_network(&self, id: &crate::pod::id::PodId, dirs: &PodDirs) -> Result<(), String> {
+        let Some(network) = super::network::PodNetwork::set_up(&self.spec, id, dirs)
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        {
+            let mut state = lock(&self.state);
+            state.network = Some(network.status());
+            self.save(&state);
+        }
+        let _ = self.network.set(network);
+        Ok(())
     }
 
     /// Boots the pod VM and creates its containers; the pod is `Created` when this returns
@@ -399,6 +419,8 @@ impl RunningPod {
         }
 
         config.disks = disks;
+        let network = self.network.get();
+        config.net = network.map(super::network::PodNetwork::vm_net);
         let mut vm = PodVm::start(&config)?;
         {
             let mut state = lock(&self.state);
@@ -410,9 +432,16 @@ impl RunningPod {
                 hostname: self.spec.hostname.clone(),
                 entropy_seed: host_seed(),
                 volumes,
+                network: network.map(super::network::PodNetwork::sandbox),
+                dns_servers: network
+                    .map(super::network::PodNetwork::dns_servers)
+                    .unwrap_or_default(),
                 ..Default::default()
             })
             .map_err(agent("creating the pod sandbox"))?;
+        if let Some(network) = network {
+            network.forward_ports();
+        }
         *lock(&self.vm) = Some(vm);
         for c in self.containers.iter().filter(|c| !c.init) {
             self.create_and_attach(c)?;
@@ -1080,6 +1109,13 @@ impl RunningPod {
                 drop(vm);
             } else if let Err(e) = vm.shutdown() {
                 tracing::warn!("the pod VM did not shut down cleanly: {e}");
+            }
+        }
+        // The VM is gone: release its network (CNI DEL, namespace, IP lease).
+        if let Some(network) = self.network.get() {
+            match network.tear_down() {
+                Ok(()) => lock(&self.state).network = None,
+                Err(e) => tracing::warn!("cannot release the pod's network: {e}"),
             }
         }
         for c in &self.containers {

@@ -1,0 +1,208 @@
+//! A pod's network as its supervisor builds and removes it, in this order:
+//! 1. the published host ports are bound ([`BoundPorts`]): a taken port fails the pod
+//!    before anything else of it exists;
+//! 2. CNI ADD attaches a network namespace with a veth `eth0` ([`crate::network::attach`]);
+//! 3. a tap `tap0` joins the veth in that namespace with tc redirects both ways
+//!    ([`redirect_tap_and_veth`]); the VMM gets the tap's fd and the veth's MAC, so the
+//!    guest's NIC takes the veth's place on the network;
+//! 4. once the agent has the pod's address, the ports forward to it.
+//!
+//! Undone in reverse by [`PodNetwork::tear_down`] when the pod ends, and by
+//! [`crate::network::detach`] on the state file when a pod whose supervisor died is removed.
+//! A failure at any step undoes the steps before it.
+
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::netlink::tap::{TapError, TapInfo, redirect_tap_and_veth};
+use crate::network::ports::{BoundPorts, PortError, published_ports};
+use crate::network::{NetworkError, NetworkSetup, PodAttachment, attach, detach};
+use crate::pod::id::PodId;
+use crate::pod::layout::PodDirs;
+use crate::pod::spec::{NetworkMode, PodSpec};
+use crate::pod::state::NetworkStatus;
+use crate::protocol::{IpCidr, NetInterface, NetRoute, SandboxNetwork};
+use crate::runtime::PodVmNet;
+
+/// The tap's name in the pod's namespace.
+pub const TAP_NAME: &str = "tap0";
+/// The guest NIC's name inside the pod.
+pub const GUEST_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetworkError {
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+    #[error("cannot give the pod VM its NIC: {0}")]
+    Tap(#[from] TapError),
+    #[error(
+        "the pod network's MTU {0} is more than a virtio-net device carries (65535): lower the \
+         network's mtu in its conflist"
+    )]
+    Mtu(u32),
+    #[error("the network gave the pod no address: check the IPAM section of its conflist")]
+    NoAddress,
+}
+
+/// A pod's attached network.
+pub struct PodNetwork {
+    pub attachment: PodAttachment,
+    tap: Arc<OwnedFd>,
+    tap_info: TapInfo,
+    state_file: PathBuf,
+    ports: Mutex<Option<BoundPorts>>,
+}
+
+impl std::fmt::Debug for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetwork")
+            .field("attachment", &self.attachment)
+            .field("tap", &self.tap_info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodNetwork {
+    /// Builds the network of pod `id` as its spec says (`None` for `--network none`).
+    pub fn set_up(
+        spec: &PodSpec,
+        id: &PodId,
+        dirs: &PodDirs,
+    ) -> Result<Option<Self>, PodNetworkError> {
+        let NetworkMode::Cni { name } = &spec.network else {
+            return Ok(None);
+        };
+        let ports = BoundPorts::bind(&published_ports(spec)?)?;
+        let mut setup = NetworkSetup::new(id.as_str(), &dirs.network_path(id));
+        setup.name = name.clone();
+        let attachment = attach(&setup)?;
+        let undo = |e: PodNetworkError| {
+            if let Err(undo) = detach(&setup.state_file) {
+                tracing::warn!("cannot undo the pod's network attachment: {undo}");
+            }
+            e
+        };
+        let (tap, tap_info) =
+            redirect_tap_and_veth(&attachment.netns, &attachment.ifname, TAP_NAME, None)
+                .map_err(|e| undo(e.into()))?;
+        if u16::try_from(tap_info.mtu).is_err() {
+            return Err(undo(PodNetworkError::Mtu(tap_info.mtu)));
+        }
+        if attachment.addresses().is_empty() {
+            return Err(undo(PodNetworkError::NoAddress));
+        }
+        Ok(Some(PodNetwork {
+            attachment,
+            tap: Arc::new(tap),
+            tap_info,
+            state_file: setup.state_file,
+            ports: Mutex::new(Some(ports)),
+        }))
+    }
+
+    /// The VM's NIC: the tap, with the veth's MAC and MTU.
+    pub fn vm_net(&self) -> PodVmNet {
+        PodVmNet {
+            tap: self.tap.clone(),
+            mac: self.tap_info.mac.to_string(),
+            // Checked in `set_up`.
+            mtu: u16::try_from(self.tap_info.mtu).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// What the agent configures in the guest: `eth0` with the veth's MAC, MTU and
+    /// addresses, and the network's routes (a route without a gateway goes through the
+    /// network's gateway, as the bridge plugin means it; `0.0.0.0/0` is the default route).
+    pub fn sandbox(&self) -> SandboxNetwork {
+        let gateway = self.attachment.gateway();
+        let routes = self
+            .attachment
+            .routes()
+            .iter()
+            .map(|r| NetRoute {
+                destination: (r.dst.prefix_len != 0).then_some(IpCidr {
+                    ip: r.dst.addr,
+                    prefix_len: r.dst.prefix_len,
+                }),
+                gateway: r.gw.or(gateway),
+                interface: Some(GUEST_IFNAME.into()),
+            })
+            .collect();
+        SandboxNetwork {
+            interfaces: vec![NetInterface {
+                name: GUEST_IFNAME.into(),
+                mac: self.tap_info.mac.to_string(),
+                mtu: self.tap_info.mtu,
+                addresses: self
+                    .attachment
+                    .addresses()
+                    .into_iter()
+                    .map(|c| IpCidr {
+                        ip: c.addr,
+                        prefix_len: c.prefix_len,
+                    })
+                    .collect(),
+            }],
+            routes,
+        }
+    }
+
+    /// The pod's resolvers (never a loopback stub of the host).
+    pub fn dns_servers(&self) -> Vec<IpAddr> {
+        self.attachment.nameservers()
+    }
+
+    /// The pod's first IPv4 address (else its first address).
+    pub fn pod_ip(&self) -> Option<IpAddr> {
+        let addrs = self.attachment.addresses();
+        addrs
+            .iter()
+            .find(|c| c.addr.is_ipv4())
+            .or(addrs.first())
+            .map(|c| c.addr)
+    }
+
+    /// For `inspect` and `ps`.
+    pub fn status(&self) -> NetworkStatus {
+        NetworkStatus {
+            name: self.attachment.network.clone(),
+            addresses: self
+                .attachment
+                .addresses()
+                .iter()
+                .map(|c| format!("{}/{}", c.addr, c.prefix_len))
+                .collect(),
+            mac: self.tap_info.mac.to_string(),
+            mtu: self.tap_info.mtu,
+            netns: self.attachment.netns.clone(),
+            host_interface: self
+                .attachment
+                .result
+                .interfaces
+                .iter()
+                .find(|i| i.sandbox.is_none() && i.mac.is_some() && i.name.starts_with("veth"))
+                .map(|i| i.name.clone()),
+        }
+    }
+
+    /// Starts forwarding the published ports to the pod (once; later calls do nothing).
+    pub fn forward_ports(&self) {
+        let ports = self
+            .ports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(ports), Some(ip)) = (ports, self.pod_ip()) {
+            ports.forward(ip);
+        }
+    }
+
+    /// CNI DEL and the namespace removed (the tap goes with the namespace and the VMM).
+    pub fn tear_down(&self) -> Result<(), NetworkError> {
+        detach(&self.state_file)
+    }
+}
