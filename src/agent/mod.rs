@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod init;
+pub mod network;
 pub mod os;
 pub mod process;
 pub mod server;
