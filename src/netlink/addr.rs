@@ -248,7 +248,8 @@ mod tests {
         assert_eq!(m.header.scope, RouteScope::Link);
         assert_eq!(m.header.destination_prefix_length, 64);
 
-        let cases: [(Option<(IpAddr, u8)>, Option<IpAddr>, Option<u32>); 4] = [
+        type Case = (Option<(IpAddr, u8)>, Option<IpAddr>, Option<u32>);
+        let cases: [Case; 4] = [
             (None, None, Some(1)),
             (Some((net, 64)), Some(gw), None),
             (Some((gw, 33)), None, Some(1)),

@@ -36,27 +36,15 @@ pub enum TapError {
     },
     #[error("{0:?} is not a tap name: use 1 to {MAX_IFNAME_LEN} bytes without '/', ':' or spaces")]
     BadName(String),
-    #[error("the tap {tap:?}: {source}")]
+    /// A netlink step; `what` names the tap or veth and the step.
+    #[error("{what}: {source}")]
     Netlink {
-        tap: String,
-        #[source]
-        source: NetlinkError,
-    },
-    #[error("the pod's veth {veth:?}: {source}")]
-    Veth {
-        veth: String,
+        what: String,
         #[source]
         source: NetlinkError,
     },
     #[error("the pod's veth {0:?} has no Ethernet address")]
     VethWithoutMac(String),
-    #[error("redirecting between the tap {tap:?} and the veth {veth:?}: {source}")]
-    Redirect {
-        tap: String,
-        veth: String,
-        #[source]
-        source: NetlinkError,
-    },
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -126,7 +114,7 @@ impl Tap {
     pub fn create(name: &str, mtu: u32) -> Result<Tap, TapError> {
         let (fd, name) = open_tap(name)?;
         let netlink = |source| TapError::Netlink {
-            tap: name.clone(),
+            what: format!("the tap {name:?}"),
             source,
         };
         let mut nl = Netlink::open().map_err(netlink)?;
@@ -187,8 +175,8 @@ fn wire_tap_to_veth(
     tap_name: &str,
     mtu: Option<u32>,
 ) -> Result<(OwnedFd, TapInfo), TapError> {
-    let veth_err = |source| TapError::Veth {
-        veth: veth_name.into(),
+    let veth_err = |source| TapError::Netlink {
+        what: format!("the pod's veth {veth_name:?}"),
         source,
     };
     let mut nl = Netlink::open().map_err(veth_err)?;
@@ -198,9 +186,11 @@ fn wire_tap_to_veth(
         .ok_or_else(|| TapError::VethWithoutMac(veth_name.into()))?;
     let mtu = mtu.unwrap_or(veth.mtu);
     let tap = Tap::create(tap_name, mtu)?;
-    let redirect = |source| TapError::Redirect {
-        tap: tap.name().into(),
-        veth: veth_name.into(),
+    let redirect = |source| TapError::Netlink {
+        what: format!(
+            "redirecting between the tap {:?} and the veth {veth_name:?}",
+            tap.name()
+        ),
         source,
     };
     if !veth.up {
@@ -377,7 +367,22 @@ mod tests {
         assert!(eth0.up);
         // A second wiring of the same veth is refused, naming what failed.
         let err = redirect_tap_and_veth(Path::new(&path), "eth0", "tap1", None).unwrap_err();
-        assert!(matches!(err, TapError::Redirect { .. }), "{err}");
+        assert!(matches!(err, TapError::Netlink { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("redirecting between the tap \"tap1\""),
+            "{err}"
+        );
+        assert_eq!(
+            {
+                let TapError::Netlink { source, .. } = &err else {
+                    unreachable!()
+                };
+                source.errno()
+            },
+            Some(libc::EEXIST),
+            "the veth's ingress qdisc exists"
+        );
 
         // From the test's own namespace, as the VMM would: an ARP request for the
         // gateway goes in the tap, and the gateway's answer comes out of it.
