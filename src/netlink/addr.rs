@@ -315,6 +315,7 @@ mod tests {
                 .add_route(Some(("192.168.8.1".parse().unwrap(), 24)), None, Some(a))
                 .unwrap_err();
             assert_eq!(err.errno(), Some(libc::EINVAL), "{err}");
+            assert!(err.to_string().contains("Invalid prefix"), "{err}");
             let routes = nl.routes().unwrap();
             assert!(
                 routes.contains(&Route {

@@ -29,8 +29,8 @@ use std::io;
 use std::num::NonZeroI32;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NlasIterator,
+    NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -251,7 +251,9 @@ impl Netlink {
                 match reply.payload {
                     NetlinkPayload::Error(e) => match e.code {
                         None => return Ok(answers),
-                        Some(code) => return Err(kernel_error(op, code, &e.header)),
+                        Some(code) => {
+                            return Err(kernel_error(op, code, reply.header.flags, &e.header));
+                        }
                     },
                     NetlinkPayload::Done(_) => return Ok(answers),
                     // A dump's parts; a plain request gets none (its ack follows).
@@ -263,25 +265,29 @@ impl Netlink {
     }
 }
 
-fn kernel_error(op: &Op, code: NonZeroI32, echoed: &[u8]) -> NetlinkError {
+fn kernel_error(op: &Op, code: NonZeroI32, reply_flags: u16, echoed: &[u8]) -> NetlinkError {
     NetlinkError::Kernel {
         op: op.op.clone(),
         target: op.target.clone(),
         source: Errno(code.get().saturating_abs()),
-        extack: extack_message(echoed),
+        extack: extack_message(reply_flags, echoed),
     }
 }
 
-/// The `NLMSGERR_ATTR_MSG` of an error's payload past the echoed request header, when the
-/// kernel echoed only the header (`NETLINK_CAP_ACK`) and added attributes.
-fn extack_message(echoed: &[u8]) -> Option<String> {
-    let header = echoed.get(..NLMSG_HDR_LEN)?;
-    let echoed_len = u32::from_ne_bytes(header[..4].try_into().ok()?) as usize;
-    if echoed_len != NLMSG_HDR_LEN && echoed.len() < echoed_len {
+/// The `NLMSGERR_ATTR_MSG` of an error's extended-ack attributes (`NLM_F_ACK_TLVS`), which
+/// follow the echoed request: only its header when the kernel capped it (`NLM_F_CAPPED`),
+/// all of it otherwise.
+fn extack_message(reply_flags: u16, echoed: &[u8]) -> Option<String> {
+    if reply_flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }
-    let attrs = echoed.get(NLMSG_HDR_LEN.max(echoed_len.div_ceil(4) * 4)..)?;
-    NlasIterator::new(attrs)
+    let skip = if reply_flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDR_LEN
+    } else {
+        let len = u32::from_ne_bytes(echoed.get(..4)?.try_into().ok()?) as usize;
+        len.div_ceil(4) * 4
+    };
+    NlasIterator::new(echoed.get(skip..)?)
         .filter_map(Result::ok)
         .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
         .map(|nla| {
@@ -357,20 +363,33 @@ mod tests {
 
     #[test]
     fn extack_messages_are_read_from_the_error_payload() {
+        // What Linux 6.18 sent for a route with host bits set: the echoed request header
+        // (its length says 44 bytes, but only the header came: capped), then the message.
         let mut echoed = vec![0u8; NLMSG_HDR_LEN];
-        echoed[..4].copy_from_slice(&(NLMSG_HDR_LEN as u32).to_ne_bytes());
+        echoed[..4].copy_from_slice(&44u32.to_ne_bytes());
         let text = b"Invalid prefix for given prefix length\0";
         let nla_len = 4 + text.len();
         echoed.extend_from_slice(&(nla_len as u16).to_ne_bytes());
         echoed.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
         echoed.extend_from_slice(text);
         echoed.resize(echoed.len().div_ceil(4) * 4, 0);
+        let flags = NLM_F_ACK_TLVS | NLM_F_CAPPED;
         assert_eq!(
-            extack_message(&echoed).as_deref(),
+            extack_message(flags, &echoed).as_deref(),
             Some("Invalid prefix for given prefix length")
         );
-        assert_eq!(extack_message(&echoed[..NLMSG_HDR_LEN]), None);
-        assert_eq!(extack_message(&[1, 2, 3]), None);
+        assert_eq!(extack_message(0, &echoed), None, "no attributes flagged");
+        assert_eq!(extack_message(flags, &echoed[..NLMSG_HDR_LEN]), None);
+        assert_eq!(extack_message(flags, &[1, 2, 3]), None);
+        // Not capped: the whole 44-byte request is echoed before the attributes.
+        let mut whole = echoed[..NLMSG_HDR_LEN].to_vec();
+        whole.resize(44, 0);
+        whole.extend_from_slice(&echoed[NLMSG_HDR_LEN..]);
+        assert_eq!(
+            extack_message(NLM_F_ACK_TLVS, &whole).as_deref(),
+            Some("Invalid prefix for given prefix length")
+        );
+        assert_eq!(extack_message(NLM_F_ACK_TLVS, &whole[..40]), None);
     }
 
     #[test]
@@ -378,6 +397,7 @@ mod tests {
         let e = kernel_error(
             &Op::new("set the MTU to 9000", "link 3"),
             NonZeroI32::new(-libc::EPERM).unwrap(),
+            0,
             &[],
         );
         assert_eq!(e.errno(), Some(libc::EPERM));
