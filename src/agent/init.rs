@@ -141,9 +141,13 @@ pub fn mount_system(os: &dyn Os) -> io::Result<()> {
 }
 
 /// Writes the pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` under [`POD_ETC`].
+/// The hostname maps to the pod's address when it has one (as Kubernetes does), to
+/// 127.0.1.1 otherwise.
 pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Result<()> {
+    let own = super::network::pod_address(spec.network.as_ref())
+        .map_or("127.0.1.1".to_string(), |ip| ip.to_string());
     let mut hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{}\n",
         spec.hostname
     );
     for entry in &spec.hosts {
@@ -391,6 +395,13 @@ mod tests {
             "nameserver 10.0.0.1\nsearch example.org\n"
         );
         assert_eq!(read("hostname"), "pod1\n");
+
+        // With a network, the hostname maps to the pod's address instead.
+        spec.network = Some(crate::protocol::message::tests::sample_network());
+        write_pod_etc(&os, &spec).unwrap();
+        let hosts = read("hosts");
+        assert!(hosts.contains("10.88.0.5\tpod1\n"), "{hosts}");
+        assert!(!hosts.contains("127.0.1.1"), "{hosts}");
         assert!(os.calls().contains(&Call::WriteFile(
             "/proc/sys/net/ipv4/ip_forward".into(),
             "1".into()

@@ -1,7 +1,7 @@
 //! The guest agent, `peapod-agent`: PID 1 of every pod VM. It sets the guest up
-//! ([`init`]), serves the host's [`crate::protocol`] on vsock ([`server`]) and runs the
-//! pod's containers ([`container`]), with its OS calls behind [`os::Os`] so that the setup
-//! logic is unit-tested without root.
+//! ([`init`]), serves the host's [`crate::protocol`] on vsock ([`server`]), sets up the
+//! pod's network ([`network`]) and runs the pod's containers ([`container`]), with its OS
+//! calls behind [`os::Os`] so that the setup logic is unit-tested without root.
 //!
 //! The same binary is also the two helpers the agent starts for containers
 //! (`container-init`, `exec-init`; see [`container`]): a helper is single-threaded, so it
@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod init;
+pub mod network;
 pub mod os;
 pub mod process;
 pub mod server;

@@ -1,7 +1,7 @@
 //! The OS calls the agent's setup logic makes, behind [`Os`], so that the order and arguments
-//! of mounts, namespace changes and cgroup writes are unit-tested without root: [`RealOs`]
-//! makes the calls (on nix), [`RecordingOs`] records them as [`Call`]s and can be told to
-//! fail one.
+//! of mounts, namespace changes, cgroup writes and network setup are unit-tested without
+//! root: [`RealOs`] makes the calls (on nix, and on [`crate::netlink`] for the network),
+//! [`RecordingOs`] records them as [`Call`]s and can be told to fail one.
 //!
 //! Why nix and not youki's `libcontainer`: the agent is PID 1 of a small static initramfs;
 //! libcontainer pulls in OCI bundle handling, seccomp/libbpf, systemd and D-Bus cgroup
@@ -20,6 +20,9 @@ use std::sync::Mutex;
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
+
+use crate::netlink::{self, MacAddr, Netlink};
+use crate::protocol::{NetInterface, NetRoute};
 
 /// The OS calls of container and pod setup. Paths are absolute.
 pub trait Os: Send + Sync {
@@ -60,6 +63,16 @@ pub trait Os: Send + Sync {
     fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
     /// Joins the namespace the file `ns` refers to (`/proc/PID/ns/net`, a bind mount of one).
     fn setns(&self, ns: &Path, kind: CloneFlags) -> io::Result<()>;
+    /// The index of the network interface with hardware address `mac` in the agent's own
+    /// network namespace, if there is one.
+    fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>>;
+    /// Moves link `index` of the agent's network namespace into the one at `netns`.
+    fn move_link(&self, index: u32, netns: &Path) -> io::Result<()>;
+    /// In the network namespace at `netns`: names the link whose MAC is `iface.mac`
+    /// `iface.name`, sets its MTU, adds its addresses and brings it up.
+    fn configure_interface(&self, netns: &Path, iface: &NetInterface) -> io::Result<()>;
+    /// In the network namespace at `netns`: adds `route` to the main table.
+    fn add_route(&self, netns: &Path, route: &NetRoute) -> io::Result<()>;
 }
 
 fn nix_io(e: nix::Error) -> io::Error {
@@ -233,6 +246,59 @@ impl Os for RealOs {
         let file = fs::File::open(ns).map_err(|e| with_path(e, "open namespace", ns))?;
         nix::sched::setns(file.as_fd(), kind).map_err(|e| with_path(nix_io(e), "setns", ns))
     }
+
+    fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>> {
+        Ok(Netlink::open()?.link_by_mac(mac)?.map(|l| l.index))
+    }
+
+    fn move_link(&self, index: u32, netns: &Path) -> io::Result<()> {
+        let ns = fs::File::open(netns).map_err(|e| with_path(e, "open namespace", netns))?;
+        Ok(Netlink::open()?.set_netns_fd(index, ns.as_fd())?)
+    }
+
+    fn configure_interface(&self, netns: &Path, iface: &NetInterface) -> io::Result<()> {
+        let mac: MacAddr = iface
+            .mac
+            .parse()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        in_netns(netns, || -> io::Result<()> {
+            let mut nl = Netlink::open()?;
+            let link = nl.link_by_mac(mac)?.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no link with MAC {mac} arrived in {}", netns.display()),
+                )
+            })?;
+            // Renaming needs the link down, which it is: moving it between namespaces
+            // brought it down.
+            if link.name != iface.name {
+                nl.set_name(link.index, &iface.name)?;
+            }
+            nl.set_mtu(link.index, iface.mtu)?;
+            for addr in &iface.addresses {
+                nl.add_address(link.index, addr.ip, addr.prefix_len)?;
+            }
+            nl.set_up(link.index)?;
+            Ok(())
+        })
+    }
+
+    fn add_route(&self, netns: &Path, route: &NetRoute) -> io::Result<()> {
+        in_netns(netns, || -> io::Result<()> {
+            let mut nl = Netlink::open()?;
+            let oif = match &route.interface {
+                Some(name) => Some(nl.link_index(name)?),
+                None => None,
+            };
+            let dst = route.destination.map(|d| (d.ip, d.prefix_len));
+            Ok(nl.add_route(dst, route.gateway, oif)?)
+        })
+    }
+}
+
+/// Runs `f` in the network namespace at `netns` (see [`netlink::netns::run_in`]).
+fn in_netns(netns: &Path, f: impl FnOnce() -> io::Result<()> + Send) -> io::Result<()> {
+    netlink::netns::run_in(netns, f).map_err(io::Error::other)?
 }
 
 /// One recorded OS call.
@@ -266,6 +332,13 @@ pub enum Call {
     Sethostname(String),
     Unshare(CloneFlags),
     Setns(PathBuf, CloneFlags),
+    LinkByMac(MacAddr),
+    MoveLink {
+        index: u32,
+        netns: PathBuf,
+    },
+    ConfigureInterface(PathBuf, NetInterface),
+    AddRoute(PathBuf, NetRoute),
 }
 
 /// A fake [`Os`]: records every call; reads return the contents given with
@@ -274,6 +347,8 @@ pub enum Call {
 pub struct RecordingOs {
     calls: Mutex<Vec<Call>>,
     files: Mutex<Vec<(PathBuf, String)>>,
+    /// The NICs [`Os::link_by_mac`] finds.
+    nics: Vec<(MacAddr, u32)>,
     #[allow(clippy::type_complexity)]
     fail_on: Option<Box<dyn Fn(&Call) -> bool + Send + Sync>>,
 }
@@ -289,6 +364,12 @@ impl RecordingOs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((path.into(), contents.into()));
+        self
+    }
+
+    /// Makes [`Os::link_by_mac`] find a NIC with `mac` at `index`.
+    pub fn with_nic(mut self, mac: MacAddr, index: u32) -> Self {
+        self.nics.push((mac, index));
         self
     }
 
@@ -412,5 +493,29 @@ impl Os for RecordingOs {
 
     fn setns(&self, ns: &Path, kind: CloneFlags) -> io::Result<()> {
         self.record(Call::Setns(ns.into(), kind))
+    }
+
+    fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>> {
+        self.record(Call::LinkByMac(mac))?;
+        Ok(self
+            .nics
+            .iter()
+            .find(|(m, _)| *m == mac)
+            .map(|(_, index)| *index))
+    }
+
+    fn move_link(&self, index: u32, netns: &Path) -> io::Result<()> {
+        self.record(Call::MoveLink {
+            index,
+            netns: netns.into(),
+        })
+    }
+
+    fn configure_interface(&self, netns: &Path, iface: &NetInterface) -> io::Result<()> {
+        self.record(Call::ConfigureInterface(netns.into(), iface.clone()))
+    }
+
+    fn add_route(&self, netns: &Path, route: &NetRoute) -> io::Result<()> {
+        self.record(Call::AddRoute(netns.into(), route.clone()))
     }
 }

@@ -23,10 +23,10 @@ use nix::unistd::Pid;
 use super::container::{
     self, ContainerInit, ExecInit, HelperEvent, POD_ETC, POD_NETNS, read_event,
 };
-use super::init;
 use super::os::Os;
 use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
 use super::volume;
+use super::{init, network};
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FrameError, PROTOCOL_VERSION, ProcessRef, ProcessSpec,
     Request, Response, SandboxSpec, StreamHello, StreamKind, WireError, read_frame, validate_id,
@@ -475,6 +475,10 @@ impl Agent {
                 .map_err(|_| setup(&"the network namespace thread panicked"))?
                 .map_err(|e| setup(&e))?;
         }
+        if let Some(network) = &spec.network {
+            network::configure_pod_network(self.os.as_ref(), Path::new(POD_NETNS), network)
+                .map_err(|e| setup(&e))?;
+        }
         volume::create_volumes(self.os.as_ref(), &spec.volumes).map_err(|e| setup(&e))?;
         volume::forget_secret_bytes(&mut spec.volumes);
         state.sandbox = Some(spec);
@@ -894,6 +898,58 @@ mod tests {
             hostname: "no spaces".into(),
             ..Default::default()
         };
+        assert_eq!(
+            c.create_sandbox(&bad).unwrap_err().wire_kind(),
+            Some(ErrorKind::InvalidArgument)
+        );
+    }
+
+    #[test]
+    fn the_sandbox_sets_up_its_network_after_etc_and_before_volumes() {
+        use crate::protocol::message::tests::sample_network;
+        let mac = "02:42:0a:58:00:05".parse().unwrap();
+        let os = Arc::new(RecordingOs::new().with_nic(mac, 2));
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&SandboxSpec {
+            hostname: "p".into(),
+            volumes: sample_volumes(),
+            network: Some(sample_network()),
+            ..Default::default()
+        })
+        .unwrap();
+        let calls = os.calls();
+        let position = |pred: &dyn Fn(&Call) -> bool| calls.iter().position(pred).unwrap();
+        let hosts = position(&|c| matches!(c, Call::WriteFile(p, _) if p.ends_with("hosts")));
+        let lookup = position(&|c| matches!(c, Call::LinkByMac(_)));
+        let moved = position(
+            &|c| matches!(c, Call::MoveLink { index: 2, netns } if netns == Path::new(POD_NETNS)),
+        );
+        let configured = position(&|c| matches!(c, Call::ConfigureInterface(..)));
+        let route = position(&|c| matches!(c, Call::AddRoute(..)));
+        let volume = position(&|c| matches!(c, Call::Mount { .. }));
+        assert!(hosts < lookup && lookup < moved && moved < configured && configured < route);
+        assert!(route < volume);
+        let Call::WriteFile(_, hosts) = &calls[hosts] else {
+            unreachable!()
+        };
+        assert!(hosts.contains("10.88.0.5\tp\n"), "{hosts}");
+    }
+
+    #[test]
+    fn a_sandbox_whose_nic_is_missing_fails_naming_the_mac() {
+        use crate::protocol::message::tests::sample_network;
+        let os = Arc::new(RecordingOs::new());
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        let spec = SandboxSpec {
+            hostname: "p".into(),
+            network: Some(sample_network()),
+            ..Default::default()
+        };
+        let err = c.create_sandbox(&spec).unwrap_err();
+        assert_eq!(err.wire_kind(), Some(ErrorKind::Setup));
+        assert!(err.to_string().contains("02:42:0a:58:00:05"), "{err}");
+        let mut bad = spec.clone();
+        bad.network.as_mut().unwrap().interfaces[0].mtu = 20;
         assert_eq!(
             c.create_sandbox(&bad).unwrap_err().wire_kind(),
             Some(ErrorKind::InvalidArgument)

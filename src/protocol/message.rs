@@ -137,7 +137,68 @@ pub struct SandboxSpec {
     /// [`MountSource::PodVolume`]. Names are unique ids ([`validate_id`]).
     #[serde(default)]
     pub volumes: Vec<SandboxVolume>,
+    /// The pod's network interfaces and routes (from the host's CNI result); none: the pod
+    /// has only loopback.
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
 }
+
+/// The pod's network as the guest must set it up in the pod's network namespace. Each
+/// interface is a NIC the VMM gave the guest, found by its MAC: the host gives it the MAC
+/// of the pod's veth (whose traffic it redirects to the NIC's tap), so the guest takes the
+/// veth's place in the pod network with the same MAC, MTU, addresses and routes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxNetwork {
+    #[serde(default)]
+    pub interfaces: Vec<NetInterface>,
+    /// Added after every interface is up, in this order (on-link routes before the ones
+    /// through a gateway).
+    #[serde(default)]
+    pub routes: Vec<NetRoute>,
+}
+
+/// One of the pod's network interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    /// Its name in the pod, e.g. `eth0`.
+    pub name: String,
+    /// The guest NIC's MAC, `aa:bb:cc:dd:ee:ff`: how the agent finds it.
+    pub mac: String,
+    pub mtu: u32,
+    #[serde(default)]
+    pub addresses: Vec<IpCidr>,
+}
+
+/// An address with its prefix length (`10.88.0.5/16` is `{"ip":"10.88.0.5",
+/// "prefix_len":16}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpCidr {
+    pub ip: IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A route of the pod's main table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetRoute {
+    /// `None`: the default route (of the gateway's address family).
+    #[serde(default)]
+    pub destination: Option<IpCidr>,
+    /// `None`: the destination is on the interface's link.
+    #[serde(default)]
+    pub gateway: Option<IpAddr>,
+    /// One of [`SandboxNetwork::interfaces`] by name; needed when there is no gateway.
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+/// The smallest MTU of an IPv4 link (RFC 791) and the largest the kernel's interfaces
+/// take.
+pub const MIN_MTU: u32 = 68;
+pub const MAX_MTU: u32 = 65535;
 
 /// A volume of the pod, shared by the containers that mount it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -576,6 +637,192 @@ impl SandboxSpec {
                 )));
             }
         }
+        if let Some(network) = &self.network {
+            network.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl IpCidr {
+    fn max_prefix(&self) -> u8 {
+        if self.ip.is_ipv4() { 32 } else { 128 }
+    }
+
+    /// The address with its host bits cleared.
+    pub fn network(&self) -> IpAddr {
+        let len = u32::from(self.prefix_len.min(self.max_prefix()));
+        match self.ip {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+                IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` lies in this prefix.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.ip.is_ipv4()
+            && IpCidr {
+                ip,
+                prefix_len: self.prefix_len,
+            }
+            .network()
+                == self.network()
+    }
+
+    fn validate(&self, what: &str) -> Result<(), WireError> {
+        if self.prefix_len > self.max_prefix() {
+            return Err(invalid(format!(
+                "{what} {self}: the prefix length is at most {}",
+                self.max_prefix()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for IpCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ip, self.prefix_len)
+    }
+}
+
+/// An address an interface or a gateway can have: not unspecified, loopback, multicast or
+/// broadcast.
+fn validate_unicast(what: &str, ip: IpAddr) -> Result<(), WireError> {
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast {
+        return Err(invalid(format!(
+            "{what} {ip} must be a unicast address (not unspecified, loopback, multicast or \
+             broadcast)"
+        )));
+    }
+    Ok(())
+}
+
+impl SandboxNetwork {
+    pub fn validate(&self) -> Result<(), WireError> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut macs = std::collections::BTreeSet::new();
+        for iface in &self.interfaces {
+            let mac = iface.validate()?;
+            if !names.insert(iface.name.as_str()) {
+                return Err(invalid(format!(
+                    "interface {:?} is named twice: interface names are unique in a pod",
+                    iface.name
+                )));
+            }
+            if !macs.insert(mac) {
+                return Err(invalid(format!(
+                    "MAC {mac} is given to two interfaces: each NIC has its own"
+                )));
+            }
+        }
+        for route in &self.routes {
+            route.validate(&names)?;
+        }
+        Ok(())
+    }
+}
+
+impl NetInterface {
+    /// Checks the interface and returns its MAC.
+    pub fn validate(&self) -> Result<crate::netlink::MacAddr, WireError> {
+        if !crate::netlink::link::valid_ifname(&self.name) || self.name == "lo" {
+            return Err(invalid(format!(
+                "interface name {:?} must be 1 to 15 bytes without '/', ':' or spaces, and \
+                 not lo",
+                self.name
+            )));
+        }
+        let mac: crate::netlink::MacAddr = self
+            .mac
+            .parse()
+            .map_err(|e| invalid(format!("interface {}: {e}", self.name)))?;
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(invalid(format!(
+                "interface {}: MAC {mac} is not a unicast address (the first byte must be \
+                 even, and not all zero)",
+                self.name
+            )));
+        }
+        if !(MIN_MTU..=MAX_MTU).contains(&self.mtu) {
+            return Err(invalid(format!(
+                "interface {}: MTU {} is outside {MIN_MTU}..={MAX_MTU}",
+                self.name, self.mtu
+            )));
+        }
+        for addr in &self.addresses {
+            addr.validate(&format!("interface {} address", self.name))?;
+            validate_unicast(&format!("interface {} address", self.name), addr.ip)?;
+        }
+        Ok(mac)
+    }
+}
+
+impl NetRoute {
+    fn validate(&self, interfaces: &std::collections::BTreeSet<&str>) -> Result<(), WireError> {
+        let shown = self.to_string();
+        if let Some(dst) = &self.destination {
+            dst.validate("route destination")?;
+            if dst.network() != dst.ip {
+                return Err(invalid(format!(
+                    "route {shown}: the destination has host bits set (did you mean {}/{}?)",
+                    dst.network(),
+                    dst.prefix_len
+                )));
+            }
+        }
+        if let Some(gw) = self.gateway {
+            validate_unicast(&format!("route {shown}: gateway"), gw)?;
+            if let Some(dst) = &self.destination
+                && dst.ip.is_ipv4() != gw.is_ipv4()
+            {
+                return Err(invalid(format!(
+                    "route {shown}: the gateway and the destination are of different \
+                     address families"
+                )));
+            }
+        }
+        match &self.interface {
+            Some(name) if !interfaces.contains(name.as_str()) => {
+                return Err(invalid(format!(
+                    "route {shown}: interface {name:?} is not one of the pod's interfaces"
+                )));
+            }
+            None if self.gateway.is_none() => {
+                return Err(invalid(format!(
+                    "route {shown}: a route without a gateway needs an interface"
+                )));
+            }
+            _ => {}
+        }
+        if self.destination.is_none() && self.gateway.is_none() {
+            return Err(invalid(format!(
+                "route {shown}: a default route needs a gateway (it says the address family)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for NetRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.destination {
+            Some(d) => write!(f, "{d}")?,
+            None => write!(f, "default")?,
+        }
+        if let Some(g) = &self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if let Some(i) = &self.interface {
+            write!(f, " dev {i}")?;
+        }
         Ok(())
     }
 }
@@ -845,6 +1092,34 @@ pub(crate) mod tests {
         ]
     }
 
+    /// A dual-stack eth0 with a default route, as a bridge CNI plugin would give it.
+    pub(crate) fn sample_network() -> SandboxNetwork {
+        let cidr = |ip: &str, prefix_len| IpCidr {
+            ip: ip.parse().unwrap(),
+            prefix_len,
+        };
+        SandboxNetwork {
+            interfaces: vec![NetInterface {
+                name: "eth0".into(),
+                mac: "02:42:0a:58:00:05".into(),
+                mtu: 1450,
+                addresses: vec![cidr("10.88.0.5", 16), cidr("fd00:88::5", 64)],
+            }],
+            routes: vec![
+                NetRoute {
+                    destination: None,
+                    gateway: Some("10.88.0.1".parse().unwrap()),
+                    interface: Some("eth0".into()),
+                },
+                NetRoute {
+                    destination: Some(cidr("fd00:99::", 64)),
+                    gateway: None,
+                    interface: Some("eth0".into()),
+                },
+            ],
+        }
+    }
+
     pub(crate) fn all_requests() -> Vec<Request> {
         vec![
             Request::Hello { version: 1 },
@@ -859,6 +1134,7 @@ pub(crate) mod tests {
                 entropy_seed: vec![1, 2, 3],
                 sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
                 volumes: sample_volumes(),
+                network: Some(sample_network()),
             }),
             Request::CreateContainer(sample_container("web")),
             Request::CreateContainer(ContainerSpec {
@@ -1017,6 +1293,14 @@ pub(crate) mod tests {
             r#"{"create_container":{"id":"a","rootfs":{"device":"/dev/vdb","fs_type":"xfs"},"process":{"args":["a"]}}}"#,
             r#"{"wait":{"process":{"container_id":"a","pid":3}}}"#,
             r#"{"create_sandbox":{"hostname":"h","dns":[]}}"#,
+            r#"{"create_sandbox":{"hostname":"h","network":{"interfaces":[],"dns":[]}}}"#,
+            r#"{"create_sandbox":{"hostname":"h","network":{"interfaces":[{"name":"eth0",
+                "mac":"02:00:00:00:00:01","mtu":1500,"vlan":3}]}}}"#,
+            r#"{"create_sandbox":{"hostname":"h","network":{"routes":[{"gateway":"10.0.0.1",
+                "metric":3}]}}}"#,
+            r#"{"create_sandbox":{"hostname":"h","network":{"interfaces":[{"name":"eth0",
+                "mac":"02:00:00:00:00:01","mtu":1500,"addresses":[{"ip":"10.0.0.2",
+                "prefix_len":24,"scope":0}]}]}}}"#,
         ] {
             assert!(serde_json::from_str::<Request>(json).is_err(), "{json}");
         }
@@ -1209,6 +1493,195 @@ pub(crate) mod tests {
             err.contains("argument 3") && !err.contains("hunter2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_network_travels_in_a_readable_shape_and_is_optional() {
+        let json = serde_json::to_string(&sample_network()).unwrap();
+        assert!(
+            json.contains(r#"{"name":"eth0","mac":"02:42:0a:58:00:05","mtu":1450,"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#"{"ip":"10.88.0.5","prefix_len":16}"#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#"{"destination":null,"gateway":"10.88.0.1","interface":"eth0"}"#),
+            "{json}"
+        );
+        let sandbox: SandboxSpec = serde_json::from_str(r#"{"hostname":"p"}"#).unwrap();
+        assert_eq!(sandbox.network, None);
+        let minimal: SandboxNetwork = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","mac":"02:00:00:00:00:01","mtu":1500}],
+                "routes":[{"gateway":"10.0.0.1"}]}"#,
+        )
+        .unwrap();
+        assert!(minimal.interfaces[0].addresses.is_empty());
+        assert_eq!(minimal.routes[0].destination, None);
+        minimal.validate().unwrap();
+    }
+
+    #[test]
+    fn network_validation_accepts_good_specs_and_names_what_is_wrong() {
+        sample_network().validate().unwrap();
+        let with = |f: &dyn Fn(&mut SandboxNetwork)| {
+            let mut n = sample_network();
+            f(&mut n);
+            n
+        };
+        let cidr = |ip: &str, prefix_len| IpCidr {
+            ip: ip.parse().unwrap(),
+            prefix_len,
+        };
+        // Good variations.
+        for good in [
+            with(&|n| n.interfaces[0].mtu = 68),
+            with(&|n| n.interfaces[0].mtu = 65535),
+            with(&|n| {
+                n.interfaces[0].name = "net1".into();
+                n.routes[1].interface = Some("net1".into());
+                n.routes[0].interface = None;
+            }),
+            with(&|n| n.interfaces[0].mac = "02:42:0A:58:00:05".into()),
+            with(&|n| n.interfaces[0].addresses = vec![cidr("10.1.2.3", 32)]),
+            with(&|n| n.routes[0].interface = None),
+            with(&|n| n.routes[1].destination = Some(cidr("0.0.0.0", 0))),
+            with(&|n| n.routes.clear()),
+            SandboxNetwork::default(),
+        ] {
+            good.validate().unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        // Bad ones, and a word their message must contain.
+        let bad: Vec<(SandboxNetwork, &str)> = vec![
+            (
+                with(&|n| n.interfaces[0].name = "".into()),
+                "interface name",
+            ),
+            (with(&|n| n.interfaces[0].name = "lo".into()), "not lo"),
+            (
+                with(&|n| n.interfaces[0].name = "a/b".into()),
+                "interface name",
+            ),
+            (
+                with(&|n| n.interfaces[0].name = "sixteen-bytes-xx".into()),
+                "1 to 15",
+            ),
+            (
+                with(&|n| n.interfaces[0].mac = "02:42:0a:58:00".into()),
+                "MAC",
+            ),
+            (
+                with(&|n| n.interfaces[0].mac = "02-42-0a-58-00-05".into()),
+                "MAC",
+            ),
+            (
+                with(&|n| n.interfaces[0].mac = "01:00:5e:00:00:01".into()),
+                "unicast",
+            ),
+            (
+                with(&|n| n.interfaces[0].mac = "00:00:00:00:00:00".into()),
+                "unicast",
+            ),
+            (with(&|n| n.interfaces[0].mtu = 67), "MTU 67"),
+            (with(&|n| n.interfaces[0].mtu = 65536), "MTU 65536"),
+            (
+                with(&|n| n.interfaces[0].addresses.push(cidr("10.0.0.1", 33))),
+                "at most 32",
+            ),
+            (
+                with(&|n| n.interfaces[0].addresses.push(cidr("fd00::1", 129))),
+                "at most 128",
+            ),
+            (
+                with(&|n| n.interfaces[0].addresses.push(cidr("224.0.0.1", 24))),
+                "unicast",
+            ),
+            (
+                with(&|n| n.interfaces[0].addresses.push(cidr("0.0.0.0", 8))),
+                "unicast",
+            ),
+            (
+                with(&|n| {
+                    let again = n.interfaces[0].clone();
+                    n.interfaces.push(again)
+                }),
+                "twice",
+            ),
+            (
+                with(&|n| {
+                    let mut other = n.interfaces[0].clone();
+                    other.name = "eth1".into();
+                    n.interfaces.push(other)
+                }),
+                "two interfaces",
+            ),
+            (
+                with(&|n| n.routes[0].interface = Some("eth9".into())),
+                "not one of the pod's interfaces",
+            ),
+            (
+                with(&|n| n.routes[1].interface = None),
+                "needs an interface",
+            ),
+            (
+                with(&|n| n.routes[1].gateway = Some("10.88.0.1".parse().unwrap())),
+                "different address families",
+            ),
+            (
+                with(&|n| n.routes[1].destination = Some(cidr("fd00:99::1", 64))),
+                "host bits",
+            ),
+            (
+                with(&|n| n.routes[1].destination = Some(cidr("10.0.0.0", 40))),
+                "at most 32",
+            ),
+            (with(&|n| n.routes[0].gateway = None), "needs a gateway"),
+            (
+                with(&|n| n.routes[0].gateway = Some("255.255.255.255".parse().unwrap())),
+                "unicast",
+            ),
+        ];
+        for (n, needle) in bad {
+            let err = n.validate().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::InvalidArgument, "{n:?}");
+            assert!(
+                err.message.contains(needle),
+                "{needle:?} in {:?}",
+                err.message
+            );
+        }
+        // The sandbox checks its network.
+        let spec = SandboxSpec {
+            hostname: "p".into(),
+            network: Some(with(&|n| n.interfaces[0].mtu = 0)),
+            ..Default::default()
+        };
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn prefixes_know_their_network_and_members() {
+        let c = IpCidr {
+            ip: "10.88.3.5".parse().unwrap(),
+            prefix_len: 16,
+        };
+        assert_eq!(c.network(), "10.88.0.0".parse::<IpAddr>().unwrap());
+        assert!(c.contains("10.88.255.1".parse().unwrap()));
+        assert!(!c.contains("10.89.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all = IpCidr {
+            ip: "fd00::5".parse().unwrap(),
+            prefix_len: 0,
+        };
+        assert_eq!(all.network(), "::".parse::<IpAddr>().unwrap());
+        let host = IpCidr {
+            ip: "fd00::5".parse().unwrap(),
+            prefix_len: 128,
+        };
+        assert!(host.contains("fd00::5".parse().unwrap()));
+        assert!(!host.contains("fd00::6".parse().unwrap()));
+        assert_eq!(c.to_string(), "10.88.3.5/16");
     }
 
     #[test]

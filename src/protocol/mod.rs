@@ -55,6 +55,13 @@
 //!   All new fields default (`volumes: []`, `read_only: false`, `sub_path: null`), so a
 //!   version 1 spec decodes to the same thing; the bump is for the agent's side: a version 1
 //!   agent would refuse the new fields, and the handshake says so up front.
+//! * 3: pod networking. [`SandboxSpec::network`] (default none) lists the pod's
+//!   [`NetInterface`]s (name, the guest NIC's MAC, MTU, addresses as [`IpCidr`]
+//!   `{"ip":"10.88.0.5","prefix_len":16}`) and [`NetRoute`]s (`destination` none for the
+//!   default route, `gateway`, `interface`). The agent finds each NIC by its MAC, moves it
+//!   into the pod's network namespace and configures it there, then adds the routes; the
+//!   pod's `/etc/hosts` maps its first address to its hostname. A version 2 agent would
+//!   refuse the field.
 //!
 //! # Restarting a container
 //!
@@ -97,7 +104,7 @@ pub use frame::{FrameError, MAX_FRAME_LEN, decode_frame, encode_frame, read_fram
 pub use message::*;
 
 /// Version of this protocol; see the module docs on versioning.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// vsock port of the agent's control connections.
 pub const CONTROL_PORT: u32 = 1024;
