@@ -9,6 +9,7 @@
 //!   `runtime`: how the host starts a pod VM and drives its agent.
 //! - `vmm`: the microVM monitor; `protocol`: the versioned host-agent protocol; `agent`: the
 //!   guest agent, PID 1 of a pod VM.
+//! - `network`: a pod's host network namespace and its CNI network (attach/detach).
 //! - `image`: OCI images, the store, block images; `guest_kernel`: the guest kernel's path.
 //! - `machine`: the nested host VM used as a test bed where there is no hardware KVM;
 //!   `host`: what this host offers for VMs; `cpio`: initramfs archives; `dirs`: where
@@ -23,6 +24,7 @@ pub mod guest_kernel;
 pub mod host;
 pub mod image;
 pub mod machine;
+pub mod network;
 pub mod pod;
 pub mod protocol;
 pub mod runtime;
