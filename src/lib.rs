@@ -12,6 +12,7 @@
 //! - `netlink`: a small synchronous rtnetlink client (links, addresses, routes, tc), tap
 //!   devices and the tap↔veth redirect of a pod's network namespace; used by the host and
 //!   the agent.
+//! - `network`: a pod's host network namespace and its CNI network (attach/detach).
 //! - `image`: OCI images, the store, block images; `guest_kernel`: the guest kernel's path.
 //! - `machine`: the nested host VM used as a test bed where there is no hardware KVM;
 //!   `host`: what this host offers for VMs; `cpio`: initramfs archives; `dirs`: where

@@ -32,6 +32,8 @@ pub enum InitError {
         #[source]
         source: nix::Error,
     },
+    #[error("init: {0}")]
+    Netns(#[from] crate::network::netns::NetnsError),
 }
 
 fn io_at(what: impl Into<String>) -> impl FnOnce(io::Error) -> InitError {
@@ -177,63 +179,15 @@ pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Re
 /// Creates the pod's network namespace (loopback up) and bind-mounts it on `path`, so
 /// that it outlives the thread that made it. Creating a network namespace is one of the
 /// slower steps of a pod's start, so the agent starts this at boot, while the host is still
-/// connecting, and `CreateSandbox` waits for it.
+/// connecting, and `CreateSandbox` waits for it. The host makes its pods' namespaces with
+/// the same code ([`crate::network::netns`]).
 pub fn spawn_pod_netns(path: &Path) -> std::thread::JoinHandle<Result<(), InitError>> {
     let path = path.to_path_buf();
     std::thread::spawn(move || -> Result<(), InitError> {
         File::create(&path).map_err(io_at(format!("create {}", path.display())))?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(sys_at("create the pod's network namespace"))?;
-        loopback_up()?;
-        nix::mount::mount(
-            Some("/proc/thread-self/ns/net"),
-            &path,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys_at(format!(
-            "bind the network namespace on {}",
-            path.display()
-        )))
+        crate::network::netns::unshare_and_bind(&path)?;
+        Ok(())
     })
-}
-
-/// `ip link set lo up` in the calling thread's network namespace.
-fn loopback_up() -> Result<(), InitError> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(sys_at("socket for lo"))?;
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its flags into
-    // `req`, which lives across the call; the fd is a socket we own.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    if rc < 0 {
-        return Err(InitError::Sys {
-            what: "read lo's flags".into(),
-            source: nix::Error::last(),
-        });
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    if rc < 0 {
-        return Err(InitError::Sys {
-            what: "bring lo up".into(),
-            source: nix::Error::last(),
-        });
-    }
-    Ok(())
 }
 
 /// Adds the host's random bytes to the guest's entropy pool and credits them

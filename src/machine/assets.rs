@@ -1,5 +1,7 @@
 //! The host files the L1 is made of, all from Debian packages: QEMU (qemu-system-x86), a
-//! kernel with its KVM modules (linux-image-cloud-amd64) and busybox (busybox-static).
+//! kernel with its KVM and networking modules (linux-image-cloud-amd64), busybox
+//! (busybox-static), and, where the host has them, what pod networking runs: the CNI
+//! plugins (containernetworking-plugins) and iptables (iptables, the nft flavour).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,108 @@ pub enum AssetError {
     MissingLibrary { path: PathBuf, library: String },
 }
 
+/// The kernel modules pod networking needs in the L1, by name; their dependencies come
+/// from `modules.dep`. The cloud kernel builds these as modules (its config says `=m`):
+/// veth and bridge for the CNI bridge plugin; tun for the VMM's tap; sch_ingress, the
+/// classifiers and act_mirred for the tc redirect that joins tap and veth; nf_tables with
+/// nft_compat, the nat chain and the xt matches/targets for the bridge plugin's `ipMasq`
+/// through Debian's iptables-nft. (IPv6, NF_TABLES_IPV4/INET and NF_NAT_MASQUERADE are
+/// built in.) A name the kernel lacks is skipped: networking then fails where it is used.
+pub const NET_MODULES: &[&str] = &[
+    "tun",
+    "veth",
+    "bridge",
+    "sch_ingress",
+    "cls_matchall",
+    "cls_u32",
+    "act_mirred",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nf_nat",
+    "nf_conntrack",
+    "xt_MASQUERADE",
+    "xt_comment",
+    "xt_conntrack",
+    "xt_addrtype",
+    "xt_tcpudp",
+    "xt_mark",
+    "xt_nat",
+];
+
+/// The host's CNI plugin directory (Debian's containernetworking-plugins).
+pub const HOST_CNI_DIR: &str = "/usr/lib/cni";
+/// iptables' nft flavour; `iptables` and friends are links to it.
+pub const HOST_XTABLES: &str = "/usr/sbin/xtables-nft-multi";
+/// The extensions iptables dlopens (so `ldd` of the binary does not list them).
+pub const HOST_XTABLES_LIBS: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+/// The names iptables answers to, all links to [`HOST_XTABLES`] in the L1.
+pub const XTABLES_NAMES: &[&str] = &[
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "iptables-nft",
+    "iptables-nft-save",
+    "iptables-nft-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+    "ip6tables-nft",
+    "ip6tables-nft-save",
+    "ip6tables-nft-restore",
+];
+/// Files iptables reads by name (`-p tcp`, ebtables' ethertypes).
+pub const NET_ETC_FILES: &[&str] = &["/etc/protocols", "/etc/ethertypes"];
+
+/// What of pod networking's userland this host has; each part is optional (the L1 then
+/// has no networking, and the CNI code says what is missing when it is used).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkTools {
+    /// The CNI plugins, one executable each.
+    pub cni_plugins: Vec<PathBuf>,
+    /// xtables-nft-multi, when the host has it.
+    pub xtables: Option<PathBuf>,
+    /// iptables' extension libraries.
+    pub xtables_libs: Vec<PathBuf>,
+    /// /etc files iptables reads.
+    pub etc_files: Vec<PathBuf>,
+}
+
+impl NetworkTools {
+    pub fn find() -> Self {
+        let files_in = |dir: &str, keep: fn(&Path) -> bool| -> Vec<PathBuf> {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_file() && keep(p))
+                .collect();
+            files.sort();
+            files
+        };
+        let xtables = Path::new(HOST_XTABLES);
+        NetworkTools {
+            cni_plugins: files_in(HOST_CNI_DIR, is_elf),
+            xtables: xtables.is_file().then(|| xtables.to_path_buf()),
+            xtables_libs: if xtables.is_file() {
+                files_in(HOST_XTABLES_LIBS, |p| {
+                    p.extension().is_some_and(|e| e == "so")
+                })
+            } else {
+                Vec::new()
+            },
+            etc_files: NET_ETC_FILES
+                .iter()
+                .map(PathBuf::from)
+                .filter(|p| p.is_file())
+                .collect(),
+        }
+    }
+}
+
 /// The L1's parts, found on this host.
 #[derive(Debug, Clone)]
 pub struct L1Assets {
@@ -66,6 +170,34 @@ impl L1Assets {
         let mut order = BTreeMap::new();
         order.insert("svm", deps.load_order("kvm_amd")?);
         order.insert("vmx", deps.load_order("kvm_intel")?);
+        Ok(order)
+    }
+
+    /// Load order (dependencies first) of [`NET_MODULES`]; modules built into the kernel
+    /// or missing from it are left out (a missing one with a note in the debug log).
+    pub fn net_modules(&self) -> Result<Vec<PathBuf>, AssetError> {
+        let deps = ModuleDeps::read(&self.modules_dir)?;
+        let builtin =
+            std::fs::read_to_string(self.modules_dir.join("modules.builtin")).unwrap_or_default();
+        let builtin: Vec<String> = builtin.lines().map(module_name).collect();
+        let mut order: Vec<PathBuf> = Vec::new();
+        for name in NET_MODULES {
+            match deps.load_order(name) {
+                Ok(files) => {
+                    for file in files {
+                        if !order.contains(&file) {
+                            order.push(file);
+                        }
+                    }
+                }
+                Err(AssetError::NoModule { .. }) => {
+                    if !builtin.contains(&name.replace('-', "_")) {
+                        tracing::debug!(module = name, "the L1 kernel lacks a networking module");
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        }
         Ok(order)
     }
 }
@@ -226,9 +358,31 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, AssetError> {
     parse_ldd(binary, &String::from_utf8_lossy(&output.stdout))
 }
 
+/// [`shared_libraries`] of many files with one `ldd` run, without repeats.
+pub fn shared_libraries_of_all(binaries: &[PathBuf]) -> Result<Vec<PathBuf>, AssetError> {
+    let Some(first) = binaries.first() else {
+        return Ok(Vec::new());
+    };
+    let output = Command::new("ldd")
+        .args(binaries)
+        .output()
+        .map_err(|source| AssetError::Ldd {
+            path: first.clone(),
+            source,
+        })?;
+    let mut libs = parse_ldd(first, &String::from_utf8_lossy(&output.stdout))?;
+    libs.sort();
+    libs.dedup();
+    Ok(libs)
+}
+
 fn parse_ldd(binary: &Path, text: &str) -> Result<Vec<PathBuf>, AssetError> {
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim) {
+        // `ldd a b` heads each file's list with "a:"
+        if line.ends_with(':') {
+            continue;
+        }
         let target = match line.split_once("=>") {
             Some((name, target)) => {
                 let target = target.trim();
@@ -314,6 +468,55 @@ kernel/b.ko: kernel/a.ko
         );
         let err = parse_ldd(Path::new("/x"), "\tlibfoo.so => not found\n").unwrap_err();
         assert!(err.to_string().contains("libfoo.so"), "{err}");
+    }
+
+    #[test]
+    fn ldd_of_many_files_skips_the_headers() {
+        let text = "/a.so:\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n/b.so:\n\tlibm.so.6 => /lib/libm.so.6 (0x2)\n";
+        let libs = parse_ldd(Path::new("/a.so"), text).unwrap();
+        assert_eq!(
+            libs,
+            ["/lib/libc.so.6", "/lib/libm.so.6"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn the_l1_kernel_has_the_networking_modules() {
+        let Ok((kernel, modules_dir)) = find_kernel() else {
+            eprintln!("skipped: no L1 kernel on this host");
+            return;
+        };
+        let l1 = L1Assets {
+            qemu: PathBuf::new(),
+            kernel,
+            modules_dir,
+            busybox: PathBuf::new(),
+        };
+        let order = l1.net_modules().unwrap();
+        let names: Vec<String> = order
+            .iter()
+            .map(|p| module_name(&p.to_string_lossy()))
+            .collect();
+        for needed in [
+            "veth",
+            "bridge",
+            "tun",
+            "nf_tables",
+            "nft_compat",
+            "xt_masquerade",
+        ] {
+            assert!(
+                names.iter().any(|n| n.eq_ignore_ascii_case(needed)),
+                "{needed}: {names:?}"
+            );
+        }
+        // dependencies first: llc before stp before bridge, nf_conntrack before nf_nat
+        let at = |n: &str| names.iter().position(|m| m == n).unwrap();
+        assert!(
+            at("llc") < at("stp") && at("stp") < at("bridge"),
+            "{names:?}"
+        );
+        assert!(at("nf_conntrack") < at("nf_nat"), "{names:?}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! peapod's init inside the L1 (`peapod machine init`, PID 1): mounts the basic file systems,
-//! loads the KVM modules, runs the command from the run spec with its output framed onto the
+//! loads the KVM and networking modules, runs the command from the run spec with its output framed onto the
 //! link (ttyS1), reports its exit status and powers the L1 off. From the moment the link is
 //! open it also sends a heartbeat, so the host can tell a stalled L1 from a quiet command. It
 //! never returns: PID 1 returning would panic the L1 kernel.
@@ -97,6 +97,14 @@ fn prepare_and_run(link: &Link) -> Result<u8, GuestError> {
         .args(["--install", "-s"])
         .status();
     load_kvm_modules()?;
+    // Networking is optional: a module that does not load is a warning on the command's
+    // stderr, and pod networking fails later where it needs it.
+    for warning in load_net_modules() {
+        send(
+            link,
+            &Frame::Stderr(format!("peapod init: warning: {warning}\n").into_bytes()),
+        );
+    }
     let _ = nix::unistd::sethostname("peapod-machine");
     send(
         link,
@@ -161,6 +169,33 @@ fn read_spec<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, GuestError
     })
 }
 
+/// Loads a module file; one that is loaded already is fine.
+fn load_module(module: &str) -> Result<(), GuestError> {
+    let module_err = |reason: String| GuestError::Module {
+        module: module.to_string(),
+        reason,
+    };
+    let file = File::open(module).map_err(|e| module_err(e.to_string()))?;
+    match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
+        Err(err) => Err(module_err(err.to_string())),
+    }
+}
+
+/// Loads the networking modules (veth, bridge, tun, tc, nf_tables, ...); returns what
+/// failed, as warnings.
+fn load_net_modules() -> Vec<String> {
+    let base: BaseSpec = match read_spec(BASE_SPEC) {
+        Ok(base) => base,
+        Err(err) => return vec![err.to_string()],
+    };
+    base.net_modules
+        .iter()
+        .filter_map(|module| load_module(module).err())
+        .map(|err| format!("{err}; pod networking may not work in this L1"))
+        .collect()
+}
+
 fn load_kvm_modules() -> Result<(), GuestError> {
     let base: BaseSpec = read_spec(BASE_SPEC)?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -170,15 +205,7 @@ fn load_kvm_modules() -> Result<(), GuestError> {
         crate::host::VirtExtension::Vmx => "vmx",
     };
     for module in base.kvm_modules.get(key).into_iter().flatten() {
-        let module_err = |reason: String| GuestError::Module {
-            module: module.clone(),
-            reason,
-        };
-        let file = File::open(module).map_err(|e| module_err(e.to_string()))?;
-        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
-            Ok(()) | Err(nix::Error::EEXIST) => {}
-            Err(err) => return Err(module_err(err.to_string())),
-        }
+        load_module(module)?;
     }
     // devtmpfs creates the node as the misc device registers; give it a moment.
     for _ in 0..100 {

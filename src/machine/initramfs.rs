@@ -1,5 +1,5 @@
-//! The L1's initramfs: a base archive (busybox, the KVM modules, peapod with its shared
-//! libraries, `/init`), cached by the hash of its contents, followed by a small per-run archive
+//! The L1's initramfs: a base archive (busybox, the KVM and networking modules, peapod with
+//! its shared libraries, the CNI plugins and iptables where the host has them, `/init`), cached by the hash of its contents, followed by a small per-run archive
 //! (the command to run and the copied host paths). The kernel unpacks both, in order.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,7 @@ pub const BASE_SPEC: &str = "/etc/peapod/machine.json";
 /// What the per-run archive tells init: the command.
 pub const RUN_SPEC: &str = "/etc/peapod/run.json";
 /// Bumped whenever the base layout changes, so old cache entries are not reused.
-const LAYOUT_VERSION: &str = "peapod-l1-base-v1";
+const LAYOUT_VERSION: &str = "peapod-l1-base-v2";
 
 const INIT_SCRIPT: &str = "#!/bin/busybox sh\nexec /usr/bin/peapod machine init\n";
 const BASE_DIRS: &[&str] = &[
@@ -64,11 +64,14 @@ pub enum InitramfsError {
     },
 }
 
-/// The L1's KVM modules, by virtualization extension (`svm`, `vmx`), as guest paths in load order.
+/// What init loads: the KVM modules by virtualization extension (`svm`, `vmx`) and the
+/// networking modules, as guest paths in load order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseSpec {
     pub kvm_modules: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub net_modules: Vec<String>,
 }
 
 /// The command init runs in the L1.
@@ -117,6 +120,7 @@ impl std::str::FromStr for CopySpec {
 enum Content {
     HostFile(PathBuf),
     Bytes(Vec<u8>),
+    Symlink(String),
 }
 
 /// The base archive's entries before writing, so the cache key can be computed first.
@@ -137,6 +141,42 @@ impl BasePlan {
         Ok(())
     }
 
+    /// Pod networking's userland, each part where the host has it: the CNI plugins at the
+    /// same path (where peapod looks by default), iptables with its links and dlopened
+    /// extensions, and the /etc files it reads.
+    fn add_network_tools(&mut self, tools: &assets::NetworkTools) -> Result<(), InitramfsError> {
+        let mut binaries = tools.cni_plugins.clone();
+        binaries.extend(tools.xtables.iter().cloned());
+        binaries.extend(tools.xtables_libs.iter().cloned());
+        for path in &binaries {
+            let guest = path.to_string_lossy().into_owned();
+            self.files
+                .insert(guest, (0o755, Content::HostFile(path.clone())));
+        }
+        for lib in assets::shared_libraries_of_all(&binaries)? {
+            let guest = lib.to_string_lossy().into_owned();
+            self.files.insert(guest, (0o755, Content::HostFile(lib)));
+        }
+        if let Some(xtables) = &tools.xtables {
+            let target = xtables
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let dir = xtables.parent().unwrap_or(Path::new("/usr/sbin"));
+            for name in assets::XTABLES_NAMES {
+                let guest = dir.join(name).to_string_lossy().into_owned();
+                self.files
+                    .insert(guest, (0o777, Content::Symlink(target.clone())));
+            }
+        }
+        for path in &tools.etc_files {
+            let guest = path.to_string_lossy().into_owned();
+            self.files
+                .insert(guest, (0o644, Content::HostFile(path.clone())));
+        }
+        Ok(())
+    }
+
     fn key(&self) -> Result<String, InitramfsError> {
         let mut hash = Sha256::new();
         hash.update(LAYOUT_VERSION);
@@ -146,6 +186,7 @@ impl BasePlan {
             match content {
                 Content::Bytes(bytes) => hash.update(bytes),
                 Content::HostFile(path) => hash_file(&mut hash, path)?,
+                Content::Symlink(target) => hash.update(format!("-> {target}")),
             }
         }
         Ok(hex(&hash.finalize()[..8]))
@@ -162,6 +203,7 @@ impl BasePlan {
             match content {
                 Content::Bytes(bytes) => cpio.file(guest, *mode, bytes)?,
                 Content::HostFile(path) => cpio.file_from(guest, *mode, path)?,
+                Content::Symlink(target) => cpio.symlink(guest, target)?,
             }
         }
         cpio.finish()?;
@@ -193,20 +235,23 @@ pub fn base_archive(
         "/init".into(),
         (0o755, Content::Bytes(INIT_SCRIPT.as_bytes().to_vec())),
     );
+    plan.add_network_tools(&assets::NetworkTools::find())?;
     let mut spec = BaseSpec {
         kvm_modules: BTreeMap::new(),
+        net_modules: Vec::new(),
+    };
+    let mut add_module = |file: PathBuf| {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let guest = format!("/lib/modules/peapod/{}", name.unwrap_or_default());
+        plan.files
+            .insert(guest.clone(), (0o644, Content::HostFile(file)));
+        guest
     };
     for (extension, files) in l1.kvm_modules()? {
-        let mut guest_paths = Vec::new();
-        for file in files {
-            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
-            let guest = format!("/lib/modules/peapod/{}", name.unwrap_or_default());
-            plan.files
-                .insert(guest.clone(), (0o644, Content::HostFile(file)));
-            guest_paths.push(guest);
-        }
+        let guest_paths = files.into_iter().map(&mut add_module).collect();
         spec.kvm_modules.insert(extension.to_string(), guest_paths);
     }
+    spec.net_modules = l1.net_modules()?.into_iter().map(&mut add_module).collect();
     let spec_json = serde_json::to_vec_pretty(&spec).expect("BaseSpec serializes");
     plan.files
         .insert(BASE_SPEC.into(), (0o644, Content::Bytes(spec_json)));
