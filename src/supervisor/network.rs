@@ -191,11 +191,7 @@ impl PodNetwork {
 
     /// Starts forwarding the published ports to the pod (once; later calls do nothing).
     pub fn forward_ports(&self) {
-        let ports = self
-            .ports
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let (Some(ports), Some(ip)) = (ports, self.pod_ip()) {
             ports.forward(ip);
         }

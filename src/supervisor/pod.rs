@@ -274,8 +274,8 @@ impl RunningPod {
     /// Attaches the pod's network (before [`RunningPod::boot`]); on an error nothing of it
     /// is left.
     pub fn attach_network(&self, id: &crate::pod::id::PodId, dirs: &PodDirs) -> Result<(), String> {
-        let Some(network) = super::network::PodNetwork::set_up(&self.spec, id, dirs)
-            .map_err(|e| e.to_string())?
+        let Some(network) =
+            super::network::PodNetwork::set_up(&self.spec, id, dirs).map_err(|e| e.to_string())?
         else {
             return Ok(());
         };

@@ -25,6 +25,7 @@ mod host_tests;
 mod image_tests;
 mod kube_tests;
 mod kvm_tests;
+mod net_tests;
 mod pod_tests;
 
 fn main() -> ExitCode {
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
     cases.extend(agent_tests::cases());
     cases.extend(pod_tests::cases());
     cases.extend(kube_tests::cases());
+    cases.extend(net_tests::cases());
     let in_machine = std::env::var_os("PEAPOD_IN_MACHINE").is_some();
 
     if std::env::var("PEAPOD_E2E").map_or(true, |v| v.is_empty() || v == "0") {

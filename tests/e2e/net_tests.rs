@@ -53,7 +53,11 @@ fn http_get(addr: &str, timeout: Duration) -> Result<String, Failed> {
         })();
         match attempt {
             Ok(r) if r.starts_with("HTTP/1.") && r.contains(" 200 ") => {
-                return Ok(r.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("").into());
+                return Ok(r
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b)
+                    .unwrap_or("")
+                    .into());
             }
             other => {
                 if Instant::now() > deadline {
@@ -86,23 +90,12 @@ fn serve_http(body: &'static str) -> Result<u16, Failed> {
 
 /// The MTU of interface `name` in the network namespace bound at `netns`.
 fn mtu_in(netns: &Path, name: &str) -> Result<u32, Failed> {
-    let netns = netns.to_path_buf();
-    let name = name.to_string();
-    std::thread::spawn(move || -> Result<u32, String> {
-        let file = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("setns {}: {e}", netns.display()))?;
-        peapod::netlink::Netlink::open()
-            .and_then(|nl| nl.links())
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|l| l.name == name)
-            .map(|l| l.mtu)
-            .ok_or_else(|| format!("no {name} in {}", netns.display()))
+    let link = peapod::netlink::netns::run_in(netns, || {
+        peapod::netlink::Netlink::open().and_then(|mut nl| nl.link_by_name(name))
     })
-    .join()
-    .map_err(|_| "the namespace thread panicked")?
-    .map_err(Into::into)
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(link.mtu)
 }
 
 /// Points the L1's resolver at a systemd-resolved stub whose upstream is [`UPSTREAM_DNS`], as
@@ -165,7 +158,9 @@ fn web_pod() -> Result<(), Failed> {
 
     // The same host port again: refused, nothing of the second pod made.
     let netns_before = leftover_netns();
-    let clash = pods.run(&["run", "-d", "--name", "clash", "-p", &publish, IMAGE, "true"])?;
+    let clash = pods.run(&[
+        "run", "-d", "--name", "clash", "-p", &publish, IMAGE, "true",
+    ])?;
     check(
         !clash.status.success()
             && String::from_utf8_lossy(&clash.stderr).contains("choose another host port"),
@@ -203,7 +198,9 @@ fn web_pod() -> Result<(), Failed> {
     }
 
     // SIGKILL the supervisor; `rm -f` must release everything.
-    let pid = state["supervisor_pid"].as_u64().ok_or("no supervisor pid")?;
+    let pid = state["supervisor_pid"]
+        .as_u64()
+        .ok_or("no supervisor pid")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
