@@ -96,6 +96,7 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Err(why) => why.to_string(),
         },
     });
+    checks.extend(network_checks());
 
     for check in &checks {
         let mark = if check.ok { "ok " } else { "-- " };
@@ -119,4 +120,66 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Pod networking's parts (informational: a pod without a network still runs): the CNI
+/// plugins, iptables for the default network's masquerading, and network namespaces left
+/// by pods that are gone (`ip netns delete NAME` removes one; its IPAM lease stays until
+/// the pod's `peapod rm -f`).
+fn network_checks() -> Vec<Check> {
+    use crate::network::{self, cni};
+    let dirs = cni::default_plugin_dirs();
+    let plugins = ["bridge", "host-local"]
+        .iter()
+        .map(|p| cni::find_plugin(&dirs, p))
+        .collect::<Result<Vec<_>, _>>();
+    let mut checks = vec![
+        Check {
+            what: "CNI plugins",
+            ok: plugins.is_ok(),
+            detail: match plugins {
+                Ok(found) => found
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(err) => err.to_string(),
+            },
+        },
+        Check {
+            what: "iptables",
+            ok: assets::find_in_path("iptables").is_some()
+                || std::path::Path::new("/usr/sbin/iptables").exists(),
+            detail: "for the default network's ipMasq (apt-get install iptables)".into(),
+        },
+    ];
+    let known: Vec<String> = super::pods::registry()
+        .list()
+        .map(|pods| pods.iter().map(|p| p.id().to_string()).collect())
+        .unwrap_or_default();
+    let dir = std::path::Path::new(network::DEFAULT_NETNS_DIR);
+    let leftovers: Vec<String> = network::netns::list_leftovers(dir, network::POD_NETNS_PREFIX)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|name| {
+            let id = &name[network::POD_NETNS_PREFIX.len()..];
+            !known.iter().any(|k| k == id)
+        })
+        .collect();
+    checks.push(Check {
+        what: "pod netns leftovers",
+        ok: leftovers.is_empty(),
+        detail: if leftovers.is_empty() {
+            "none".into()
+        } else {
+            format!(
+                "{} in {}: {} (`ip netns delete NAME`)",
+                leftovers.len(),
+                dir.display(),
+                leftovers.join(" ")
+            )
+        },
+    });
+    checks
 }
