@@ -76,13 +76,12 @@ pub enum NetworkError {
     },
     #[error("CNI network {network}: the result cannot be read: {reason}")]
     BadResult { network: String, reason: String },
-    #[error("cannot read {what} of {ifname} in {netns}: {source}")]
+    #[error("cannot read the MAC and MTU of {ifname} in {netns}: {source}")]
     Inspect {
-        what: &'static str,
         ifname: String,
         netns: PathBuf,
         #[source]
-        source: nix::Error,
+        source: crate::netlink::NetlinkError,
     },
 }
 
@@ -293,18 +292,12 @@ fn add_and_inspect(
         });
     }
     let ifname = state.ifname.clone();
-    let (mac, mtu) = netns::in_netns(&state.netns, || {
-        Ok::<_, (&'static str, nix::Error)>((
-            netns::interface_mac(&ifname).map_err(|e| ("the MAC", e))?,
-            netns::interface_mtu(&ifname).map_err(|e| ("the MTU", e))?,
-        ))
-    })?
-    .map_err(|(what, source)| NetworkError::Inspect {
-        what,
-        ifname: ifname.clone(),
-        netns: state.netns.clone(),
-        source,
-    })?;
+    let (mac, mtu) = netns::in_netns(&state.netns, || netns::interface_mac_mtu(&ifname))?
+        .map_err(|source| NetworkError::Inspect {
+            ifname: ifname.clone(),
+            netns: state.netns.clone(),
+            source,
+        })?;
     Ok((result, mac, mtu))
 }
 

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -43,6 +42,8 @@ pub enum NetnsError {
     Exists(PathBuf),
     #[error("network namespace name {0:?} is not a plain file name")]
     BadName(String),
+    #[error("network namespace {path}: {reason}")]
+    Enter { path: PathBuf, reason: String },
     #[error("the network namespace thread for {0} panicked")]
     Panicked(PathBuf),
 }
@@ -96,7 +97,10 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetnsError> {
 pub fn unshare_and_bind(path: &Path) -> Result<(), NetnsError> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNET)
         .map_err(NetnsError::sys(path, "unshare the network namespace"))?;
-    loopback_up().map_err(NetnsError::sys(path, "bring lo up"))?;
+    loopback_up().map_err(|e| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: format!("bring lo up: {e}"),
+    })?;
     nix::mount::mount(
         Some("/proc/thread-self/ns/net"),
         path,
@@ -171,88 +175,29 @@ pub fn list_leftovers(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>, NetnsErr
     Ok(found)
 }
 
-/// Runs `f` on a thread that entered the network namespace at `path`, and returns what it
-/// returned. Sockets it opens stay in that namespace; processes it spawns start there.
+/// Runs `f` on a thread that entered the network namespace at `path` (the netlink
+/// module's [`run_in`](crate::netlink::netns::run_in)); the caller's namespace never changes.
 pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-    let ns = File::open(path).map_err(NetnsError::io(path, "open"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .map_err(NetnsError::sys(path, "enter the namespace"))?;
-                Ok(f())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(NetnsError::Panicked(path.to_path_buf())))
+    crate::netlink::netns::run_in(path, f).map_err(|e| NetnsError::Enter {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
     })
 }
 
-/// A datagram socket for interface ioctls in the calling thread's network namespace.
-fn ioctl_socket() -> nix::Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-}
-
-/// An `ifreq` naming `ifname` (cut to IFNAMSIZ-1 bytes).
-fn ifreq_for(ifname: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = ifname.as_bytes();
-    let len = bytes.len().min(libc::IFNAMSIZ - 1);
-    for (dst, src) in req.ifr_name.iter_mut().zip(&bytes[..len]) {
-        *dst = *src as libc::c_char;
-    }
-    req
-}
-
 /// `ip link set lo up` in the calling thread's network namespace.
-pub fn loopback_up() -> nix::Result<()> {
-    let sock = ioctl_socket()?;
-    let mut req = ifreq_for("lo");
-    // SAFETY: SIOCGIFFLAGS reads the interface named in `req` and writes its flags into
-    // `req`, which lives across the call; the fd is a socket we own.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
-    nix::Error::result(rc)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    nix::Error::result(rc).map(drop)
+pub fn loopback_up() -> Result<(), crate::netlink::NetlinkError> {
+    let mut nl = crate::netlink::Netlink::open()?;
+    let lo = nl.link_by_name("lo")?;
+    nl.set_up(lo.index)
 }
 
-/// The MTU of interface `ifname` in the calling thread's network namespace.
-pub fn interface_mtu(ifname: &str) -> nix::Result<u32> {
-    let sock = ioctl_socket()?;
-    let mut req = ifreq_for(ifname);
-    // SAFETY: SIOCGIFMTU reads the name in `req` and writes the MTU into it; `req` lives
-    // across the call; the fd is a socket we own.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
-    nix::Error::result(rc)?;
-    // SAFETY: SIOCGIFMTU filled the mtu member of the union.
-    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    u32::try_from(mtu).map_err(|_| nix::Error::EINVAL)
-}
-
-/// The hardware address of interface `ifname` in the calling thread's network namespace.
-pub fn interface_mac(ifname: &str) -> nix::Result<[u8; 6]> {
-    let sock = ioctl_socket()?;
-    let mut req = ifreq_for(ifname);
-    // SAFETY: SIOCGIFHWADDR reads the name in `req` and writes a sockaddr into it; `req`
-    // lives across the call; the fd is a socket we own.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-    nix::Error::result(rc)?;
-    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(data.iter()) {
-        *dst = *src as u8;
-    }
-    Ok(mac)
+/// The MAC and MTU of interface `ifname` in the calling thread's network namespace.
+pub fn interface_mac_mtu(ifname: &str) -> Result<([u8; 6], u32), crate::netlink::NetlinkError> {
+    let link = crate::netlink::Netlink::open()?.link_by_name(ifname)?;
+    let mac = link
+        .mac
+        .ok_or_else(|| crate::netlink::NetlinkError::NoSuchLink(format!("{ifname} (no MAC)")))?;
+    Ok((mac.0, link.mtu))
 }
 
 /// Whether this process may make network namespaces and mounts (root with CAP_SYS_ADMIN);
@@ -332,8 +277,8 @@ mod tests {
             });
             (
                 ino.unwrap(),
-                interface_mtu("lo").is_ok(),
-                interface_mtu("eth0"),
+                interface_mac_mtu("lo").is_ok(),
+                interface_mac_mtu("eth0").is_err(),
             )
         })
         .unwrap();
@@ -351,7 +296,7 @@ mod tests {
             "the caller's namespace must not change"
         );
         assert!(lo_flags_ok);
-        assert_eq!(eth0, Err(nix::Error::ENODEV));
+        assert!(eth0, "a fresh namespace has no eth0");
         let up = in_netns(&path, || {
             std::net::UdpSocket::bind("127.0.0.1:0")
                 .and_then(|s| s.send_to(b"x", s.local_addr()?))
