@@ -278,6 +278,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let vm = vm_size(&args)?;
     let network = NetworkMode::parse(&args.network)?;
+    let published: Vec<PublishedPort> = args.publish.iter().map(|p| p.0).collect();
+    crate::pod::spec::check_ports(&network, &published)?;
     for v in &args.volumes {
         if !v.source.is_dir() {
             bail!(

@@ -292,11 +292,13 @@ fn add_and_inspect(
         });
     }
     let ifname = state.ifname.clone();
-    let (mac, mtu) = netns::in_netns(&state.netns, || netns::interface_mac_mtu(&ifname))?
-        .map_err(|source| NetworkError::Inspect {
-            ifname: ifname.clone(),
-            netns: state.netns.clone(),
-            source,
+    let (mac, mtu) =
+        netns::in_netns(&state.netns, || netns::interface_mac_mtu(&ifname))?.map_err(|source| {
+            NetworkError::Inspect {
+                ifname: ifname.clone(),
+                netns: state.netns.clone(),
+                source,
+            }
         })?;
     Ok((result, mac, mtu))
 }

@@ -190,7 +190,7 @@ pub fn published_ports(spec: &PodSpec) -> Result<Vec<PublishedPort>, PortError> 
 
 /// Refuses two publications that would bind the same host port (one on `0.0.0.0` clashes
 /// with any address).
-fn check_unique(ports: &[PublishedPort]) -> Result<(), PortError> {
+pub fn check_unique(ports: &[PublishedPort]) -> Result<(), PortError> {
     let mut seen = BTreeSet::new();
     for p in ports {
         for q in &seen {

@@ -55,6 +55,20 @@ pub struct PodSpec {
     pub network: NetworkMode,
 }
 
+/// Published ports need a network, and each host port once.
+pub fn check_ports(
+    network: &NetworkMode,
+    ports: &[crate::network::ports::PublishedPort],
+) -> Result<(), PodError> {
+    crate::network::ports::check_unique(ports).map_err(|e| PodError::spec(e.to_string()))?;
+    if !ports.is_empty() && *network == NetworkMode::None {
+        return Err(PodError::spec(
+            "published ports need a network: drop --network none (or the hostPort)",
+        ));
+    }
+    Ok(())
+}
+
 /// `--network none|peapod|NAME`: no network (loopback only), or a CNI network by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -313,11 +327,7 @@ impl PodSpec {
         }
         let published = crate::network::ports::published_ports(self)
             .map_err(|e| PodError::spec(e.to_string()))?;
-        if !published.is_empty() && self.network == NetworkMode::None {
-            return Err(PodError::spec(
-                "published ports need a network: drop --network none (or the hostPort)",
-            ));
-        }
+        check_ports(&self.network, &published)?;
         Ok(())
     }
 }

@@ -114,41 +114,13 @@ impl PodNetwork {
         }
     }
 
-    /// What the agent configures in the guest: `eth0` with the veth's MAC, MTU and
-    /// addresses, and the network's routes (a route without a gateway goes through the
-    /// network's gateway, as the bridge plugin means it; `0.0.0.0/0` is the default route).
+    /// What the agent configures in the guest ([`guest_network`]).
     pub fn sandbox(&self) -> SandboxNetwork {
-        let gateway = self.attachment.gateway();
-        let routes = self
-            .attachment
-            .routes()
-            .iter()
-            .map(|r| NetRoute {
-                destination: (r.dst.prefix_len != 0).then_some(IpCidr {
-                    ip: r.dst.addr,
-                    prefix_len: r.dst.prefix_len,
-                }),
-                gateway: r.gw.or(gateway),
-                interface: Some(GUEST_IFNAME.into()),
-            })
-            .collect();
-        SandboxNetwork {
-            interfaces: vec![NetInterface {
-                name: GUEST_IFNAME.into(),
-                mac: self.tap_info.mac.to_string(),
-                mtu: self.tap_info.mtu,
-                addresses: self
-                    .attachment
-                    .addresses()
-                    .into_iter()
-                    .map(|c| IpCidr {
-                        ip: c.addr,
-                        prefix_len: c.prefix_len,
-                    })
-                    .collect(),
-            }],
-            routes,
-        }
+        guest_network(
+            &self.attachment,
+            &self.tap_info.mac.to_string(),
+            self.tap_info.mtu,
+        )
     }
 
     /// The pod's resolvers (never a loopback stub of the host).
@@ -200,5 +172,106 @@ impl PodNetwork {
     /// CNI DEL and the namespace removed (the tap goes with the namespace and the VMM).
     pub fn tear_down(&self) -> Result<(), NetworkError> {
         detach(&self.state_file)
+    }
+}
+
+/// The guest's side of an attachment: `eth0` with the veth's MAC, the MTU and the
+/// addresses, and the network's routes. A route without a gateway goes through the
+/// network's gateway (as the bridge plugin means its `0.0.0.0/0`); a `/0` destination is the
+/// default route.
+pub fn guest_network(attachment: &PodAttachment, mac: &str, mtu: u32) -> SandboxNetwork {
+    let gateway = attachment.gateway();
+    let routes = attachment
+        .routes()
+        .iter()
+        .map(|r| NetRoute {
+            destination: (r.dst.prefix_len != 0).then_some(IpCidr {
+                ip: r.dst.addr,
+                prefix_len: r.dst.prefix_len,
+            }),
+            gateway: r.gw.or(gateway),
+            interface: Some(GUEST_IFNAME.into()),
+        })
+        .collect();
+    SandboxNetwork {
+        interfaces: vec![NetInterface {
+            name: GUEST_IFNAME.into(),
+            mac: mac.into(),
+            mtu,
+            addresses: attachment
+                .addresses()
+                .into_iter()
+                .map(|c| IpCidr {
+                    ip: c.addr,
+                    prefix_len: c.prefix_len,
+                })
+                .collect(),
+        }],
+        routes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment(result: &str) -> PodAttachment {
+        PodAttachment {
+            network: "peapod".into(),
+            netns: "/run/netns/peapod-x".into(),
+            ifname: "eth0".into(),
+            mac: [0x0a, 0x58, 0x0a, 0x58, 0, 2],
+            mtu: 1500,
+            result: serde_json::from_str(result).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_bridge_result_becomes_eth0_with_a_default_route_via_the_gateway() {
+        let a = attachment(
+            r#"{"cniVersion":"1.0.0",
+                "interfaces":[{"name":"peapod0","mac":"6e:1c:2b:44:a1:01"},
+                              {"name":"veth1","mac":"12:34:56:78:9a:bc"},
+                              {"name":"eth0","mac":"0a:58:0a:58:00:02","sandbox":"/x"}],
+                "ips":[{"interface":2,"address":"10.88.0.2/16","gateway":"10.88.0.1"}],
+                "routes":[{"dst":"0.0.0.0/0"},{"dst":"192.168.7.0/24","gw":"10.88.0.254"}],
+                "dns":{}}"#,
+        );
+        let net = guest_network(&a, "0a:58:0a:58:00:02", 1450);
+        let want = SandboxNetwork {
+            interfaces: vec![NetInterface {
+                name: "eth0".into(),
+                mac: "0a:58:0a:58:00:02".into(),
+                mtu: 1450,
+                addresses: vec![IpCidr {
+                    ip: "10.88.0.2".parse().unwrap(),
+                    prefix_len: 16,
+                }],
+            }],
+            routes: vec![
+                NetRoute {
+                    destination: None,
+                    gateway: Some("10.88.0.1".parse().unwrap()),
+                    interface: Some("eth0".into()),
+                },
+                NetRoute {
+                    destination: Some(IpCidr {
+                        ip: "192.168.7.0".parse().unwrap(),
+                        prefix_len: 24,
+                    }),
+                    gateway: Some("10.88.0.254".parse().unwrap()),
+                    interface: Some("eth0".into()),
+                },
+            ],
+        };
+        assert_eq!(net, want);
+        // What the agent will be given passes the agent's own checks.
+        crate::protocol::SandboxSpec {
+            hostname: "pod".into(),
+            network: Some(net),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
     }
 }

@@ -656,6 +656,22 @@ fn bad_input_creates_nothing() -> Result<(), Failed> {
             &["run", "-v", "/no/such/dir:/data:ro", IMAGE, "true"],
             "/no/such/dir",
         ),
+        (&["run", "-p", "70000:80", IMAGE, "true"], "70000"),
+        (&["run", "-p", "8080:0", IMAGE, "true"], "give 1 to 65535"),
+        (
+            &["run", "-p", "80", IMAGE, "true"],
+            "HOSTPORT:CONTAINERPORT",
+        ),
+        (&["run", "-p", "8080:80/sctp", IMAGE, "true"], "sctp"),
+        (
+            &["run", "-p", "8080:80", "-p", "8080:81", IMAGE, "true"],
+            "published twice",
+        ),
+        (
+            &["run", "--network", "none", "-p", "8080:80", IMAGE, "true"],
+            "need a network",
+        ),
+        (&["run", "--network", "host", IMAGE, "true"], "cannot share"),
         (&["logs", "nosuchpod"], "nosuchpod"),
         (&["stop", "nosuchpod"], "nosuchpod"),
         (&["exec", "nosuchpod", "--", "true"], "nosuchpod"),
