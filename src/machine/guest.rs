@@ -105,6 +105,13 @@ fn prepare_and_run(link: &Link) -> Result<u8, GuestError> {
             &Frame::Stderr(format!("peapod init: warning: {warning}\n").into_bytes()),
         );
     }
+    // Loopback up, as any host has it (published ports on 127.0.0.1, local servers).
+    if let Err(e) = crate::network::netns::loopback_up() {
+        send(
+            link,
+            &Frame::Stderr(format!("peapod init: warning: cannot bring lo up: {e}\n").into_bytes()),
+        );
+    }
     let _ = nix::unistd::sethostname("peapod-machine");
     send(
         link,

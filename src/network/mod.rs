@@ -81,7 +81,7 @@ pub enum NetworkError {
         ifname: String,
         netns: PathBuf,
         #[source]
-        source: crate::netlink::NetlinkError,
+        source: Box<crate::netlink::NetlinkError>,
     },
 }
 
@@ -297,7 +297,7 @@ fn add_and_inspect(
             NetworkError::Inspect {
                 ifname: ifname.clone(),
                 netns: state.netns.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
     Ok((result, mac, mtu))

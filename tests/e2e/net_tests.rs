@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use libtest_mimic::Failed;
 
 use crate::kube_tests::{wait_logs, write_yaml};
-use crate::pod_tests::Pods;
+use crate::pod_tests::{Pods, processes_naming};
 use crate::support::{Case, Place, check};
 
 pub fn cases() -> Vec<Case> {
@@ -167,8 +167,18 @@ fn web_pod() -> Result<(), Failed> {
         "a second pod on a taken host port is refused, naming the fix",
         &clash,
     )?;
-    if pods.ps_entry("clash")?.is_some() || leftover_netns() != netns_before {
-        return Err("the refused pod left a record or a network namespace".into());
+    if pods.ps_entry("clash")?.is_some() {
+        return Err("the refused pod left a record".into());
+    }
+    // Pods of tests running alongside may have come meanwhile: a namespace new since then
+    // is the refused pod's only when no process (its supervisor, its VMM) names it.
+    let leaked: Vec<String> = leftover_netns()
+        .into_iter()
+        .filter(|n| !netns_before.contains(n))
+        .filter(|n| processes_naming(n.trim_start_matches("peapod-")).is_empty())
+        .collect();
+    if !leaked.is_empty() {
+        return Err(format!("the refused pod left network namespaces {leaked:?}").into());
     }
 
     // Another pod: reaches the first by its IP; sees its MTU, resolver and the host.
