@@ -164,6 +164,10 @@ pub fn run(bench: &NetBench) -> anyhow::Result<()> {
     for line in table(&vm, &veth) {
         println!("{line}");
     }
+    anyhow::ensure!(
+        matches!(vm, Outcome::Samples(_)) || matches!(veth, Outcome::Samples(_)),
+        "neither the VM pod nor the veth peer ran (the table says why)"
+    );
     Ok(())
 }
 
@@ -748,6 +752,34 @@ mod tests {
         let long = reason_cell(&"x".repeat(500));
         assert_eq!(long.chars().count(), REASON_CELL_CHARS);
         assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn a_failed_run_ends_its_peer() {
+        let mut peer: Result<(), String> = Ok(());
+        let mut samples = Vec::new();
+        let line = take_sample(
+            Some(Ok(sample(1.5, 20.0, 40.0))),
+            &mut peer,
+            &mut samples,
+            "x",
+            0,
+        );
+        assert_eq!(line, "1.50 Gbit/s, p50 20.0 µs, p99 40.0 µs");
+        assert_eq!(samples.len(), 1);
+        let line = take_sample(
+            Some(Err(anyhow::anyhow!("connection reset"))),
+            &mut peer,
+            &mut samples,
+            "x",
+            1,
+        );
+        assert_eq!(line, "failed");
+        assert_eq!(peer, Err("failed in run 2: connection reset".into()));
+        assert_eq!(
+            take_sample(None, &mut peer, &mut samples, "x", 2),
+            "not run"
+        );
     }
 
     #[test]
