@@ -65,7 +65,7 @@ const VETH_SERVER_DEV: &str = "veth0";
 /// Where the static netbench lies inside the test bed.
 const MACHINE_NETBENCH: &str = "/opt/peapod-bench/peapod-netbench";
 /// How long a table cell's reason for a peer that did not run may be.
-const REASON_CELL_CHARS: usize = 100;
+const REASON_CELL_CHARS: usize = 160;
 
 pub struct NetBench {
     pub runs: usize,
@@ -187,7 +187,7 @@ fn take_sample<P>(
         Some(Ok(s)) => {
             samples.push(s);
             format!(
-                "{:.2} Gbit/s, p50 {:.1} µs, p99 {:.1} µs",
+                "{:.3} Gbit/s, p50 {:.1} µs, p99 {:.1} µs",
                 s.gbit_per_s, s.p50_us, s.p99_us
             )
         }
@@ -323,12 +323,11 @@ impl VmPeer {
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("peapod run -d --name {name}"))?;
-        anyhow::ensure!(
-            out.status.success(),
-            "peapod run -d --name {name} --network peapod failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr.trim().trim_start_matches("peapod: error: ");
+            anyhow::bail!("peapod run of the pod failed ({}): {why}", out.status);
+        }
         // From here on, dropping `peer` removes the pod.
         let mut peer = VmPeer {
             pods,
@@ -639,7 +638,7 @@ impl Spread {
 fn table(vm: &Outcome, veth: &Outcome) -> Vec<String> {
     type Measure = (&'static str, fn(&Sample) -> f64, usize);
     let measures: [Measure; 3] = [
-        ("TCP stream throughput (Gbit/s)", |s| s.gbit_per_s, 2),
+        ("TCP stream throughput (Gbit/s)", |s| s.gbit_per_s, 3),
         ("request/response latency p50 (µs)", |s| s.p50_us, 1),
         ("request/response latency p99 (µs)", |s| s.p99_us, 1),
     ];
@@ -740,7 +739,7 @@ mod tests {
             [
                 "| measure | VM pod | veth peer (no VM) | VM pod / veth peer |",
                 "|---|---|---|---|",
-                "| TCP stream throughput (Gbit/s) | 2.50 (2.00–3.00) | 25.00 (20.00–30.00) \
+                "| TCP stream throughput (Gbit/s) | 2.500 (2.000–3.000) | 25.000 (20.000–30.000) \
                  | 0.10x |",
                 "| request/response latency p50 (µs) | 55.0 (50.0–60.0) | 11.0 (10.0–12.0) \
                  | 5.00x |",
@@ -760,7 +759,7 @@ mod tests {
         assert_eq!(
             rows[2],
             "| TCP stream throughput (Gbit/s) | not run: no usable KVM inside the test bed: \
-             /dev/kvm / missing | 20.00 (20.00–20.00) | - |"
+             /dev/kvm / missing | 20.000 (20.000–20.000) | - |"
         );
         assert!(
             rows[3..]
@@ -785,7 +784,7 @@ mod tests {
             "x",
             0,
         );
-        assert_eq!(line, "1.50 Gbit/s, p50 20.0 µs, p99 40.0 µs");
+        assert_eq!(line, "1.500 Gbit/s, p50 20.0 µs, p99 40.0 µs");
         assert_eq!(samples.len(), 1);
         let line = take_sample(
             Some(Err(anyhow::anyhow!("connection reset"))),
