@@ -3,6 +3,8 @@
 pub mod boot;
 pub mod image;
 pub mod machine;
+pub mod net;
+pub mod netperf;
 pub mod pod;
 
 use std::path::Path;

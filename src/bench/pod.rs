@@ -155,7 +155,7 @@ pub fn run(bench: &PodBench) -> anyhow::Result<()> {
     let vmm = crate::vmm::program::VmmProgram::find()?;
     // Dropped on every way out of this function (after what is declared below it): its
     // pods are force-removed.
-    let pods = BenchPods::new(&peapod, bench)?;
+    let pods = BenchPods::new(&peapod, &bench.kernel, &bench.agent_initrd)?;
     let store = pods.root();
     let pod_command = |timing: bool, command: &[&str]| {
         let mut pod = Command::new(&peapod);
@@ -520,7 +520,7 @@ fn running_in_ps_json(text: &str) -> anyhow::Result<usize> {
 /// pods. Dropping it (after success, an error or a panic) force-removes every pod still in
 /// it; where that fails, the temp dir is kept and named so that the pods can be removed by
 /// hand.
-struct BenchPods {
+pub(super) struct BenchPods {
     peapod: PathBuf,
     kernel: PathBuf,
     initrd: PathBuf,
@@ -528,7 +528,7 @@ struct BenchPods {
 }
 
 impl BenchPods {
-    fn new(peapod: &Path, bench: &PodBench) -> anyhow::Result<Self> {
+    pub(super) fn new(peapod: &Path, kernel: &Path, initrd: &Path) -> anyhow::Result<Self> {
         // A short name: the supervisors' sockets lie three levels below.
         let dir = tempfile::Builder::new()
             .prefix("pbench-")
@@ -536,24 +536,24 @@ impl BenchPods {
             .context("creating the bench's pod root")?;
         let pods = BenchPods {
             peapod: peapod.to_path_buf(),
-            kernel: bench.kernel.clone(),
-            initrd: bench.agent_initrd.clone(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
             dir,
         };
         check_socket_room(&pods.run_dir())?;
         Ok(pods)
     }
 
-    fn root(&self) -> PathBuf {
+    pub(super) fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
 
-    fn run_dir(&self) -> PathBuf {
+    pub(super) fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 
     /// `peapod ARGS` in this pod world.
-    fn peapod(&self, args: &[&str]) -> Command {
+    pub(super) fn peapod(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.peapod);
         c.args(args)
             .env("PEAPOD_ROOT", self.root())
@@ -562,7 +562,7 @@ impl BenchPods {
     }
 
     /// `peapod run` on the bench's kernel and agent initramfs, then ARGS.
-    fn run(&self, args: &[&str]) -> Command {
+    pub(super) fn run(&self, args: &[&str]) -> Command {
         let mut c = self.peapod(&["run"]);
         c.arg("--kernel")
             .arg(&self.kernel)
@@ -573,7 +573,7 @@ impl BenchPods {
     }
 
     /// The stdout of `peapod ARGS`, which must succeed.
-    fn output(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(super) fn output(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self
             .peapod(args)
             .stdin(Stdio::null())
@@ -607,7 +607,7 @@ impl Drop for BenchPods {
         if let Err(e) = self.remove_all() {
             self.dir.disable_cleanup(true);
             eprintln!(
-                "bench pod: cannot remove the bench's pods: {e:#}\n  remove them with: \
+                "bench: cannot remove the bench's pods: {e:#}\n  remove them with: \
                  export PEAPOD_ROOT={} PEAPOD_RUN_DIR={}; peapod rm -f $(peapod ps -aq)",
                 self.root().display(),
                 self.run_dir().display()

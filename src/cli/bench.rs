@@ -76,6 +76,29 @@ pub enum BenchCommand {
         #[arg(long)]
         work_dir: Option<PathBuf>,
     },
+    /// Pod networking: TCP stream throughput and 1-byte request/response latency from the
+    /// host to a pod VM on the peapod network, against the same between two network
+    /// namespaces joined by a veth pair (no VM), runs interleaved; both ends run the static
+    /// peapod-netbench [$PEAPOD_NETBENCH, else the one scripts/setup built]. Needs root;
+    /// runs in the test bed where the host has no hardware KVM.
+    Net {
+        /// Runs of each peer (interleaved: pod, veth, pod, veth, ...).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds of each TCP stream.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+        /// Counted request/responses (1 byte each way) in each run.
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        /// The pod's guest kernel (default: the one kernel/build.sh built).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The pod's agent initramfs [default: $PEAPOD_AGENT_INITRAMFS, else the one
+        /// rootfs/build-agent-initramfs.sh built].
+        #[arg(long)]
+        agent_initrd: Option<PathBuf>,
+    },
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -158,6 +181,24 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 runs,
                 layout,
                 work_dir,
+            })?;
+        }
+        BenchCommand::Net {
+            runs,
+            seconds,
+            count,
+            kernel,
+            agent_initrd,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            anyhow::ensure!((1..=3600).contains(&seconds), "--seconds must be 1 to 3600");
+            anyhow::ensure!(count >= 1, "--count must be at least 1");
+            crate::bench::net::run(&crate::bench::net::NetBench {
+                runs,
+                seconds,
+                count,
+                kernel,
+                agent_initrd,
             })?;
         }
     }
