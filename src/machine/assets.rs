@@ -73,6 +73,19 @@ pub const NET_MODULES: &[&str] = &[
 
 /// The host's CNI plugin directory (Debian's containernetworking-plugins).
 pub const HOST_CNI_DIR: &str = "/usr/lib/cni";
+/// The plugins the L1 carries: what the default `peapod` network and the usual
+/// bridge/ptp networks chain (each is a 2-3 MB Go binary; all 16 would add 44 MB to every
+/// L1's initramfs, unpacked by an emulated CPU).
+pub const L1_CNI_PLUGINS: &[&str] = &[
+    "bridge",
+    "host-local",
+    "loopback",
+    "portmap",
+    "ptp",
+    "static",
+    "firewall",
+    "tuning",
+];
 /// iptables' nft flavour; `iptables` and friends are links to it.
 pub const HOST_XTABLES: &str = "/usr/sbin/xtables-nft-multi";
 /// The extensions iptables dlopens (so `ldd` of the binary does not list them).
@@ -124,7 +137,12 @@ impl NetworkTools {
         };
         let xtables = Path::new(HOST_XTABLES);
         NetworkTools {
-            cni_plugins: files_in(HOST_CNI_DIR, is_elf),
+            cni_plugins: files_in(HOST_CNI_DIR, |p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| L1_CNI_PLUGINS.contains(&n))
+                    && is_elf(p)
+            }),
             xtables: xtables.is_file().then(|| xtables.to_path_buf()),
             xtables_libs: if xtables.is_file() {
                 files_in(HOST_XTABLES_LIBS, |p| {

@@ -203,6 +203,9 @@ pub fn run(
     write_initrd(&base, &initrd, config, &held)?;
     interrupt.check()?;
 
+    // The log a failure names exists even when the L1 is stopped before QEMU opened it.
+    File::create(run_dir.path().join("console.log"))
+        .map_err(MachineError::io("creating console.log"))?;
     let launch = QemuLaunch {
         qemu: l1.qemu.clone(),
         accel,
