@@ -100,6 +100,9 @@ impl ContainerInit {
         pod_hostname: &str,
         mounts: Vec<InitMount>,
     ) -> Result<Self, LayoutError> {
+        for m in &mounts {
+            layout.check_mount(&m.spec)?;
+        }
         Ok(ContainerInit {
             id: spec.id.clone(),
             hostname: spec
@@ -898,6 +901,137 @@ mod tests {
         let n = calls.len();
         assert_eq!(calls[n - 2], Call::PivotRoot(format!("{c}/root").into()));
         assert_eq!(calls[n - 1], Call::Sethostname("pod".into()));
+    }
+
+    /// A host pod's layout and its `web` container: the image a directory, the sample's
+    /// mounts without its block device (a host pod has none).
+    fn host_init() -> (PodLayout, ContainerInit) {
+        let id = crate::pod::PodId::parse(&"7".repeat(64)).unwrap();
+        let layout = PodLayout::host(&id, Path::new("/run/peapod"));
+        let mut spec = sample_container("web");
+        spec.rootfs.device = "/var/lib/peapod/images/abc/rootfs".into();
+        spec.mounts
+            .retain(|m| !matches!(m.source, MountSource::Block { .. }));
+        let mounts =
+            crate::agent::volume::resolve_mounts(&layout, &sample_volumes(), &spec.mounts).unwrap();
+        let init = ContainerInit::new(&layout, &spec, "pod", mounts).unwrap();
+        (layout, init)
+    }
+
+    #[test]
+    fn a_host_container_names_only_its_own_uts_namespace_and_joins_the_given_netns() {
+        let (layout, init) = host_init();
+        let os = RecordingOs::new();
+        setup_container(&os, &init).unwrap();
+        let calls = os.calls();
+        let netns = format!("/run/netns/peapod-{}", "7".repeat(64));
+        assert_eq!(
+            calls[0],
+            Call::WriteFile(layout.cgroup_dir("web").join("cgroup.procs"), "0".into())
+        );
+        assert_eq!(
+            layout.cgroup_dir("web"),
+            Path::new(&format!(
+                "/sys/fs/cgroup/peapod.slice/pod-{}/web",
+                "7".repeat(64)
+            ))
+        );
+        assert_eq!(
+            calls[1],
+            Call::Unshare(
+                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+            )
+        );
+        assert_eq!(
+            calls[2],
+            Call::Setns(netns.into(), CloneFlags::CLONE_NEWNET)
+        );
+        // The hostname is set once, last: inside the new UTS namespace, after the pivot.
+        let named: Vec<_> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Call::Sethostname(_)))
+            .collect();
+        assert_eq!(named, [(calls.len() - 1, &Call::Sethostname("pod".into()))]);
+        assert!(!calls.iter().any(|c| matches!(c, Call::SeedEntropy(_))));
+        // The image directory is bound on lower and made read-only before the overlay.
+        let c = layout.container_dir("web");
+        let lower = c.join("lower");
+        let bound = calls
+            .iter()
+            .position(|call| {
+                call == &Call::Mount {
+                    source: Some("/var/lib/peapod/images/abc/rootfs".into()),
+                    target: lower.clone(),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND,
+                    data: None,
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            calls[bound + 1],
+            remount_ro(&lower, MsFlags::MS_NODEV),
+            "{calls:#?}"
+        );
+        let overlay = calls
+            .iter()
+            .position(|call| matches!(call, Call::Mount { fstype: Some(t), .. } if t == "overlay"))
+            .unwrap();
+        assert!(bound < overlay);
+        // Every mount lands in the pod's own container directory; volumes and /etc files
+        // come from the pod's own directories.
+        for target in mount_targets(&calls).iter().filter(|t| *t != "/") {
+            assert!(Path::new(target).starts_with(&c), "{target}");
+        }
+        assert!(
+            calls
+                .iter()
+                .any(|call| matches!(call, Call::BindBeneath { base, .. }
+            if base == &layout.volume_dir("cache")))
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|call| matches!(call, Call::Mount { source: Some(s), .. }
+            if s == &layout.pod_etc.join("hosts")))
+        );
+        assert!(
+            !calls
+                .iter()
+                .any(|call| matches!(call, Call::Mount { source: Some(s), .. }
+                if s.starts_with("/run/peapod/containers") || s.starts_with("/run/peapod/etc")
+                    || s.starts_with("/run/peapod/volumes")))
+        );
+    }
+
+    #[test]
+    fn a_host_container_with_a_block_mount_or_a_relative_image_is_refused() {
+        let id = crate::pod::PodId::parse(&"7".repeat(64)).unwrap();
+        let layout = PodLayout::host(&id, Path::new("/run/peapod"));
+        let spec = sample_container("web");
+        let mounts =
+            crate::agent::volume::resolve_mounts(&layout, &sample_volumes(), &spec.mounts).unwrap();
+        let e = ContainerInit::new(&layout, &spec, "pod", mounts).unwrap_err();
+        assert!(matches!(e, LayoutError::HostBlockMount { .. }), "{e}");
+        let mut spec = sample_container("web");
+        spec.mounts.clear();
+        spec.rootfs.device = "rootfs".into();
+        assert!(matches!(
+            ContainerInit::new(&layout, &spec, "pod", vec![]),
+            Err(LayoutError::RelativeImageDir(_))
+        ));
+        // The guest's layout takes the same spec's device as it always did.
+        spec.rootfs.device = "/dev/vdb".into();
+        let guest = ContainerInit::new(&guest(), &spec, "pod", vec![]).unwrap();
+        assert_eq!(
+            guest,
+            ContainerInit {
+                process: spec.process.clone(),
+                mounts: vec![],
+                ..init()
+            }
+        );
     }
 
     fn remount_ro(target: &Path, extra: MsFlags) -> Call {

@@ -338,6 +338,63 @@ mod tests {
     }
 
     #[test]
+    fn a_host_pod_gets_its_own_cgroup_with_controllers_at_every_level_and_no_mounts() {
+        let id = crate::pod::PodId::parse(&"9".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/p"));
+        let os = RecordingOs::new();
+        prepare_pod(&os, &host).unwrap();
+        let slice = Path::new("/sys/fs/cgroup/peapod.slice");
+        let pod = slice.join(format!("pod-{id}"));
+        let on = |p: &Path| {
+            Call::WriteFile(
+                p.join("cgroup.subtree_control"),
+                "+cpu +memory +pids".into(),
+            )
+        };
+        let run = Path::new("/run/p").join(id.as_str());
+        assert_eq!(
+            os.calls(),
+            [
+                on(Path::new("/sys/fs/cgroup")),
+                Call::MkdirAll(slice.into(), 0o755),
+                on(slice),
+                Call::MkdirAll(pod.clone(), 0o755),
+                on(&pod),
+                Call::MkdirAll(run.clone(), 0o755),
+                Call::MkdirAll(run.join("containers"), 0o755),
+                Call::MkdirAll(run.join("etc"), 0o755),
+                Call::MkdirAll(run.join("volumes"), 0o755),
+            ]
+        );
+        // The guest's prepare is the tail of mount_system, after its mounts.
+        let os = RecordingOs::new();
+        mount_system(&os, &PodLayout::guest()).unwrap();
+        let guest = RecordingOs::new();
+        prepare_pod(&guest, &PodLayout::guest()).unwrap();
+        assert!(os.calls().ends_with(&guest.calls()));
+    }
+
+    #[test]
+    fn a_host_pods_etc_is_its_own_and_its_sysctls_are_refused_before_any_write() {
+        let id = crate::pod::PodId::parse(&"9".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/p"));
+        let mut spec = SandboxSpec {
+            hostname: "pod1".into(),
+            ..Default::default()
+        };
+        let os = RecordingOs::new();
+        write_pod_etc(&os, &host, &spec).unwrap();
+        let etc = Path::new("/run/p").join(id.as_str()).join("etc");
+        assert_eq!(os.read_to_string(&etc.join("hostname")).unwrap(), "pod1\n");
+        spec.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        let os = RecordingOs::new();
+        let e = write_pod_etc(&os, &host, &spec).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(os.calls().is_empty());
+    }
+
+    #[test]
     fn a_failing_mount_is_an_error() {
         let os = RecordingOs::new()
             .failing(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/proc")));

@@ -41,7 +41,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::pod::PodId;
-use crate::protocol::{FsType, RootfsSpec};
+use crate::protocol::{ContainerSpec, FsType, MountSource, MountSpec, RootfsSpec, WireError};
 
 /// The controllers enabled for containers, as written to `cgroup.subtree_control`.
 const CONTROLLERS: &str = "+cpu +memory +pids";
@@ -122,7 +122,9 @@ pub enum RootfsSource {
     BlockDevice,
     /// [`RootfsSpec::device`] is a directory (an unpacked image on the host), bound
     /// read-only; `fs_type` is not used. Only a layout says so, never the wire: a guest
-    /// agent keeps reading `device` as a device, so protocol v3 is unchanged.
+    /// agent keeps reading `device` as a device, so protocol v3 is unchanged. The
+    /// machine's block devices are not the pod's here, so a container's
+    /// [`crate::protocol::MountSource::Block`] mount is refused.
     HostDirectory,
 }
 
@@ -144,6 +146,14 @@ pub enum LayoutError {
          the unpacked image's directory as the rootfs device"
     )]
     RelativeImageDir(PathBuf),
+    #[error(
+        "the container mounts block device {device} on {destination}: a host pod's block \
+         devices would be the host's; use a pod volume, or run the pod in a VM"
+    )]
+    HostBlockMount {
+        device: PathBuf,
+        destination: PathBuf,
+    },
 }
 
 impl PodLayout {
@@ -237,6 +247,29 @@ impl PodLayout {
                 at.clone()
             })
             .collect()
+    }
+
+    /// Checks `spec` as this layout reads it: the wire's rules, with the rootfs `device` an
+    /// image directory where [`RootfsSource::HostDirectory`] says so.
+    pub fn validate_container(&self, spec: &ContainerSpec) -> Result<(), WireError> {
+        match self.rootfs {
+            RootfsSource::BlockDevice => spec.validate(),
+            RootfsSource::HostDirectory => spec.validate_with_image_dir(),
+        }
+    }
+
+    /// Refuses a mount the layout cannot give a container: a block device where the
+    /// machine's devices are not the pod's ([`RootfsSource::HostDirectory`]).
+    pub fn check_mount(&self, mount: &MountSpec) -> Result<(), LayoutError> {
+        match (&mount.source, self.rootfs) {
+            (MountSource::Block { device, .. }, RootfsSource::HostDirectory) => {
+                Err(LayoutError::HostBlockMount {
+                    device: device.clone(),
+                    destination: mount.destination.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What `container-init` mounts as the image for `spec`.
@@ -383,6 +416,50 @@ mod tests {
             host.rootfs_lower(&relative),
             Err(LayoutError::RelativeImageDir(_))
         ));
+    }
+
+    #[test]
+    fn a_spec_is_checked_as_its_layout_reads_the_rootfs() {
+        use crate::protocol::ErrorKind;
+        use crate::protocol::message::tests::sample_container;
+        let host = PodLayout::host(&id('f'), Path::new("/run/peapod"));
+        let guest = PodLayout::guest();
+        let mut spec = sample_container("web");
+        assert!(guest.validate_container(&spec).is_ok());
+        spec.rootfs.device = "/var/lib/peapod/images/x/rootfs".into();
+        let refused = guest.validate_container(&spec).unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::InvalidArgument);
+        assert!(refused.message.contains("under /dev"), "{refused}");
+        assert!(host.validate_container(&spec).is_ok());
+        for bad in ["images/x", "/var/lib/../../etc"] {
+            spec.rootfs.device = bad.into();
+            assert!(host.validate_container(&spec).is_err(), "{bad}");
+        }
+        // The rest of the spec is checked as ever.
+        spec.rootfs.device = "/var/lib/peapod/images/x/rootfs".into();
+        spec.id = "../x".into();
+        assert!(host.validate_container(&spec).is_err());
+    }
+
+    #[test]
+    fn a_block_mount_is_the_guests_only() {
+        let block = MountSpec {
+            destination: "/data".into(),
+            source: MountSource::Block {
+                device: "/dev/sda1".into(),
+                fs_type: FsType::Ext4,
+            },
+            read_only: true,
+        };
+        assert!(PodLayout::guest().check_mount(&block).is_ok());
+        let host = PodLayout::host(&id('e'), Path::new("/run/peapod"));
+        let e = host.check_mount(&block).unwrap_err();
+        assert!(e.to_string().contains("/dev/sda1"), "{e}");
+        let tmpfs = MountSpec {
+            source: MountSource::Tmpfs { size_bytes: None },
+            ..block
+        };
+        assert!(host.check_mount(&tmpfs).is_ok());
     }
 
     #[test]

@@ -515,7 +515,7 @@ impl Agent {
     }
 
     fn create_container(&self, spec: ContainerSpec) -> Result<(), WireError> {
-        spec.validate()?;
+        self.layout.validate_container(&spec)?;
         // Held throughout: creates are rare and short, and this keeps ids unique.
         let mut state = lock(&self.state);
         let Some(sandbox) = &state.sandbox else {
@@ -966,6 +966,115 @@ mod tests {
             unreachable!()
         };
         assert!(hosts.contains("10.88.0.5\tp\n"), "{hosts}");
+    }
+
+    #[test]
+    fn a_host_sandbox_never_names_seeds_or_rewires_the_machine() {
+        use crate::protocol::message::tests::sample_network;
+        let id = crate::pod::PodId::parse(&"5".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let mac = "02:42:0a:58:00:05".parse().unwrap();
+        let spec = SandboxSpec {
+            hostname: "p".into(),
+            entropy_seed: vec![7; 32],
+            volumes: sample_volumes(),
+            network: Some(sample_network()),
+            ..Default::default()
+        };
+        // The same spec in the guest names the VM, feeds its pool and moves its NIC...
+        let os = Arc::new(RecordingOs::new().with_nic(mac, 2));
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&spec).unwrap();
+        let calls = os.calls();
+        assert!(calls.contains(&Call::Sethostname("p".into())));
+        assert!(calls.contains(&Call::SeedEntropy(32)));
+        assert!(calls.iter().any(|c| matches!(c, Call::MoveLink { .. })));
+
+        // ...and on the host does none of that: the CNI configured the given namespace.
+        let os = Arc::new(RecordingOs::new().with_nic(mac, 2));
+        let (agent, mut c) = agent_with(Arc::clone(&os), host.clone());
+        assert_eq!(agent.layout(), &host);
+        c.create_sandbox(&spec).unwrap();
+        let calls = os.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(
+                c,
+                Call::Sethostname(_)
+                    | Call::SeedEntropy(_)
+                    | Call::LinkByMac(_)
+                    | Call::MoveLink { .. }
+                    | Call::ConfigureInterface(..)
+                    | Call::AddRoute(..)
+            )),
+            "{calls:#?}"
+        );
+        // The pod's /etc files and volumes are its own, and /etc/hosts still names its
+        // address.
+        let hosts = host.pod_etc.join("hosts");
+        assert!(calls.iter().any(|c| matches!(c, Call::WriteFile(p, text)
+            if p == &hosts && text.contains("10.88.0.5\tp\n"))));
+        for name in ["cache", "scratch", "tls"] {
+            let dir = host.volume_dir(name);
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| matches!(c, Call::Mount { target, .. } if target == &dir)),
+                "{name}"
+            );
+        }
+        for call in &calls {
+            if let Call::WriteFile(p, _) | Call::MkdirAll(p, _) | Call::Mount { target: p, .. } =
+                call
+            {
+                assert!(
+                    p.starts_with(&host.run_dir),
+                    "{} is not the pod's",
+                    p.display()
+                );
+            }
+        }
+
+        // A container's cgroup and directories are the pod's too.
+        let before = calls.len();
+        let mut web = sample_container("web");
+        web.mounts
+            .retain(|m| !matches!(m.source, MountSource::Block { .. }));
+        web.rootfs.device = "/var/lib/peapod/images/abc/rootfs".into();
+        assert_eq!(
+            c.create_container(&web).unwrap_err().wire_kind(),
+            Some(ErrorKind::Setup),
+            "gets as far as the (fake) setup"
+        );
+        let calls = os.calls();
+        assert_eq!(calls[before], Call::MkdirAll(host.cgroup_dir("web"), 0o755));
+        assert!(calls[before..].contains(&Call::RemoveDir(host.container_dir("web"))));
+        assert!(calls[before..].contains(&Call::RemoveDir(host.cgroup_dir("web"))));
+    }
+
+    #[test]
+    fn a_host_sandbox_with_sysctls_or_a_container_with_a_block_mount_is_refused() {
+        let id = crate::pod::PodId::parse(&"6".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let os = Arc::new(RecordingOs::new());
+        let (_agent, mut c) = agent_with(Arc::clone(&os), host);
+        let mut spec = SandboxSpec {
+            hostname: "p".into(),
+            ..Default::default()
+        };
+        spec.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        let e = c.create_sandbox(&spec).unwrap_err();
+        assert_eq!(e.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(e.to_string().contains("sysctls"), "{e}");
+        assert!(os.calls().is_empty(), "refused before anything is written");
+        spec.sysctls.clear();
+        spec.volumes = sample_volumes();
+        c.create_sandbox(&spec).unwrap();
+        let before = os.calls().len();
+        let e = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(e.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(e.to_string().contains("/dev/vdc"), "{e}");
+        assert_eq!(os.calls().len(), before, "no cgroup, no directories");
     }
 
     #[test]
