@@ -8,7 +8,8 @@
 //! - `supervisor`: the per-pod process that owns a pod's VM, logs and state, and its API;
 //!   `runtime`: how the host starts a pod VM and drives its agent.
 //! - `vmm`: the microVM monitor; `protocol`: the versioned host-agent protocol; `agent`: the
-//!   guest agent, PID 1 of a pod VM.
+//!   guest agent, PID 1 of a pod VM (its container code takes its paths and machine-wide
+//!   steps from a pod layout, so that a host pod can run it too).
 //! - `netlink`: a small synchronous rtnetlink client (links, addresses, routes, tc), tap
 //!   devices and the tap↔veth redirect of a pod's network namespace; used by the host and
 //!   the agent.

@@ -1,11 +1,11 @@
-//! Containers inside the pod VM: the cgroup and directories the agent prepares, and the two
-//! helpers the agent runs as its own binary again (single-threaded, so they may fork and
-//! change namespaces freely):
+//! A pod's containers: the cgroup and directories the agent prepares (where, the pod's
+//! [`PodLayout`] says: the VM's or a host pod's), and the two helpers the agent runs as its
+//! own binary again (single-threaded, so they may fork and change namespaces freely):
 //!
 //! * `container-init` ([`container_init_main`]): PID 1 of a new PID namespace. It joins the
 //!   container's cgroup, unshares mount/UTS/IPC namespaces, joins the pod's network
-//!   namespace, mounts the rootfs (the image's block device read-only, a tmpfs upper, an
-//!   overlay), its mounts (pod volumes are bind mounts of the agent's, see
+//!   namespace, mounts the rootfs (the image read-only, a block device or on the host a
+//!   directory, see [`RootfsLower`]; a tmpfs upper; an overlay), its mounts (pod volumes are bind mounts of the agent's, see
 //!   [`super::volume`]), `/proc`, a minimal `/dev`, a read-only `/sys` and the pod's `/etc`
 //!   files, makes the overlay read-only for a read-only root (the upper then only holds
 //!   mount points), pivots into it and sets the hostname ([`setup_container`], unit-tested
@@ -38,28 +38,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
+use super::layout::{LayoutError, PodLayout, RootfsLower};
 use super::os::{Os, RealOs};
 use super::process::{exit_status, inherited_fd, open_pty, pipe, send_fd};
-use crate::protocol::{ContainerStats, MountSource, MountSpec, ProcessSpec, Resources, RootfsSpec};
-
-/// The agent's runtime directory (a tmpfs).
-pub const RUN_DIR: &str = "/run/peapod";
-/// Per-container directories: `<id>/lower` (the image), `<id>/rw` (tmpfs with the overlay's
-/// upper and work dirs), `<id>/root` (the overlay).
-pub const CONTAINERS_DIR: &str = "/run/peapod/containers";
-/// The pod's network namespace, bind-mounted here by the agent.
-pub const POD_NETNS: &str = "/run/peapod/netns";
-/// The pod's `/etc` files (`hosts`, `resolv.conf`, `hostname`), bound into each container.
-pub const POD_ETC: &str = "/run/peapod/etc";
-/// The pod's volumes, one tmpfs per volume at `<name>` (see [`super::volume`]); they live
-/// as long as the VM, whatever happens to the containers.
-pub const VOLUMES_DIR: &str = "/run/peapod/volumes";
-/// The cgroup v2 mount.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The parent of the containers' cgroups.
-pub const CGROUP_PARENT: &str = "/sys/fs/cgroup/peapod";
-/// The controllers enabled for containers.
-pub const CONTROLLERS: &str = "+cpu +memory +pids";
+use crate::protocol::{
+    ContainerSpec, ContainerStats, MountSource, MountSpec, ProcessSpec, Resources,
+};
 
 /// A `PATH` for looking up programs when the process's environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -92,7 +76,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ContainerError {
 pub struct ContainerInit {
     pub id: String,
     pub hostname: String,
-    pub rootfs: RootfsSpec,
+    pub rootfs: InitRootfs,
     pub mounts: Vec<InitMount>,
     pub process: ProcessSpec,
     /// The container's cgroup directory.
@@ -101,8 +85,51 @@ pub struct ContainerInit {
     pub netns: Option<PathBuf>,
     /// Directory with the pod's `/etc` files, if any.
     pub etc: Option<PathBuf>,
-    /// The container's directory under [`CONTAINERS_DIR`].
+    /// The container's directory under [`PodLayout::containers_dir`].
     pub dir: PathBuf,
+}
+
+impl ContainerInit {
+    /// What `container-init` gets for `spec` in the pod laid out as `layout`: its cgroup,
+    /// directory, image, the pod's network namespace and `/etc` files, all from the layout;
+    /// `mounts` are `spec`'s resolved ([`super::volume::resolve_mounts`]), and the hostname
+    /// is the container's own or else the pod's.
+    pub fn new(
+        layout: &PodLayout,
+        spec: &ContainerSpec,
+        pod_hostname: &str,
+        mounts: Vec<InitMount>,
+    ) -> Result<Self, LayoutError> {
+        for m in &mounts {
+            layout.check_mount(&m.spec)?;
+        }
+        Ok(ContainerInit {
+            id: spec.id.clone(),
+            hostname: spec
+                .hostname
+                .clone()
+                .unwrap_or_else(|| pod_hostname.to_string()),
+            rootfs: InitRootfs {
+                lower: layout.rootfs_lower(&spec.rootfs)?,
+                read_only: spec.rootfs.read_only,
+            },
+            mounts,
+            process: spec.process.clone(),
+            cgroup: layout.cgroup_dir(&spec.id),
+            netns: Some(layout.pod_netns.path().to_path_buf()),
+            etc: Some(layout.pod_etc.clone()),
+            dir: layout.container_dir(&spec.id),
+        })
+    }
+}
+
+/// The container's image as the layout resolved it ([`PodLayout::rootfs_lower`]), and
+/// whether its `/` is read-only ([`crate::protocol::RootfsSpec::read_only`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRootfs {
+    pub lower: RootfsLower,
+    pub read_only: bool,
 }
 
 /// One of the container's mounts: the spec's, and for a pod volume what the agent
@@ -119,7 +146,7 @@ pub struct InitMount {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeBind {
-    /// The volume's directory under [`VOLUMES_DIR`].
+    /// The volume's directory under [`PodLayout::volumes_dir`].
     pub dir: PathBuf,
     pub sub_path: Option<PathBuf>,
     /// `sub_path` is a file (a secret's), so the mount point is a file too.
@@ -177,14 +204,14 @@ fn write_event(w: &mut impl Write, event: &HelperEvent) {
     }
 }
 
-/// The container's cgroup directory.
-pub fn cgroup_dir(id: &str) -> PathBuf {
-    Path::new(CGROUP_PARENT).join(id)
-}
-
-/// Creates the container's cgroup and writes its limits.
-pub fn create_cgroup(os: &dyn Os, id: &str, res: &Resources) -> io::Result<PathBuf> {
-    let dir = cgroup_dir(id);
+/// Creates the container's cgroup under the layout's parent and writes its limits.
+pub fn create_cgroup(
+    os: &dyn Os,
+    layout: &PodLayout,
+    id: &str,
+    res: &Resources,
+) -> io::Result<PathBuf> {
+    let dir = layout.cgroup_dir(id);
     os.mkdir_all(&dir, 0o755)?;
     if let Some(max) = res.memory_max {
         os.write_file(&dir.join("memory.max"), max.to_string().as_bytes())?;
@@ -203,10 +230,10 @@ pub fn create_cgroup(os: &dyn Os, id: &str, res: &Resources) -> io::Result<PathB
     Ok(dir)
 }
 
-/// The container's directories under [`CONTAINERS_DIR`], made by the agent (the helper
-/// mounts on them in its own mount namespace).
-pub fn create_dirs(os: &dyn Os, id: &str) -> io::Result<PathBuf> {
-    let dir = Path::new(CONTAINERS_DIR).join(id);
+/// The container's directories under [`PodLayout::containers_dir`], made by the agent (the
+/// helper mounts on them in its own mount namespace).
+pub fn create_dirs(os: &dyn Os, layout: &PodLayout, id: &str) -> io::Result<PathBuf> {
+    let dir = layout.container_dir(id);
     for sub in ["lower", "rw", "root"] {
         os.mkdir_all(&dir.join(sub), 0o700)?;
     }
@@ -214,15 +241,15 @@ pub fn create_dirs(os: &dyn Os, id: &str) -> io::Result<PathBuf> {
 }
 
 /// Removes what [`create_dirs`] and [`create_cgroup`] made (best effort, all of it).
-pub fn remove_dirs(os: &dyn Os, id: &str) -> io::Result<()> {
-    let dir = Path::new(CONTAINERS_DIR).join(id);
+pub fn remove_dirs(os: &dyn Os, layout: &PodLayout, id: &str) -> io::Result<()> {
+    let dir = layout.container_dir(id);
     let mut result = Ok(());
     for sub in ["lower", "rw", "root", ""] {
         if let Err(e) = os.remove_dir(&dir.join(sub)) {
             result = Err(e);
         }
     }
-    if let Err(e) = os.remove_dir(&cgroup_dir(id)) {
+    if let Err(e) = os.remove_dir(&layout.cgroup_dir(id)) {
         result = Err(e);
     }
     result
@@ -281,13 +308,7 @@ pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
     let rw = init.dir.join("rw");
     let root = init.dir.join("root");
     let nodev = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    os.mount(
-        Some(&init.rootfs.device),
-        &lower,
-        Some(init.rootfs.fs_type.as_str()),
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-        None,
-    )?;
+    mount_lower(os, &init.rootfs.lower, &lower)?;
     os.mount(
         Some(Path::new("tmpfs")),
         &rw,
@@ -336,6 +357,28 @@ pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
     }
     os.pivot_root(&root)?;
     os.sethostname(&init.hostname)
+}
+
+/// Mounts the image on `lower`, read-only. An image's set-uid programs keep working (no
+/// `MS_NOSUID`), its device nodes do not (`MS_NODEV`).
+fn mount_lower(os: &dyn Os, image: &RootfsLower, lower: &Path) -> io::Result<()> {
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
+    match image {
+        RootfsLower::Device { device, fs_type } => {
+            os.mount(Some(device), lower, Some(fs_type.as_str()), flags, None)
+        }
+        RootfsLower::Directory(dir) => {
+            // A bind takes its flags only on a remount; until then nothing runs in it.
+            os.mount(Some(dir), lower, None, MsFlags::MS_BIND, None)?;
+            os.mount(
+                None,
+                lower,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                None,
+            )
+        }
+    }
 }
 
 /// `dest` (absolute, checked by the protocol) under `root`.
@@ -756,13 +799,20 @@ mod tests {
     use crate::protocol::message::tests::{sample_container, sample_volumes};
     use crate::protocol::{CpuMax, FsType};
 
+    fn guest() -> PodLayout {
+        PodLayout::guest()
+    }
+
     fn init() -> ContainerInit {
+        let layout = guest();
         ContainerInit {
             id: "web".into(),
             hostname: "pod".into(),
-            rootfs: RootfsSpec {
-                device: "/dev/vdb".into(),
-                fs_type: FsType::Erofs,
+            rootfs: InitRootfs {
+                lower: RootfsLower::Device {
+                    device: "/dev/vdb".into(),
+                    fs_type: FsType::Erofs,
+                },
                 read_only: false,
             },
             mounts: vec![InitMount {
@@ -785,10 +835,10 @@ mod tests {
                 tty: false,
                 stdin: false,
             },
-            cgroup: cgroup_dir("web"),
-            netns: Some(POD_NETNS.into()),
-            etc: Some(POD_ETC.into()),
-            dir: Path::new(CONTAINERS_DIR).join("web"),
+            cgroup: layout.cgroup_dir("web"),
+            netns: Some(layout.pod_netns.path().into()),
+            etc: Some(layout.pod_etc.clone()),
+            dir: layout.container_dir("web"),
         }
     }
 
@@ -819,7 +869,7 @@ mod tests {
         );
         assert_eq!(
             calls[2],
-            Call::Setns(POD_NETNS.into(), CloneFlags::CLONE_NEWNET)
+            Call::Setns("/run/peapod/netns".into(), CloneFlags::CLONE_NEWNET)
         );
         assert!(matches!(&calls[3], Call::Mount { target, flags, .. }
             if target == Path::new("/") && flags.contains(MsFlags::MS_PRIVATE | MsFlags::MS_REC)));
@@ -853,6 +903,137 @@ mod tests {
         assert_eq!(calls[n - 1], Call::Sethostname("pod".into()));
     }
 
+    /// A host pod's layout and its `web` container: the image a directory, the sample's
+    /// mounts without its block device (a host pod has none).
+    fn host_init() -> (PodLayout, ContainerInit) {
+        let id = crate::pod::PodId::parse(&"7".repeat(64)).unwrap();
+        let layout = PodLayout::host(&id, Path::new("/run/peapod"));
+        let mut spec = sample_container("web");
+        spec.rootfs.device = "/var/lib/peapod/images/abc/rootfs".into();
+        spec.mounts
+            .retain(|m| !matches!(m.source, MountSource::Block { .. }));
+        let mounts =
+            crate::agent::volume::resolve_mounts(&layout, &sample_volumes(), &spec.mounts).unwrap();
+        let init = ContainerInit::new(&layout, &spec, "pod", mounts).unwrap();
+        (layout, init)
+    }
+
+    #[test]
+    fn a_host_container_names_only_its_own_uts_namespace_and_joins_the_given_netns() {
+        let (layout, init) = host_init();
+        let os = RecordingOs::new();
+        setup_container(&os, &init).unwrap();
+        let calls = os.calls();
+        let netns = format!("/run/netns/peapod-{}", "7".repeat(64));
+        assert_eq!(
+            calls[0],
+            Call::WriteFile(layout.cgroup_dir("web").join("cgroup.procs"), "0".into())
+        );
+        assert_eq!(
+            layout.cgroup_dir("web"),
+            Path::new(&format!(
+                "/sys/fs/cgroup/peapod.slice/pod-{}/web",
+                "7".repeat(64)
+            ))
+        );
+        assert_eq!(
+            calls[1],
+            Call::Unshare(
+                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+            )
+        );
+        assert_eq!(
+            calls[2],
+            Call::Setns(netns.into(), CloneFlags::CLONE_NEWNET)
+        );
+        // The hostname is set once, last: inside the new UTS namespace, after the pivot.
+        let named: Vec<_> = calls
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, Call::Sethostname(_)))
+            .collect();
+        assert_eq!(named, [(calls.len() - 1, &Call::Sethostname("pod".into()))]);
+        assert!(!calls.iter().any(|c| matches!(c, Call::SeedEntropy(_))));
+        // The image directory is bound on lower and made read-only before the overlay.
+        let c = layout.container_dir("web");
+        let lower = c.join("lower");
+        let bound = calls
+            .iter()
+            .position(|call| {
+                call == &Call::Mount {
+                    source: Some("/var/lib/peapod/images/abc/rootfs".into()),
+                    target: lower.clone(),
+                    fstype: None,
+                    flags: MsFlags::MS_BIND,
+                    data: None,
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            calls[bound + 1],
+            remount_ro(&lower, MsFlags::MS_NODEV),
+            "{calls:#?}"
+        );
+        let overlay = calls
+            .iter()
+            .position(|call| matches!(call, Call::Mount { fstype: Some(t), .. } if t == "overlay"))
+            .unwrap();
+        assert!(bound < overlay);
+        // Every mount lands in the pod's own container directory; volumes and /etc files
+        // come from the pod's own directories.
+        for target in mount_targets(&calls).iter().filter(|t| *t != "/") {
+            assert!(Path::new(target).starts_with(&c), "{target}");
+        }
+        assert!(
+            calls
+                .iter()
+                .any(|call| matches!(call, Call::BindBeneath { base, .. }
+            if base == &layout.volume_dir("cache")))
+        );
+        assert!(
+            calls
+                .iter()
+                .any(|call| matches!(call, Call::Mount { source: Some(s), .. }
+            if s == &layout.pod_etc.join("hosts")))
+        );
+        assert!(
+            !calls
+                .iter()
+                .any(|call| matches!(call, Call::Mount { source: Some(s), .. }
+                if s.starts_with("/run/peapod/containers") || s.starts_with("/run/peapod/etc")
+                    || s.starts_with("/run/peapod/volumes")))
+        );
+    }
+
+    #[test]
+    fn a_host_container_with_a_block_mount_or_a_relative_image_is_refused() {
+        let id = crate::pod::PodId::parse(&"7".repeat(64)).unwrap();
+        let layout = PodLayout::host(&id, Path::new("/run/peapod"));
+        let spec = sample_container("web");
+        let mounts =
+            crate::agent::volume::resolve_mounts(&layout, &sample_volumes(), &spec.mounts).unwrap();
+        let e = ContainerInit::new(&layout, &spec, "pod", mounts).unwrap_err();
+        assert!(matches!(e, LayoutError::HostBlockMount { .. }), "{e}");
+        let mut spec = sample_container("web");
+        spec.mounts.clear();
+        spec.rootfs.device = "rootfs".into();
+        assert!(matches!(
+            ContainerInit::new(&layout, &spec, "pod", vec![]),
+            Err(LayoutError::RelativeImageDir(_))
+        ));
+        // The guest's layout takes the same spec's device as it always did.
+        spec.rootfs.device = "/dev/vdb".into();
+        let guest = ContainerInit::new(&guest(), &spec, "pod", vec![]).unwrap();
+        assert_eq!(
+            guest,
+            ContainerInit {
+                process: spec.process.clone(),
+                mounts: vec![],
+                ..init()
+            }
+        );
+    }
+
     fn remount_ro(target: &Path, extra: MsFlags) -> Call {
         Call::Mount {
             source: None,
@@ -875,7 +1056,8 @@ mod tests {
             read_only: true,
         });
         ContainerInit {
-            mounts: crate::agent::volume::resolve_mounts(&sample_volumes(), &mounts).unwrap(),
+            mounts: crate::agent::volume::resolve_mounts(&guest(), &sample_volumes(), &mounts)
+                .unwrap(),
             ..init()
         }
     }
@@ -885,8 +1067,8 @@ mod tests {
         let os = RecordingOs::new();
         setup_container(&os, &init_with_volumes()).unwrap();
         let calls = os.calls();
-        let root = Path::new(CONTAINERS_DIR).join("web/root");
-        let vols = Path::new(VOLUMES_DIR);
+        let root = guest().container_dir("web").join("root");
+        let vols = guest().volumes_dir;
         let at = |call: &Call| {
             calls
                 .iter()
@@ -943,7 +1125,7 @@ mod tests {
         i.rootfs.read_only = true;
         setup_container(&os, &i).unwrap();
         let calls = os.calls();
-        let root = Path::new(CONTAINERS_DIR).join("web/root");
+        let root = guest().container_dir("web").join("root");
         let n = calls.len();
         assert_eq!(calls[n - 3], remount_ro(&root, MsFlags::MS_NODEV));
         assert_eq!(calls[n - 2], Call::PivotRoot(root.clone()));
@@ -963,17 +1145,17 @@ mod tests {
         // removes directories and the cgroup, then makes them again.
         let os = RecordingOs::new();
         let create = |os: &RecordingOs| {
-            create_cgroup(os, "web", &Resources::default()).unwrap();
-            create_dirs(os, "web").unwrap();
+            create_cgroup(os, &guest(), "web", &Resources::default()).unwrap();
+            create_dirs(os, &guest(), "web").unwrap();
             setup_container(os, &init_with_volumes()).unwrap();
         };
         create(&os);
         let first = os.calls().len();
-        remove_dirs(&os, "web").unwrap();
+        remove_dirs(&os, &guest(), "web").unwrap();
         create(&os);
         let calls = os.calls();
-        let c = Path::new(CONTAINERS_DIR).join("web");
-        let cgroup = cgroup_dir("web");
+        let c = guest().container_dir("web");
+        let cgroup = guest().cgroup_dir("web");
         let removed = &calls[first..first + 5];
         assert_eq!(
             removed,
@@ -994,12 +1176,12 @@ mod tests {
         assert_eq!(mount_targets(second), mount_targets(&calls[..first]));
         // The pod's volumes are never unmounted or removed: an emptyDir's files survive.
         assert!(!calls.iter().any(|call| matches!(call,
-            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with(VOLUMES_DIR))));
+            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with(guest().volumes_dir))));
         assert_eq!(
             calls
                 .iter()
                 .filter(|call| matches!(call, Call::BindBeneath { base, .. }
-                    if base == &Path::new(VOLUMES_DIR).join("cache")))
+                    if base == &guest().volume_dir("cache")))
                 .count(),
             2,
             "each create binds the same emptyDir"
@@ -1032,6 +1214,7 @@ mod tests {
         let os = RecordingOs::new();
         let dir = create_cgroup(
             &os,
+            &guest(),
             "web",
             &Resources {
                 memory_max: Some(32 << 20),
@@ -1058,13 +1241,13 @@ mod tests {
         assert!(writes.contains(&("cpu.max".into(), "50000 100000".into())));
         assert!(writes.contains(&("pids.max".into(), "64".into())));
         let os = RecordingOs::new();
-        create_cgroup(&os, "idle", &Resources::default()).unwrap();
+        create_cgroup(&os, &guest(), "idle", &Resources::default()).unwrap();
         assert_eq!(os.calls().len(), 1, "no limits, no writes");
     }
 
     #[test]
     fn stats_and_oom_kills_come_from_the_cgroup_files() {
-        let cg = cgroup_dir("web");
+        let cg = guest().cgroup_dir("web");
         let os = RecordingOs::new()
             .with_file(cg.join("memory.current"), "4096\n")
             .with_file(cg.join("memory.peak"), "8192\n")
@@ -1100,7 +1283,7 @@ mod tests {
             &os,
             &ExecInit {
                 container_pid: 77,
-                cgroup: cgroup_dir("web"),
+                cgroup: guest().cgroup_dir("web"),
                 process: init().process,
             },
         )

@@ -1,7 +1,8 @@
 //! What the agent does as the guest's init: leave the initramfs for a tmpfs root (so that
 //! containers can `pivot_root`), mount the API filesystems and cgroup2, prepare the
 //! containers' cgroup parent, the pod's network namespace, entropy and hostname, and power
-//! the VM off.
+//! the VM off. Preparing the pod's cgroups and directories ([`prepare_pod`]) and its `/etc`
+//! files ([`write_pod_etc`]) follow the pod's [`PodLayout`], so a host pod uses them too.
 //!
 //! This kernel has no ACPI: `reboot(RB_AUTOBOOT)` (with `reboot=k`, a reset through the
 //! i8042) is how a guest ends its VM, and peapod's VMM ends with exit status 0 on it.
@@ -13,9 +14,7 @@ use std::path::Path;
 
 use nix::mount::MsFlags;
 
-use super::container::{
-    CGROUP_PARENT, CGROUP_ROOT, CONTAINERS_DIR, CONTROLLERS, POD_ETC, RUN_DIR, VOLUMES_DIR,
-};
+use super::layout::PodLayout;
 use super::os::Os;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,72 +79,92 @@ pub fn uptime() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Mounts what every Linux userland expects plus cgroup2, and prepares the directories
-/// the agent uses. Idempotent enough for a restart: an already-mounted target fails with
-/// EBUSY, which is ignored.
-pub fn mount_system(os: &dyn Os) -> io::Result<()> {
+/// Mounts what every Linux userland expects plus cgroup2 (at the layout's cgroup root), and
+/// prepares the pod ([`prepare_pod`]). The guest's alone: a host has its mounts. Idempotent
+/// enough for a restart: an already-mounted target fails with EBUSY, which is ignored.
+pub fn mount_system(os: &dyn Os, layout: &PodLayout) -> io::Result<()> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
-        ("proc", "/proc", "proc", hardened, None),
-        ("sysfs", "/sys", "sysfs", hardened, None),
+    let cgroup_root = layout.cgroup_root.as_path();
+    let p = Path::new;
+    let mounts: [(&str, &Path, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", p("/proc"), "proc", hardened, None),
+        ("sysfs", p("/sys"), "sysfs", hardened, None),
         (
             "devtmpfs",
-            "/dev",
+            p("/dev"),
             "devtmpfs",
             MsFlags::MS_NOSUID,
             Some("mode=0755"),
         ),
         (
             "devpts",
-            "/dev/pts",
+            p("/dev/pts"),
             "devpts",
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
             Some("mode=0620,ptmxmode=0666"),
         ),
-        ("shm", "/dev/shm", "tmpfs", hardened, Some("mode=1777")),
-        ("cgroup2", CGROUP_ROOT, "cgroup2", hardened, None),
+        ("shm", p("/dev/shm"), "tmpfs", hardened, Some("mode=1777")),
+        ("cgroup2", cgroup_root, "cgroup2", hardened, None),
         (
             "tmpfs",
-            "/run",
+            p("/run"),
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=0755"),
         ),
         (
             "tmpfs",
-            "/tmp",
+            p("/tmp"),
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=1777"),
         ),
     ];
     for (source, target, fstype, flags, data) in mounts {
-        let target = Path::new(target);
         os.mkdir_all(target, 0o755)?;
         match os.mount(Some(Path::new(source)), target, Some(fstype), flags, data) {
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             other => other?,
         }
     }
+    prepare_pod(os, layout)
+}
+
+/// Makes the pod's cgroup parent with the containers' controllers enabled at every level
+/// from the cgroup root down (cgroup v2 hands a controller to a child only when its parent
+/// has it in `cgroup.subtree_control`), and the pod's directories.
+pub fn prepare_pod(os: &dyn Os, layout: &PodLayout) -> io::Result<()> {
+    let controllers = layout.controllers.as_bytes();
     os.write_file(
-        &Path::new(CGROUP_ROOT).join("cgroup.subtree_control"),
-        CONTROLLERS.as_bytes(),
+        &layout.cgroup_root.join("cgroup.subtree_control"),
+        controllers,
     )?;
-    os.mkdir_all(Path::new(CGROUP_PARENT), 0o755)?;
-    os.write_file(
-        &Path::new(CGROUP_PARENT).join("cgroup.subtree_control"),
-        CONTROLLERS.as_bytes(),
-    )?;
-    for dir in [RUN_DIR, CONTAINERS_DIR, POD_ETC, VOLUMES_DIR] {
-        os.mkdir_all(Path::new(dir), 0o755)?;
+    for level in layout.cgroup_levels() {
+        os.mkdir_all(&level, 0o755)?;
+        os.write_file(&level.join("cgroup.subtree_control"), controllers)?;
+    }
+    for dir in layout.pod_dirs() {
+        os.mkdir_all(dir, 0o755)?;
     }
     Ok(())
 }
 
-/// Writes the pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` under [`POD_ETC`].
-/// The hostname maps to the pod's address when it has one (as Kubernetes does), to
-/// 127.0.1.1 otherwise.
-pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Result<()> {
+/// Writes the pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` under the layout's
+/// [`PodLayout::pod_etc`], and its sysctls where the layout lets the agent
+/// ([`PodLayout::write_sysctls`]; elsewhere a spec with sysctls is refused before anything
+/// is written). The hostname maps to the pod's address when it has one (as Kubernetes does),
+/// to 127.0.1.1 otherwise.
+pub fn write_pod_etc(
+    os: &dyn Os,
+    layout: &PodLayout,
+    spec: &crate::protocol::SandboxSpec,
+) -> io::Result<()> {
+    if !layout.write_sysctls && !spec.sysctls.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this pod's sysctls would be the host's: a host pod cannot set sysctls",
+        ));
+    }
     let own = super::network::pod_address(spec.network.as_ref())
         .map_or("127.0.1.1".to_string(), |ip| ip.to_string());
     let mut hosts = format!(
@@ -162,16 +181,18 @@ pub fn write_pod_etc(os: &dyn Os, spec: &crate::protocol::SandboxSpec) -> io::Re
     if !spec.dns_search.is_empty() {
         resolv.push_str(&format!("search {}\n", spec.dns_search.join(" ")));
     }
-    let etc = Path::new(POD_ETC);
+    let etc = &layout.pod_etc;
     os.write_file(&etc.join("hosts"), hosts.as_bytes())?;
     os.write_file(&etc.join("resolv.conf"), resolv.as_bytes())?;
     os.write_file(
         &etc.join("hostname"),
         format!("{}\n", spec.hostname).as_bytes(),
     )?;
-    for (key, value) in &spec.sysctls {
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        os.write_file(&path, value.as_bytes())?;
+    if layout.write_sysctls {
+        for (key, value) in &spec.sysctls {
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            os.write_file(&path, value.as_bytes())?;
+        }
     }
     Ok(())
 }
@@ -191,7 +212,8 @@ pub fn spawn_pod_netns(path: &Path) -> std::thread::JoinHandle<Result<(), InitEr
 }
 
 /// Adds the host's random bytes to the guest's entropy pool and credits them
-/// (`RNDADDENTROPY`); the virtio-rng device, when attached, keeps feeding it too.
+/// (`RNDADDENTROPY`); the virtio-rng device, when attached, keeps feeding it too. The agent
+/// calls it through [`Os::seed_entropy`], and only where [`PodLayout::seed_entropy`] says.
 pub fn seed_entropy(seed: &[u8]) -> Result<(), InitError> {
     if seed.is_empty() {
         return Ok(());
@@ -287,7 +309,7 @@ mod tests {
     #[test]
     fn system_mounts_come_before_cgroup_setup() {
         let os = RecordingOs::new();
-        mount_system(&os).unwrap();
+        mount_system(&os, &PodLayout::guest()).unwrap();
         let calls = os.calls();
         let targets: Vec<_> = calls
             .iter()
@@ -316,11 +338,70 @@ mod tests {
     }
 
     #[test]
+    fn a_host_pod_gets_its_own_cgroup_with_controllers_at_every_level_and_no_mounts() {
+        let id = crate::pod::PodId::parse(&"9".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/p"));
+        let os = RecordingOs::new();
+        prepare_pod(&os, &host).unwrap();
+        let slice = Path::new("/sys/fs/cgroup/peapod.slice");
+        let pod = slice.join(format!("pod-{id}"));
+        let on = |p: &Path| {
+            Call::WriteFile(
+                p.join("cgroup.subtree_control"),
+                "+cpu +memory +pids".into(),
+            )
+        };
+        let run = Path::new("/run/p").join(id.as_str());
+        assert_eq!(
+            os.calls(),
+            [
+                on(Path::new("/sys/fs/cgroup")),
+                Call::MkdirAll(slice.into(), 0o755),
+                on(slice),
+                Call::MkdirAll(pod.clone(), 0o755),
+                on(&pod),
+                Call::MkdirAll(run.clone(), 0o755),
+                Call::MkdirAll(run.join("containers"), 0o755),
+                Call::MkdirAll(run.join("etc"), 0o755),
+                Call::MkdirAll(run.join("volumes"), 0o755),
+            ]
+        );
+        // The guest's prepare is the tail of mount_system, after its mounts.
+        let os = RecordingOs::new();
+        mount_system(&os, &PodLayout::guest()).unwrap();
+        let guest = RecordingOs::new();
+        prepare_pod(&guest, &PodLayout::guest()).unwrap();
+        assert!(os.calls().ends_with(&guest.calls()));
+    }
+
+    #[test]
+    fn a_host_pods_etc_is_its_own_and_its_sysctls_are_refused_before_any_write() {
+        let id = crate::pod::PodId::parse(&"9".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/p"));
+        let mut spec = SandboxSpec {
+            hostname: "pod1".into(),
+            ..Default::default()
+        };
+        let os = RecordingOs::new();
+        write_pod_etc(&os, &host, &spec).unwrap();
+        let etc = Path::new("/run/p").join(id.as_str()).join("etc");
+        assert_eq!(os.read_to_string(&etc.join("hostname")).unwrap(), "pod1\n");
+        spec.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        let os = RecordingOs::new();
+        let e = write_pod_etc(&os, &host, &spec).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(os.calls().is_empty());
+    }
+
+    #[test]
     fn a_failing_mount_is_an_error() {
         let os = RecordingOs::new()
             .failing(|c| matches!(c, Call::Mount { target, .. } if target == Path::new("/proc")));
         assert_eq!(
-            mount_system(&os).unwrap_err().raw_os_error(),
+            mount_system(&os, &PodLayout::guest())
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::EPERM)
         );
     }
@@ -340,8 +421,11 @@ mod tests {
         };
         spec.sysctls
             .insert("net.ipv4.ip_forward".into(), "1".into());
-        write_pod_etc(&os, &spec).unwrap();
-        let read = |name: &str| os.read_to_string(&Path::new(POD_ETC).join(name)).unwrap();
+        write_pod_etc(&os, &PodLayout::guest(), &spec).unwrap();
+        let read = |name: &str| {
+            os.read_to_string(&Path::new("/run/peapod/etc").join(name))
+                .unwrap()
+        };
         assert!(read("hosts").contains("10.0.0.5\tdb db.local\n"));
         assert!(read("hosts").contains("127.0.1.1\tpod1\n"));
         assert_eq!(
@@ -352,7 +436,7 @@ mod tests {
 
         // With a network, the hostname maps to the pod's address instead.
         spec.network = Some(crate::protocol::message::tests::sample_network());
-        write_pod_etc(&os, &spec).unwrap();
+        write_pod_etc(&os, &PodLayout::guest(), &spec).unwrap();
         let hosts = read("hosts");
         assert!(hosts.contains("10.88.0.5\tpod1\n"), "{hosts}");
         assert!(!hosts.contains("127.0.1.1"), "{hosts}");

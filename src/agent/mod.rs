@@ -1,7 +1,9 @@
 //! The guest agent, `peapod-agent`: PID 1 of every pod VM. It sets the guest up
 //! ([`init`]), serves the host's [`crate::protocol`] on vsock ([`server`]), sets up the
-//! pod's network ([`network`]) and runs the pod's containers ([`container`]), with its OS
-//! calls behind [`os::Os`] so that the setup logic is unit-tested without root.
+//! pod's network ([`network`]) and runs the pod's containers ([`container`], [`volume`]),
+//! with its OS calls behind [`os::Os`] so that the setup logic is unit-tested without root.
+//! Every path and machine-wide step comes from the pod's [`layout::PodLayout`]: the guest's
+//! here, a host pod's for the host runtime, which runs the same container code.
 //!
 //! The same binary is also the two helpers the agent starts for containers
 //! (`container-init`, `exec-init`; see [`container`]): a helper is single-threaded, so it
@@ -9,6 +11,7 @@
 
 pub mod container;
 pub mod init;
+pub mod layout;
 pub mod network;
 pub mod os;
 pub mod process;
@@ -43,7 +46,8 @@ fn run_agent() -> ! {
         fatal(&e.to_string());
     }
     let os: Arc<dyn os::Os> = Arc::new(os::RealOs);
-    if let Err(e) = init::mount_system(os.as_ref()) {
+    let layout = layout::PodLayout::guest();
+    if let Err(e) = init::mount_system(os.as_ref(), &layout) {
         fatal(&format!("mounting the system filesystems: {e}"));
     }
     if let Err(e) = init::send_boot_signal() {
@@ -52,7 +56,7 @@ fn run_agent() -> ! {
     let _ = nix::unistd::sethostname("peapod");
     let reaper = process::Reaper::new();
     reaper.start();
-    let agent = server::Agent::new(os, reaper, true);
+    let agent = server::Agent::new(os, reaper, layout);
     let stdio = match server::VsockListener::bind(STDIO_PORT) {
         Ok(l) => l,
         Err(e) => fatal(&format!("listening on vsock port {STDIO_PORT}: {e}")),

@@ -60,6 +60,9 @@ pub trait Os: Send + Sync {
     /// `pivot_root(".", ".")` in `new_root`, then detaches the old root stacked on it.
     fn pivot_root(&self, new_root: &Path) -> io::Result<()>;
     fn sethostname(&self, name: &str) -> io::Result<()>;
+    /// Adds `seed` to the machine's entropy pool and credits it (nothing for an empty seed;
+    /// implementations never log the bytes).
+    fn seed_entropy(&self, seed: &[u8]) -> io::Result<()>;
     fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
     /// Joins the namespace the file `ns` refers to (`/proc/PID/ns/net`, a bind mount of one).
     fn setns(&self, ns: &Path, kind: CloneFlags) -> io::Result<()>;
@@ -237,6 +240,10 @@ impl Os for RealOs {
         nix::unistd::sethostname(name).map_err(nix_io)
     }
 
+    fn seed_entropy(&self, seed: &[u8]) -> io::Result<()> {
+        super::init::seed_entropy(seed).map_err(io::Error::other)
+    }
+
     fn unshare(&self, flags: CloneFlags) -> io::Result<()> {
         nix::sched::unshare(flags)
             .map_err(|e| io::Error::new(nix_io(e).kind(), format!("unshare {flags:?}: {e}")))
@@ -330,6 +337,8 @@ pub enum Call {
     Chdir(PathBuf),
     PivotRoot(PathBuf),
     Sethostname(String),
+    /// How many bytes were credited (never the bytes).
+    SeedEntropy(usize),
     Unshare(CloneFlags),
     Setns(PathBuf, CloneFlags),
     LinkByMac(MacAddr),
@@ -485,6 +494,10 @@ impl Os for RecordingOs {
 
     fn sethostname(&self, name: &str) -> io::Result<()> {
         self.record(Call::Sethostname(name.into()))
+    }
+
+    fn seed_entropy(&self, seed: &[u8]) -> io::Result<()> {
+        self.record(Call::SeedEntropy(seed.len()))
     }
 
     fn unshare(&self, flags: CloneFlags) -> io::Result<()> {

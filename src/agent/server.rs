@@ -20,9 +20,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
-use super::container::{
-    self, ContainerInit, ExecInit, HelperEvent, POD_ETC, POD_NETNS, read_event,
-};
+use super::container::{self, ContainerInit, ExecInit, HelperEvent, read_event};
+use super::layout::{PodLayout, PodNetns};
 use super::os::Os;
 use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
 use super::volume;
@@ -185,9 +184,10 @@ pub struct Agent {
     os: Arc<dyn Os>,
     reaper: Arc<Reaper>,
     state: Mutex<State>,
-    /// Make the pod's own network namespace (off in unit tests, which are not root).
-    pod_netns: bool,
-    /// The thread making it, started with the agent; joined by `CreateSandbox`.
+    /// Where the pod's containers live and which machine-wide steps are the agent's.
+    layout: PodLayout,
+    /// The thread making the pod's network namespace ([`PodNetns::Make`]), started with the
+    /// agent; joined by `CreateSandbox`.
     netns_maker: Mutex<Option<std::thread::JoinHandle<Result<(), init::InitError>>>>,
 }
 
@@ -247,14 +247,25 @@ fn events_of(status: OwnedFd, tty: bool) -> (Events, Option<OwnedFd>) {
 }
 
 impl Agent {
-    pub fn new(os: Arc<dyn Os>, reaper: Arc<Reaper>, pod_netns: bool) -> Arc<Self> {
+    /// An agent for the pod laid out as `layout` ([`PodLayout::guest`] in a pod VM). With
+    /// [`PodNetns::Make`], making the pod's network namespace starts right away.
+    pub fn new(os: Arc<dyn Os>, reaper: Arc<Reaper>, layout: PodLayout) -> Arc<Self> {
+        let netns_maker = match &layout.pod_netns {
+            PodNetns::Make(path) => Some(init::spawn_pod_netns(path)),
+            PodNetns::Given(_) => None,
+        };
         Arc::new(Agent {
             os,
             reaper,
             state: Mutex::new(State::default()),
-            pod_netns,
-            netns_maker: Mutex::new(pod_netns.then(|| init::spawn_pod_netns(Path::new(POD_NETNS)))),
+            layout,
+            netns_maker: Mutex::new(netns_maker),
         })
+    }
+
+    /// The pod's layout.
+    pub fn layout(&self) -> &PodLayout {
+        &self.layout
     }
 
     /// Serves one control connection until it closes; returns true when the host asked
@@ -465,28 +476,46 @@ impl Agent {
         if state.sandbox.is_some() {
             return Err(err(ErrorKind::InvalidState, "the sandbox exists already"));
         }
+        let layout = &self.layout;
+        if !layout.write_sysctls && !spec.sysctls.is_empty() {
+            return Err(err(
+                ErrorKind::InvalidArgument,
+                "sandbox: this runtime cannot set a pod's sysctls (they would be the host's): \
+                 remove them or run the pod in a VM",
+            ));
+        }
         let setup = |e: &dyn std::fmt::Display| err(ErrorKind::Setup, format!("sandbox: {e}"));
-        self.os.sethostname(&spec.hostname).map_err(|e| setup(&e))?;
-        init::write_pod_etc(self.os.as_ref(), &spec).map_err(|e| setup(&e))?;
-        init::seed_entropy(&spec.entropy_seed).map_err(|e| setup(&e))?;
+        // The machine's hostname is the VM's; elsewhere only the containers' UTS namespaces
+        // get the pod's hostname (container-init sets it after unsharing).
+        if layout.set_hostname_of_machine {
+            self.os.sethostname(&spec.hostname).map_err(|e| setup(&e))?;
+        }
+        init::write_pod_etc(self.os.as_ref(), layout, &spec).map_err(|e| setup(&e))?;
+        if layout.seed_entropy {
+            self.os
+                .seed_entropy(&spec.entropy_seed)
+                .map_err(|e| setup(&e))?;
+        }
         if let Some(maker) = lock(&self.netns_maker).take() {
             maker
                 .join()
                 .map_err(|_| setup(&"the network namespace thread panicked"))?
                 .map_err(|e| setup(&e))?;
         }
-        if let Some(network) = &spec.network {
-            network::configure_pod_network(self.os.as_ref(), Path::new(POD_NETNS), network)
+        if layout.configure_network
+            && let Some(network) = &spec.network
+        {
+            network::configure_pod_network(self.os.as_ref(), layout.pod_netns.path(), network)
                 .map_err(|e| setup(&e))?;
         }
-        volume::create_volumes(self.os.as_ref(), &spec.volumes).map_err(|e| setup(&e))?;
+        volume::create_volumes(self.os.as_ref(), layout, &spec.volumes).map_err(|e| setup(&e))?;
         volume::forget_secret_bytes(&mut spec.volumes);
         state.sandbox = Some(spec);
         Ok(())
     }
 
     fn create_container(&self, spec: ContainerSpec) -> Result<(), WireError> {
-        spec.validate()?;
+        self.layout.validate_container(&spec)?;
         // Held throughout: creates are rare and short, and this keeps ids unique.
         let mut state = lock(&self.state);
         let Some(sandbox) = &state.sandbox else {
@@ -501,40 +530,28 @@ impl Agent {
                 format!("container {:?} exists already", spec.id),
             ));
         }
-        let mounts = volume::resolve_mounts(&sandbox.volumes, &spec.mounts).map_err(|e| {
+        let invalid = |e: &dyn std::fmt::Display| {
             err(
                 ErrorKind::InvalidArgument,
                 format!("container {}: {e}", spec.id),
             )
-        })?;
+        };
+        let layout = &self.layout;
+        let mounts = volume::resolve_mounts(layout, &sandbox.volumes, &spec.mounts)
+            .map_err(|e| invalid(&e))?;
+        let init = ContainerInit::new(layout, &spec, &sandbox.hostname, mounts)
+            .map_err(|e| invalid(&e))?;
         let id = spec.id.clone();
         let setup = |what: &str, e: &dyn std::fmt::Display| {
             err(ErrorKind::Setup, format!("container {id}: {what}: {e}"))
         };
         let os = self.os.as_ref();
-        let cgroup =
-            container::create_cgroup(os, &id, &spec.resources).map_err(|e| setup("cgroup", &e))?;
-        let dir = match container::create_dirs(os, &id) {
-            Ok(dir) => dir,
-            Err(e) => {
-                let _ = container::remove_dirs(os, &id);
-                return Err(setup("directories", &e));
-            }
-        };
-        let init = ContainerInit {
-            id: id.clone(),
-            hostname: spec
-                .hostname
-                .clone()
-                .unwrap_or_else(|| sandbox.hostname.clone()),
-            rootfs: spec.rootfs.clone(),
-            mounts,
-            process: spec.process.clone(),
-            cgroup: cgroup.clone(),
-            netns: self.pod_netns.then(|| POD_NETNS.into()),
-            etc: Some(POD_ETC.into()),
-            dir,
-        };
+        let cgroup = container::create_cgroup(os, layout, &id, &spec.resources)
+            .map_err(|e| setup("cgroup", &e))?;
+        if let Err(e) = container::create_dirs(os, layout, &id) {
+            let _ = container::remove_dirs(os, layout, &id);
+            return Err(setup("directories", &e));
+        }
         match self.launch_container(&init) {
             Ok((pid, streams, start, events)) => {
                 state.containers.insert(
@@ -549,7 +566,7 @@ impl Agent {
                 Ok(())
             }
             Err(e) => {
-                let _ = container::remove_dirs(os, &id);
+                let _ = container::remove_dirs(os, layout, &id);
                 Err(e)
             }
         }
@@ -794,13 +811,13 @@ impl Agent {
         }
         // Execs die with the PID namespace; give the cgroup a moment to empty.
         let os = self.os.as_ref();
-        let mut result = container::remove_dirs(os, id);
+        let mut result = container::remove_dirs(os, &self.layout, id);
         for _ in 0..50 {
             if result.is_ok() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
-            result = container::remove_dirs(os, id);
+            result = container::remove_dirs(os, &self.layout, id);
         }
         lock(&self.state).containers.remove(id);
         result.map_err(|e| err(ErrorKind::Internal, format!("removing container {id}: {e}")))
@@ -810,15 +827,31 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::container::cgroup_dir;
-    use crate::agent::container::{CONTAINERS_DIR, VOLUMES_DIR};
     use crate::agent::os::{Call, RecordingOs};
     use crate::protocol::client::{Client, ClientError, attach_stream};
     use crate::protocol::message::tests::{sample_container, sample_volumes};
     use crate::protocol::{MountSource, SandboxVolumeKind};
 
+    /// The guest's layout with the pod's network namespace given rather than made: unit
+    /// tests are not root.
+    fn test_layout() -> PodLayout {
+        let guest = PodLayout::guest();
+        PodLayout {
+            pod_netns: PodNetns::Given(guest.pod_netns.path().into()),
+            ..guest
+        }
+    }
+
+    fn cgroup_dir(id: &str) -> PathBuf {
+        test_layout().cgroup_dir(id)
+    }
+
     fn agent(os: Arc<RecordingOs>) -> (Arc<Agent>, Client<UnixStream>) {
-        let agent = Agent::new(os, Reaper::new(), false);
+        agent_with(os, test_layout())
+    }
+
+    fn agent_with(os: Arc<RecordingOs>, layout: PodLayout) -> (Arc<Agent>, Client<UnixStream>) {
+        let agent = Agent::new(os, Reaper::new(), layout);
         let (host, mut guest) = UnixStream::pair().unwrap();
         let a = Arc::clone(&agent);
         std::thread::spawn(move || a.serve_control(&mut guest));
@@ -827,7 +860,7 @@ mod tests {
 
     #[test]
     fn requests_before_hello_are_refused_and_a_wrong_version_is_named() {
-        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), false);
+        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), test_layout());
         let (mut host, mut guest) = UnixStream::pair().unwrap();
         let a = Arc::clone(&agent);
         let t = std::thread::spawn(move || a.serve_control(&mut guest));
@@ -922,7 +955,7 @@ mod tests {
         let hosts = position(&|c| matches!(c, Call::WriteFile(p, _) if p.ends_with("hosts")));
         let lookup = position(&|c| matches!(c, Call::LinkByMac(_)));
         let moved = position(
-            &|c| matches!(c, Call::MoveLink { index: 2, netns } if netns == Path::new(POD_NETNS)),
+            &|c| matches!(c, Call::MoveLink { index: 2, netns } if netns == Path::new("/run/peapod/netns")),
         );
         let configured = position(&|c| matches!(c, Call::ConfigureInterface(..)));
         let route = position(&|c| matches!(c, Call::AddRoute(..)));
@@ -933,6 +966,115 @@ mod tests {
             unreachable!()
         };
         assert!(hosts.contains("10.88.0.5\tp\n"), "{hosts}");
+    }
+
+    #[test]
+    fn a_host_sandbox_never_names_seeds_or_rewires_the_machine() {
+        use crate::protocol::message::tests::sample_network;
+        let id = crate::pod::PodId::parse(&"5".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let mac = "02:42:0a:58:00:05".parse().unwrap();
+        let spec = SandboxSpec {
+            hostname: "p".into(),
+            entropy_seed: vec![7; 32],
+            volumes: sample_volumes(),
+            network: Some(sample_network()),
+            ..Default::default()
+        };
+        // The same spec in the guest names the VM, feeds its pool and moves its NIC...
+        let os = Arc::new(RecordingOs::new().with_nic(mac, 2));
+        let (_agent, mut c) = agent(Arc::clone(&os));
+        c.create_sandbox(&spec).unwrap();
+        let calls = os.calls();
+        assert!(calls.contains(&Call::Sethostname("p".into())));
+        assert!(calls.contains(&Call::SeedEntropy(32)));
+        assert!(calls.iter().any(|c| matches!(c, Call::MoveLink { .. })));
+
+        // ...and on the host does none of that: the CNI configured the given namespace.
+        let os = Arc::new(RecordingOs::new().with_nic(mac, 2));
+        let (agent, mut c) = agent_with(Arc::clone(&os), host.clone());
+        assert_eq!(agent.layout(), &host);
+        c.create_sandbox(&spec).unwrap();
+        let calls = os.calls();
+        assert!(
+            !calls.iter().any(|c| matches!(
+                c,
+                Call::Sethostname(_)
+                    | Call::SeedEntropy(_)
+                    | Call::LinkByMac(_)
+                    | Call::MoveLink { .. }
+                    | Call::ConfigureInterface(..)
+                    | Call::AddRoute(..)
+            )),
+            "{calls:#?}"
+        );
+        // The pod's /etc files and volumes are its own, and /etc/hosts still names its
+        // address.
+        let hosts = host.pod_etc.join("hosts");
+        assert!(calls.iter().any(|c| matches!(c, Call::WriteFile(p, text)
+            if p == &hosts && text.contains("10.88.0.5\tp\n"))));
+        for name in ["cache", "scratch", "tls"] {
+            let dir = host.volume_dir(name);
+            assert!(
+                calls
+                    .iter()
+                    .any(|c| matches!(c, Call::Mount { target, .. } if target == &dir)),
+                "{name}"
+            );
+        }
+        for call in &calls {
+            if let Call::WriteFile(p, _) | Call::MkdirAll(p, _) | Call::Mount { target: p, .. } =
+                call
+            {
+                assert!(
+                    p.starts_with(&host.run_dir),
+                    "{} is not the pod's",
+                    p.display()
+                );
+            }
+        }
+
+        // A container's cgroup and directories are the pod's too.
+        let before = calls.len();
+        let mut web = sample_container("web");
+        web.mounts
+            .retain(|m| !matches!(m.source, MountSource::Block { .. }));
+        web.rootfs.device = "/var/lib/peapod/images/abc/rootfs".into();
+        assert_eq!(
+            c.create_container(&web).unwrap_err().wire_kind(),
+            Some(ErrorKind::Setup),
+            "gets as far as the (fake) setup"
+        );
+        let calls = os.calls();
+        assert_eq!(calls[before], Call::MkdirAll(host.cgroup_dir("web"), 0o755));
+        assert!(calls[before..].contains(&Call::RemoveDir(host.container_dir("web"))));
+        assert!(calls[before..].contains(&Call::RemoveDir(host.cgroup_dir("web"))));
+    }
+
+    #[test]
+    fn a_host_sandbox_with_sysctls_or_a_container_with_a_block_mount_is_refused() {
+        let id = crate::pod::PodId::parse(&"6".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let os = Arc::new(RecordingOs::new());
+        let (_agent, mut c) = agent_with(Arc::clone(&os), host);
+        let mut spec = SandboxSpec {
+            hostname: "p".into(),
+            ..Default::default()
+        };
+        spec.sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        let e = c.create_sandbox(&spec).unwrap_err();
+        assert_eq!(e.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(e.to_string().contains("sysctls"), "{e}");
+        assert!(os.calls().is_empty(), "refused before anything is written");
+        spec.sysctls.clear();
+        spec.volumes = sample_volumes();
+        c.create_sandbox(&spec).unwrap();
+        let before = os.calls().len();
+        let e = c.create_container(&sample_container("web")).unwrap_err();
+        assert_eq!(e.wire_kind(), Some(ErrorKind::InvalidArgument));
+        assert!(e.to_string().contains("/dev/vdc"), "{e}");
+        assert_eq!(os.calls().len(), before, "no cgroup, no directories");
     }
 
     #[test]
@@ -1054,7 +1196,7 @@ mod tests {
         .unwrap();
         let calls = os.calls();
         for name in ["cache", "scratch", "tls"] {
-            let dir = Path::new(VOLUMES_DIR).join(name);
+            let dir = Path::new("/run/peapod/volumes").join(name);
             assert!(
                 calls
                     .iter()
@@ -1154,7 +1296,7 @@ mod tests {
 
         let before = os.calls().len();
         c.remove_container("web").unwrap();
-        let c_dir = Path::new(CONTAINERS_DIR).join("web");
+        let c_dir = Path::new("/run/peapod/containers/web");
         assert_eq!(
             os.calls()[before..],
             [
@@ -1184,7 +1326,7 @@ mod tests {
             "cleaned up"
         );
         assert!(!os.calls().iter().any(|call| matches!(call,
-            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with(VOLUMES_DIR))));
+            Call::UmountDetach(p) | Call::RemoveDir(p) if p.starts_with("/run/peapod/volumes"))));
 
         // A new process of the same id gets fresh streams, attachable once more.
         let _out_w = exited_container(&agent, "web", 0);
@@ -1194,7 +1336,7 @@ mod tests {
 
     #[test]
     fn streams_attach_once_and_carry_bytes() {
-        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), false);
+        let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), test_layout());
         let (out_r, out_w) = pipe().unwrap();
         let (in_r, in_w) = pipe().unwrap();
         let mut streams = HashMap::new();

@@ -1,5 +1,6 @@
 //! The pod's volumes ([`SandboxSpec::volumes`](crate::protocol::SandboxSpec)): made once,
-//! when the sandbox is created, under [`VOLUMES_DIR`] in the agent's own mount namespace.
+//! when the sandbox is created, under the layout's [`PodLayout::volumes_dir`] in the agent's
+//! own mount namespace.
 //! Every `container-init` starts with a copy of that namespace, so it can bind a volume into
 //! its container ([`MountSource::PodVolume`]); all containers of the pod see the same
 //! tmpfs, and it outlives them: removing or restarting a container leaves its files alone.
@@ -12,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 
-use super::container::{InitMount, VOLUMES_DIR, VolumeBind};
+use super::container::{InitMount, VolumeBind};
+use super::layout::PodLayout;
 use super::os::Os;
 use crate::protocol::{MountSource, MountSpec, SandboxVolume, SandboxVolumeKind};
 
@@ -43,18 +45,17 @@ pub enum VolumeError {
     NoSuchFile { volume: String, file: String },
 }
 
-/// Where the pod volume `name` lives in the guest.
-pub fn volume_dir(name: &str) -> PathBuf {
-    Path::new(VOLUMES_DIR).join(name)
-}
-
 /// Makes every volume, in order; on a failure, undoes the ones made so far (best effort),
 /// so that the sandbox can be created again.
-pub fn create_volumes(os: &dyn Os, volumes: &[SandboxVolume]) -> Result<(), VolumeError> {
+pub fn create_volumes(
+    os: &dyn Os,
+    layout: &PodLayout,
+    volumes: &[SandboxVolume],
+) -> Result<(), VolumeError> {
     for (i, volume) in volumes.iter().enumerate() {
-        if let Err(source) = create_volume(os, volume) {
+        if let Err(source) = create_volume(os, &layout.volume_dir(&volume.name), volume) {
             for made in &volumes[..=i] {
-                let dir = volume_dir(&made.name);
+                let dir = layout.volume_dir(&made.name);
                 let _ = os.umount_detach(&dir);
                 let _ = os.remove_dir(&dir);
             }
@@ -67,31 +68,30 @@ pub fn create_volumes(os: &dyn Os, volumes: &[SandboxVolume]) -> Result<(), Volu
     Ok(())
 }
 
-fn create_volume(os: &dyn Os, volume: &SandboxVolume) -> io::Result<()> {
-    let dir = volume_dir(&volume.name);
+fn create_volume(os: &dyn Os, dir: &Path, volume: &SandboxVolume) -> io::Result<()> {
     let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     let tmpfs = Some(Path::new("tmpfs"));
-    os.mkdir_all(&dir, 0o700)?;
+    os.mkdir_all(dir, 0o700)?;
     match &volume.kind {
         SandboxVolumeKind::EmptyDir { size_bytes } => {
             let mut data = format!("mode={EMPTY_DIR_MODE:o}");
             if let Some(n) = size_bytes {
                 data.push_str(&format!(",size={n}"));
             }
-            os.mount(tmpfs, &dir, Some("tmpfs"), flags, Some(&data))
+            os.mount(tmpfs, dir, Some("tmpfs"), flags, Some(&data))
         }
         SandboxVolumeKind::Secret { files } => {
             // Closed (0700) while it is written, then read-only for good.
-            os.mount(tmpfs, &dir, Some("tmpfs"), flags, Some("mode=700"))?;
+            os.mount(tmpfs, dir, Some("tmpfs"), flags, Some("mode=700"))?;
             for (name, bytes) in files {
                 let file = dir.join(name);
                 os.write_file(&file, bytes)?;
                 os.chmod(&file, SECRET_FILE_MODE)?;
             }
-            os.chmod(&dir, SECRET_DIR_MODE)?;
+            os.chmod(dir, SECRET_DIR_MODE)?;
             os.mount(
                 None,
-                &dir,
+                dir,
                 None,
                 MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
                 None,
@@ -115,6 +115,7 @@ pub fn forget_secret_bytes(volumes: &mut [SandboxVolume]) {
 /// The container's mounts for `container-init`: each pod volume resolved to its directory
 /// (a secret's always read-only); other mounts as they are.
 pub fn resolve_mounts(
+    layout: &PodLayout,
     volumes: &[SandboxVolume],
     mounts: &[MountSpec],
 ) -> Result<Vec<InitMount>, VolumeError> {
@@ -134,7 +135,7 @@ pub fn resolve_mounts(
             let mut spec = m.clone();
             let bind = match &volume.kind {
                 SandboxVolumeKind::EmptyDir { .. } => VolumeBind {
-                    dir: volume_dir(name),
+                    dir: layout.volume_dir(name),
                     sub_path: sub_path.as_ref().map(PathBuf::from),
                     file: false,
                     create: true,
@@ -150,7 +151,7 @@ pub fn resolve_mounts(
                         });
                     }
                     VolumeBind {
-                        dir: volume_dir(name),
+                        dir: layout.volume_dir(name),
                         sub_path: sub_path.as_ref().map(PathBuf::from),
                         file: sub_path.is_some(),
                         create: false,
@@ -171,11 +172,15 @@ mod tests {
     use crate::agent::os::{Call, RecordingOs};
     use crate::protocol::message::tests::{sample_container, sample_volumes};
 
+    fn volume_dir(name: &str) -> PathBuf {
+        PodLayout::guest().volume_dir(name)
+    }
+
     #[test]
     fn volumes_are_tmpfs_and_secrets_are_written_closed_then_made_read_only() {
         let os = RecordingOs::new();
-        create_volumes(&os, &sample_volumes()).unwrap();
-        let v = Path::new(VOLUMES_DIR);
+        create_volumes(&os, &PodLayout::guest(), &sample_volumes()).unwrap();
+        let v = Path::new("/run/peapod/volumes");
         let nodev = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         let tmpfs = |dir: &str, data: &str| Call::Mount {
             source: Some("tmpfs".into()),
@@ -219,7 +224,7 @@ mod tests {
     fn a_failed_volume_undoes_the_ones_made_before_it() {
         let os = RecordingOs::new()
             .failing(|c| matches!(c, Call::Mount { data: Some(d), .. } if d == "mode=700"));
-        let err = create_volumes(&os, &sample_volumes()).unwrap_err();
+        let err = create_volumes(&os, &PodLayout::guest(), &sample_volumes()).unwrap_err();
         assert!(err.to_string().starts_with("pod volume tls:"), "{err}");
         let calls = os.calls();
         for name in ["cache", "scratch", "tls"] {
@@ -234,7 +239,7 @@ mod tests {
     fn mounts_resolve_to_volume_dirs_and_secrets_are_always_read_only() {
         let volumes = sample_volumes();
         let spec = sample_container("web");
-        let mounts = resolve_mounts(&volumes, &spec.mounts).unwrap();
+        let mounts = resolve_mounts(&PodLayout::guest(), &volumes, &spec.mounts).unwrap();
         assert_eq!(mounts.len(), spec.mounts.len());
         assert_eq!(mounts[0].bind, None, "a plain tmpfs stays as it is");
         assert_eq!(
@@ -261,7 +266,7 @@ mod tests {
             name: "tls".into(),
             sub_path: None,
         };
-        let m = resolve_mounts(&volumes, &[rw_secret]).unwrap();
+        let m = resolve_mounts(&PodLayout::guest(), &volumes, &[rw_secret]).unwrap();
         assert!(m[0].spec.read_only);
         assert!(!m[0].bind.as_ref().unwrap().file);
 
@@ -271,7 +276,7 @@ mod tests {
             sub_path: None,
         };
         assert!(matches!(
-            resolve_mounts(&volumes, &[unknown]),
+            resolve_mounts(&PodLayout::guest(), &volumes, &[unknown]),
             Err(VolumeError::Unknown(n)) if n == "nope"
         ));
         let mut missing = spec.mounts[3].clone();
@@ -280,7 +285,7 @@ mod tests {
             sub_path: Some("cert.pem".into()),
         };
         assert!(matches!(
-            resolve_mounts(&volumes, &[missing]),
+            resolve_mounts(&PodLayout::guest(), &volumes, &[missing]),
             Err(VolumeError::NoSuchFile { .. })
         ));
     }

@@ -318,7 +318,8 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RootfsSpec {
-    /// Guest block device, e.g. `/dev/vdb`.
+    /// Guest block device, e.g. `/dev/vdb` (for the host runtime, which never sends it over
+    /// the wire: the unpacked image's directory; see [`ContainerSpec::validate_with_image_dir`]).
     pub device: PathBuf,
     pub fs_type: FsType,
     /// Kubernetes' `readOnlyRootFilesystem`: the container's `/` is read-only (writes fail
@@ -902,12 +903,29 @@ pub fn validate_hostname(name: &str) -> Result<(), WireError> {
 }
 
 impl ContainerSpec {
+    /// Checks the spec as the wire requires: its rootfs `device` is a block device.
     pub fn validate(&self) -> Result<(), WireError> {
+        self.validate_rootfs_as(false)
+    }
+
+    /// [`ContainerSpec::validate`], but the rootfs `device` names an unpacked image's
+    /// directory (absolute, plain): how the host runtime's pod layout reads it
+    /// ([`crate::agent::layout::RootfsSource::HostDirectory`]). Such a spec never goes
+    /// over the wire, which stays as version 3 has it.
+    pub fn validate_with_image_dir(&self) -> Result<(), WireError> {
+        self.validate_rootfs_as(true)
+    }
+
+    fn validate_rootfs_as(&self, image_dir: bool) -> Result<(), WireError> {
         validate_id("container id", &self.id)?;
         if let Some(h) = &self.hostname {
             validate_hostname(h)?;
         }
-        validate_device("rootfs device", &self.rootfs.device)?;
+        if image_dir {
+            validate_abs_path("rootfs image directory", &self.rootfs.device)?;
+        } else {
+            validate_device("rootfs device", &self.rootfs.device)?;
+        }
         for m in &self.mounts {
             validate_abs_path("mount destination", &m.destination)?;
             if m.destination == Path::new("/") {
