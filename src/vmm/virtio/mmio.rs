@@ -941,7 +941,10 @@ mod tests {
             reg_write(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_SEL, index);
             assert_eq!(reg_read(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_READY), 0);
         }
-        assert!(f.transport.notify_eventfds()[1].read().is_err(), "stale kick");
+        assert!(
+            f.transport.notify_eventfds()[1].read().is_err(),
+            "stale kick"
+        );
 
         // A device that fails after taking its queues holds none of them once the
         // activation failed, and a reset does not bring them back.
