@@ -43,6 +43,7 @@ use super::device::{Activation, DeviceError, VirtioDevice};
 use super::interrupt::Interrupt;
 use crate::vmm::bus::BusDevice;
 use crate::vmm::memory::GuestMemory;
+use crate::vmm::ratelimit::limited;
 
 /// Size of a device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -268,7 +269,11 @@ impl MmioTransport {
     }
 
     fn set_needs_reset(&mut self, why: &MmioError) {
-        tracing::warn!("{why}; the device stops until the guest driver resets it");
+        // A driver can loop on "bad setup, reset": one line per round would flood vmm.log.
+        limited!(
+            warn,
+            "{why}; the device stops until the guest driver resets it"
+        );
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.interrupt.signal_config_change();
@@ -393,7 +398,7 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_QUEUE_NOTIFY => match self.notify.get(value as usize) {
                 Some(evt) => {
                     if let Err(e) = evt.write(1) {
-                        tracing::warn!("{}: cannot signal queue {value}: {e}", self.name());
+                        limited!(warn, "{}: cannot signal queue {value}: {e}", self.name());
                     }
                     false
                 }
@@ -969,6 +974,26 @@ mod tests {
             s.activations,
             vec![(vec![true, false], MOCK_FEATURES | (1 << VIRTIO_F_VERSION_1))]
         );
+    }
+
+    /// Issue #12 (6): a driver that loops on a bad setup and a reset makes the VMM warn a
+    /// bounded number of times, not once per round.
+    #[test]
+    fn a_driver_looping_on_failed_setups_cannot_flood_the_log() {
+        let mut f = fixture(&[16]);
+        let q = DriverQueue::new(&f.mem, 0x1000, 16);
+        f.state.lock().unwrap().fail_activate = true;
+        let text = crate::vmm::ratelimit::capture_logs(|| {
+            for _ in 0..1000 {
+                linux_bring_up(&mut f.transport, &[&q]);
+                assert_ne!(f.transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+            }
+        });
+        let warnings = text.matches("the device stops until").count();
+        // Other tests share this call site's limit, so a window may be spent already; at
+        // most two windows' worth while the loop runs.
+        let most = 2 * crate::vmm::ratelimit::BURST as usize;
+        assert!(warnings <= most, "{warnings} warnings:\n{text}");
     }
 
     #[test]
