@@ -15,6 +15,8 @@
 //!   the agent.
 //! - `network`: a pod's host network namespace and its CNI network (attach/detach).
 //! - `image`: OCI images, the store, block images; `guest_kernel`: the guest kernel's path.
+//! - `logfile`: host log files a guest can fill (the console, the VMM's log): byte-capped
+//!   writers and bounded tail reads.
 //! - `machine`: the nested host VM used as a test bed where there is no hardware KVM;
 //!   `host`: what this host offers for VMs; `cpio`: initramfs archives; `dirs`: where
 //!   peapod keeps things.
@@ -27,6 +29,7 @@ pub mod dirs;
 pub mod guest_kernel;
 pub mod host;
 pub mod image;
+pub mod logfile;
 pub mod machine;
 pub mod netlink;
 pub mod network;

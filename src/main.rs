@@ -13,7 +13,10 @@ fn main() -> ExitCode {
             return ExitCode::from(peapod::cli::EXIT_PEAPOD_ERROR);
         }
     };
-    peapod::cli::init_logging();
+    match cli.capped_log() {
+        Some(what) => peapod::cli::init_capped_logging(what),
+        None => peapod::cli::init_logging(),
+    }
     match peapod::cli::run(cli) {
         Ok(code) => code,
         Err(err) => {

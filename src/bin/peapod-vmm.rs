@@ -18,7 +18,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    peapod::cli::init_logging();
+    // Its stderr is the pod's vmm.log, which a guest can make it write to.
+    peapod::cli::init_capped_logging("the VMM log");
     match peapod::cli::vm::boot(args.boot) {
         Ok(code) => code,
         Err(err) => {

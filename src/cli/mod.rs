@@ -35,14 +35,43 @@ pub use machine::EXIT_TIMEOUT as EXIT_MACHINE_TIMEOUT;
 /// warnings and errors only, through a plain level check (a VMM process then never parses a
 /// filter).
 pub fn init_logging() {
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .without_time();
+    init_logging_to(std::io::stderr);
+}
+
+/// [`init_logging`] for a process whose stderr is a log file of a pod (the VMM's `vmm.log`,
+/// the supervisor's `supervisor.log`): what a guest makes it log stops at
+/// [`crate::logfile::PROCESS_LOG_MAX_BYTES`], with a marker line.
+pub fn init_capped_logging(what: &'static str) {
+    let capped = crate::logfile::CappedWriter::new(
+        std::io::stderr(),
+        what,
+        crate::logfile::PROCESS_LOG_MAX_BYTES,
+    );
+    init_logging_to(std::sync::Mutex::new(capped));
+}
+
+fn init_logging_to<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt().with_writer(writer).without_time();
     match std::env::var("PEAPOD_LOG") {
         Ok(filter) => logs
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .init(),
         Err(_) => logs.with_max_level(tracing::Level::WARN).init(),
+    }
+}
+
+impl Cli {
+    /// Which log this command's stderr is, when a pod's run directory holds it and so it must
+    /// stay bounded: a VMM's (`vm boot`) or a supervisor's.
+    pub fn capped_log(&self) -> Option<&'static str> {
+        match &self.command {
+            Command::Vm(vm::VmCommand::Boot(_)) => Some("the VMM log"),
+            Command::Supervise(_) => Some("the supervisor log"),
+            _ => None,
+        }
     }
 }
 

@@ -10,11 +10,20 @@
 //! [`Staging`] area; the store changes only at the final commit, so a bad input (a digest
 //! that does not match, a truncated stream, an entry that climbs out with `..`) leaves it
 //! as it was.
+//!
+//! A layout directory is someone else's: its files are opened without following a final
+//! symlink and without blocking (`O_NOFOLLOW | O_NONBLOCK`), and anything that is not a
+//! regular file (a symlink to `/dev/zero`, a FIFO that would hang the import, a device, a
+//! socket) is refused. No file is read past what it may hold: index.json, manifest.json and
+//! configs at most [`MAX_JSON_BLOB`] bytes, a blob with a descriptor at most its declared
+//! size (one byte more is read to tell a longer file), a docker-save layer at most the size
+//! the file had when it was opened, as `pull` bounds each blob by its descriptor.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::{
@@ -28,7 +37,7 @@ use super::confine;
 use super::digest::{Digest, HashingReader};
 use super::manifest::{self, ManifestError};
 use super::reference::{ImageName, ReferenceError};
-use super::store::{CommitReport, REF_NAME, Staging, Store, StoreError};
+use super::store::{CommitReport, MAX_JSON_BLOB, REF_NAME, Staging, Store, StoreError};
 
 /// Entries in an OCI or docker archive (not a rootfs: those are checked at unpack time).
 const MAX_ARCHIVE_ENTRIES: u64 = 100_000;
@@ -98,6 +107,21 @@ pub enum ImportError {
         what: &'static str,
         digest: String,
     },
+    #[error(
+        "{} is a {kind}, not a regular file: an image to import holds regular files only \
+         (copy the layout with `cp -rL` to replace symlinks by what they point to)",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "{} is more than {limit} bytes, the most {what} may hold: refusing it",
+        path.display()
+    )]
+    TooLong {
+        path: PathBuf,
+        limit: u64,
+        what: String,
+    },
 }
 
 /// How an import names and picks its image.
@@ -142,15 +166,25 @@ pub fn import(
         path: path.to_path_buf(),
         source,
     })?;
+    if !meta.is_dir() && !meta.is_file() {
+        // Archives are read twice (probed, then imported): a pipe or a device cannot be.
+        return Err(ImportError::NotRegular {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
     let mut staging = store.stage()?;
+    // Whatever index.json or manifest.json is (a symlink, a FIFO), its presence says what the
+    // directory means to be; reading it then refuses what is not a regular file.
+    let present = |name: &str| std::fs::symlink_metadata(path.join(name)).is_ok();
     let (kind, name, manifest) = if meta.is_dir() {
         let mut source = DirSource {
             dir: path.to_path_buf(),
         };
-        if path.join("index.json").is_file() {
+        if present("index.json") {
             let (name, manifest) = import_oci(&mut source, &mut staging, opts)?;
             (SourceKind::OciLayout, name, manifest)
-        } else if path.join("manifest.json").is_file() {
+        } else if present("manifest.json") {
             let (name, manifest) = import_docker(&mut source, &mut staging, opts)?;
             (SourceKind::DockerDirectory, name, manifest)
         } else {
@@ -190,16 +224,47 @@ pub fn import(
     })
 }
 
+/// What a file of a layout or docker-save is expected to be, and so how much of it is read.
+#[derive(Clone, Copy, Debug)]
+enum Want<'a> {
+    /// A small JSON file (index.json, manifest.json, a docker config): at most
+    /// [`MAX_JSON_BLOB`] bytes.
+    Json,
+    /// A blob a descriptor names: exactly `size` bytes hashing to the digest.
+    Blob(&'a Digest, u64),
+    /// A file nothing gives the size of (a docker-save layer): as long as it is.
+    Any,
+}
+
+impl Want<'_> {
+    /// The digest and size the staged file must have.
+    fn expected(&self) -> Option<(&Digest, Option<u64>)> {
+        match *self {
+            Want::Blob(digest, size) => Some((digest, Some(size))),
+            Want::Json | Want::Any => None,
+        }
+    }
+
+    /// The most bytes the file may hold, given its size on disk, and what sets that limit.
+    fn limit(&self, file_size: u64) -> (u64, &'static str) {
+        match *self {
+            Want::Json => (MAX_JSON_BLOB, "an image's JSON file"),
+            Want::Blob(_, size) => (size, "the blob its descriptor names"),
+            Want::Any => (file_size, "the file (it grew while it was read)"),
+        }
+    }
+}
+
 /// Where the files of a layout or docker-save come from.
 trait Source {
     fn name(&self) -> String;
     /// Stages the file at `path` (relative to the layout) and returns its digest and size,
-    /// checked against `expected`; `Ok(None)` if there is no such file.
+    /// checked against `want`; `Ok(None)` if there is no such file.
     fn stage(
         &mut self,
         staging: &mut Staging<'_>,
         path: &str,
-        expected: Option<(&Digest, Option<u64>)>,
+        want: Want<'_>,
     ) -> Result<Option<(Digest, u64)>, ImportError>;
 }
 
@@ -208,7 +273,7 @@ fn read_small(
     staging: &mut Staging<'_>,
     path: &str,
 ) -> Result<Option<Vec<u8>>, ImportError> {
-    match source.stage(staging, path, None)? {
+    match source.stage(staging, path, Want::Json)? {
         Some((digest, _)) => Ok(Some(staging.read_json_blob(&digest)?)),
         None => Ok(None),
     }
@@ -235,26 +300,107 @@ impl Source for DirSource {
         &mut self,
         staging: &mut Staging<'_>,
         path: &str,
-        expected: Option<(&Digest, Option<u64>)>,
+        want: Want<'_>,
     ) -> Result<Option<(Digest, u64)>, ImportError> {
         let parts = confine::clean(Path::new(path)).map_err(|_| ImportError::Escape {
             path: self.dir.clone(),
             entry: path.to_string(),
         })?;
         let full: PathBuf = parts.iter().fold(self.dir.clone(), |p, c| p.join(c));
-        let file = match File::open(&full) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(ImportError::Open { path: full, source }),
+        let Some((file, file_size)) = open_regular(&full)? else {
+            return Ok(None);
         };
-        let staged = staging.add_blob(file, expected).map_err(|e| match e {
-            StoreError::Io { source, .. } => ImportError::Open {
-                path: full.clone(),
-                source,
-            },
-            other => other.into(),
-        })?;
+        let (limit, what) = want.limit(file_size);
+        let too_long = || ImportError::TooLong {
+            path: full.clone(),
+            limit,
+            what: what.to_string(),
+        };
+        if file_size > limit {
+            return Err(too_long());
+        }
+        // One byte past the limit tells a file that holds more than it said (one in /proc,
+        // one still growing) from one that fits.
+        let reader = file.take(limit.saturating_add(1));
+        let staged = staging
+            .add_blob(reader, want.expected())
+            .map_err(|e| match e {
+                StoreError::Io { source, .. } => ImportError::Open {
+                    path: full.clone(),
+                    source,
+                },
+                other => other.into(),
+            })?;
+        if staged.1 > limit {
+            return Err(too_long());
+        }
         Ok(Some(staged))
+    }
+}
+
+/// Opens `path` for reading if it is a regular file, with its size; `Ok(None)` if there is
+/// nothing there. A symlink as the last component is refused rather than followed, and the
+/// open does not block (a FIFO without a writer would), so anything else is refused by its
+/// type before a byte is read.
+fn open_regular(path: &Path) -> Result<Option<(File, u64)>, ImportError> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(ImportError::NotRegular {
+                path: path.to_path_buf(),
+                kind: "symbolic link",
+            });
+        }
+        // A socket cannot be opened at all.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(ImportError::NotRegular {
+                path: path.to_path_buf(),
+                kind: "socket",
+            });
+        }
+        Err(source) => {
+            return Err(ImportError::Open {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let meta = file.metadata().map_err(|source| ImportError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ImportError::NotRegular {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    Ok(Some((file, meta.len())))
+}
+
+/// A file type in words, for messages.
+fn file_kind(kind: &std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_file() {
+        "regular file"
+    } else {
+        "special file"
     }
 }
 
@@ -339,13 +485,22 @@ impl Source for ArchiveSource {
         &mut self,
         _staging: &mut Staging<'_>,
         path: &str,
-        expected: Option<(&Digest, Option<u64>)>,
+        want: Want<'_>,
     ) -> Result<Option<(Digest, u64)>, ImportError> {
         let key = normalize(&self.path, path.as_bytes())?;
         let Some((digest, size)) = self.lookup(&key).cloned() else {
             return Ok(None);
         };
-        if let Some((want, want_size)) = expected
+        if let Want::Json = want
+            && size > MAX_JSON_BLOB
+        {
+            return Err(ImportError::TooLong {
+                path: self.path.join(key),
+                limit: MAX_JSON_BLOB,
+                what: want.limit(size).1.to_string(),
+            });
+        }
+        if let Some((want, want_size)) = want.expected()
             && (want != &digest || want_size.is_some_and(|s| s != size))
         {
             return Err(StoreError::Mismatch {
@@ -388,17 +543,27 @@ fn blob_path(
 }
 
 /// Stages the blob a descriptor names, checked against it; skipped if the store has it.
+/// A manifest or config (`json`) may not declare more than [`MAX_JSON_BLOB`] bytes.
 fn stage_blob(
     source: &mut dyn Source,
     staging: &mut Staging<'_>,
     what: &'static str,
     descriptor: &Descriptor,
+    json: bool,
 ) -> Result<Digest, ImportError> {
     let (path, digest) = blob_path(source, what, descriptor)?;
     if staging.has_blob(&digest) {
         return Ok(digest);
     }
-    let staged = source.stage(staging, &path, Some((&digest, Some(descriptor.size()))))?;
+    if json && descriptor.size() > MAX_JSON_BLOB {
+        return Err(ImportError::TooLong {
+            path: PathBuf::from(source.name()).join(&path),
+            limit: MAX_JSON_BLOB,
+            what: format!("an image's {what}"),
+        });
+    }
+    let want = Want::Blob(&digest, descriptor.size());
+    let staged = source.stage(staging, &path, want)?;
     require(staged, source, &format!("{what} {path}"))?;
     Ok(digest)
 }
@@ -428,13 +593,13 @@ fn import_oci(
     // Descend through nested indexes (manifest lists) to the linux/amd64 manifest.
     let mut descriptor = top;
     for _ in 0..4 {
-        let digest = stage_blob(source, staging, "manifest", &descriptor)?;
+        let digest = stage_blob(source, staging, "manifest", &descriptor, true)?;
         let bytes = staging.read_json_blob(&digest)?;
         if !(manifest::is_index(descriptor.media_type()) || manifest::json_is_index(&bytes)) {
             let image: ImageManifest = manifest::parse("image manifest", &digest, &bytes)?;
-            stage_blob(source, staging, "config", image.config())?;
+            stage_blob(source, staging, "config", image.config(), true)?;
             for layer in image.layers() {
-                stage_blob(source, staging, "layer", layer)?;
+                stage_blob(source, staging, "layer", layer, false)?;
             }
             return Ok((name, descriptor));
         }
@@ -634,7 +799,7 @@ fn import_docker(
             what: "a diff_id",
             digest: diff_id.clone(),
         })?;
-        let staged = source.stage(staging, layer_path, None)?;
+        let staged = source.stage(staging, layer_path, Want::Any)?;
         let (digest, size) = require(staged, source, layer_path)?;
         let (compression, actual) = uncompressed_digest(staging, &digest)?;
         if actual != diff_id {

@@ -997,6 +997,106 @@ fn bad_inputs_fail_clearly_and_leave_the_store_alone() {
     );
 }
 
+/// Imports `path` on a thread of its own and gives up after a few seconds: the old code
+/// read a symlink to /dev/zero until the disk filled and blocked forever opening a FIFO.
+fn import_within_seconds(store: &Store, path: &Path) -> Result<import::ImportReport, ImportError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (store, path) = (store.clone(), path.to_path_buf());
+    std::thread::spawn(move || {
+        let _ = tx.send(import::import(&store, &path, &ImportOptions::default()));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the import did not end within 10 s (reading a device or blocked on a FIFO)")
+}
+
+/// The blob of an app layout whose content starts with `magic`.
+fn blob_starting_with(layout: &Path, magic: &[u8]) -> PathBuf {
+    fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| fs::read(p).unwrap().starts_with(magic))
+        .unwrap()
+}
+
+/// Issue #12 (7): an image layout directory is someone else's. Its files are read only if
+/// they are regular files, and never past what they may hold.
+#[test]
+fn layout_files_that_are_not_regular_or_too_long_are_refused_quickly() {
+    let (tmp, store) = new_store();
+    let before = snapshot(&store);
+    let fresh = |name: &str| {
+        let layout = tmp.path().join(name);
+        let m = app_layout(&layout);
+        let manifest = layout.join("blobs/sha256").join(m.digest().digest());
+        (layout, manifest)
+    };
+    let refused_as = |err: ImportError, want: &str| match err {
+        ImportError::NotRegular { kind, .. } => assert_eq!(kind, want),
+        other => panic!("expected a refusal of a {want}, got: {other}"),
+    };
+
+    // index.json is a symlink to /dev/zero.
+    let (layout, _) = fresh("index-zero");
+    fs::remove_file(layout.join("index.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", layout.join("index.json")).unwrap();
+    refused_as(
+        import_within_seconds(&store, &layout).unwrap_err(),
+        "symbolic link",
+    );
+
+    // The manifest blob is a symlink to /dev/zero.
+    let (layout, manifest) = fresh("manifest-zero");
+    fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    refused_as(
+        import_within_seconds(&store, &layout).unwrap_err(),
+        "symbolic link",
+    );
+
+    // A layer blob is a FIFO nobody writes to.
+    let (layout, _) = fresh("layer-fifo");
+    let layer = blob_starting_with(&layout, &[0x1f, 0x8b]);
+    fs::remove_file(&layer).unwrap();
+    nix::unistd::mkfifo(&layer, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    refused_as(import_within_seconds(&store, &layout).unwrap_err(), "FIFO");
+
+    // A layer blob longer than its descriptor says: refused for its length, not read
+    // through to find out its digest is wrong.
+    let (layout, _) = fresh("layer-long");
+    let layer = blob_starting_with(&layout, &[0x1f, 0x8b]);
+    let declared = fs::metadata(&layer).unwrap().len();
+    let mut f = fs::OpenOptions::new().append(true).open(&layer).unwrap();
+    f.write_all(&vec![0u8; 4 << 20]).unwrap();
+    drop(f);
+    match import_within_seconds(&store, &layout).unwrap_err() {
+        ImportError::TooLong { limit, .. } => assert_eq!(limit, declared),
+        other => panic!("expected a blob longer than declared, got: {other}"),
+    }
+
+    // An index.json far larger than any index (a sparse file): refused before it is read.
+    let (layout, _) = fresh("index-huge");
+    fs::File::options()
+        .write(true)
+        .open(layout.join("index.json"))
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    match import_within_seconds(&store, &layout).unwrap_err() {
+        ImportError::TooLong { limit, .. } => assert_eq!(limit, super::store::MAX_JSON_BLOB),
+        other => panic!("expected an index.json too large, got: {other}"),
+    }
+
+    // An archive path that is a FIFO is refused, not opened.
+    let fifo = tmp.path().join("image.tar");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    refused_as(import_within_seconds(&store, &fifo).unwrap_err(), "FIFO");
+
+    // None of it reached the store, and the staging areas are gone.
+    assert_eq!(snapshot(&store), before);
+    assert_eq!(blob_count(&store), 0);
+    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+}
+
 #[test]
 fn corrupt_blobs_in_the_store_are_caught_at_unpack() {
     let (tmp, store) = new_store();

@@ -19,7 +19,6 @@
 //! killed peapod leaves no VM behind; start a pod VM from a thread that outlives it.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -719,13 +718,10 @@ fn vmm_story(end: Option<&VmEnd>, dir: &Path) -> String {
 }
 
 fn read_tail(path: &Path) -> String {
-    let Ok(mut f) = File::open(path) else {
+    // Bounded even if the file grows while it is read.
+    let Ok(buf) = crate::logfile::read_tail(path, CONSOLE_TAIL) else {
         return "(none)".into();
     };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf).trim().to_string();
     if text.is_empty() {
         "(none)".into()
@@ -749,6 +745,38 @@ mod tests {
     use crate::protocol::{PROTOCOL_VERSION, Request, Response};
     use std::io::{BufRead, BufReader, Write};
     use std::os::unix::net::UnixListener;
+
+    /// Issue #12 (6): the tail of a VM's log is read with a bound, even from a file that
+    /// keeps growing while it is read (here a FIFO that a writer fills with 1 MiB).
+    #[test]
+    fn log_tails_are_read_with_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("vmm.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+                let line = [b'x'; 1023];
+                for _ in 0..1024 {
+                    // The reader may stop early: a broken pipe ends the writer.
+                    if f.write_all(&line)
+                        .and_then(|()| f.write_all(b"\n"))
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            })
+        };
+        let tail = read_tail(&fifo);
+        writer.join().unwrap();
+        assert!(
+            tail.len() as u64 <= CONSOLE_TAIL,
+            "read {} bytes of the log",
+            tail.len()
+        );
+    }
 
     #[test]
     fn the_status_follows_the_events() {

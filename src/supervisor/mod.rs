@@ -193,12 +193,7 @@ pub fn spawn(
     if let Some(why) = answer.strip_prefix("error: ") {
         return Err(SupervisorError::StartFailed(why.to_string()));
     }
-    let tail = std::fs::read_to_string(&log_path)
-        .map(|t| {
-            let lines: Vec<&str> = t.lines().collect();
-            lines[lines.len().saturating_sub(20)..].join("\n")
-        })
-        .unwrap_or_default();
+    let tail = crate::logfile::tail_lines(&log_path, 20);
     Err(SupervisorError::SupervisorDied {
         log: log_path,
         tail,

@@ -49,6 +49,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use crate::logfile::{CONSOLE_MAX_BYTES, CappedWriter};
 use crate::vmm::boot::linux::{self, BootProtocol, LinuxBootError};
 use crate::vmm::boot::mptable::{self, MptableError};
 use crate::vmm::boot::{BootError, LongModeEntry, PvhEntry};
@@ -256,7 +257,8 @@ pub fn run_hello<W: Write + Send + 'static>(out: W) -> Result<VcpuStop, BuildErr
 pub enum Console {
     /// The VMM's standard output.
     Stdout,
-    /// A file, created or truncated.
+    /// A file, created or truncated, that stops at [`CONSOLE_MAX_BYTES`] with a marker line
+    /// (the guest writes to it as fast and as long as it likes).
     File(PathBuf),
     /// Nowhere (the guest still has a serial port; its output is dropped).
     Off,
@@ -282,7 +284,12 @@ impl Console {
             Console::File(path) => {
                 let file = std::fs::File::create(&path)
                     .map_err(|source| BuildError::Console { path, source })?;
-                Box::new(std::io::LineWriter::new(file))
+                // Lines reach the cap whole: the file ends on a full line and the marker.
+                Box::new(std::io::LineWriter::new(CappedWriter::new(
+                    file,
+                    "the guest console",
+                    CONSOLE_MAX_BYTES,
+                )))
             }
             Console::Off => Box::new(std::io::sink()),
             Console::Writer(w) => w,
@@ -1005,6 +1012,35 @@ mod tests {
             err.to_string().contains("/nonexistent/dir/console.log"),
             "{err}"
         );
+    }
+
+    /// Issue #12 (6): a guest that writes to its serial port without end fills the console
+    /// file up to its cap and no further.
+    #[test]
+    fn a_console_file_stops_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        // What the serial port writes, in large chunks to be quick (the UART itself writes
+        // and flushes byte by byte).
+        let mut writer = Console::File(path.clone()).into_writer().unwrap();
+        let chunk: Vec<u8> = (0..4096u32)
+            .map(|i| if i % 64 == 63 { b'\n' } else { b'x' })
+            .collect();
+        let total = CONSOLE_MAX_BYTES + (1 << 20);
+        for _ in 0..total / chunk.len() as u64 {
+            writer.write_all(&chunk).unwrap();
+        }
+        drop(writer);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let marker = CappedWriter::<Vec<u8>>::marker("the guest console", CONSOLE_MAX_BYTES);
+        assert!(
+            len <= CONSOLE_MAX_BYTES + marker.len() as u64,
+            "the console file grew to {len} bytes"
+        );
+        let tail = crate::logfile::read_tail(&path, 4096).unwrap();
+        let tail = String::from_utf8(tail).unwrap();
+        assert!(tail.ends_with(&marker), "{tail}");
+        assert_eq!(tail.matches("[peapod:").count(), 1);
     }
 
     #[test]

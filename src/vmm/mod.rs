@@ -18,6 +18,7 @@
 //! - [`events`]: what a VMM process reports while it runs (started, running, boot signal,
 //!   exited, failed) as JSON lines on `--events-fd`, and the reader for the host side.
 //! - [`seccomp`]: the syscall allow-list of each VMM thread (vCPU, device, main).
+//! - [`ratelimit`]: rate limits for log lines a guest can cause again and again.
 //! - [`program`]: which executable runs a VM as its own process (`peapod-vmm`).
 
 pub mod boot;
@@ -32,6 +33,7 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod program;
+pub mod ratelimit;
 pub mod seccomp;
 pub mod stop;
 pub mod vcpu;

@@ -20,6 +20,7 @@ use kvm_ioctls::VcpuFd;
 
 use crate::vmm::boot::{LongModeEntry, PvhEntry};
 use crate::vmm::bus::{Bus, BusError};
+use crate::vmm::ratelimit::limited;
 use crate::vmm::stop::VmStop;
 
 /// Model-specific registers set at boot, and their values (as Firecracker and QEMU do): the
@@ -240,7 +241,9 @@ fn bus_read(bus: &Bus, space: &str, addr: u64, data: &mut [u8]) -> Result<(), Vc
     match bus.read(addr, data) {
         Ok(()) => Ok(()),
         Err(BusError::NoDevice(_)) => {
-            tracing::debug!(
+            // A guest can probe absent ports without end: limited, as every line it causes.
+            limited!(
+                debug,
                 "{space} read of {} bytes at {addr:#x}: no device",
                 data.len()
             );
@@ -255,7 +258,10 @@ fn bus_write(bus: &Bus, space: &str, addr: u64, data: &[u8]) -> Result<(), VcpuE
     match bus.write(addr, data) {
         Ok(()) => Ok(()),
         Err(BusError::NoDevice(_)) => {
-            tracing::debug!("{space} write of {data:02x?} at {addr:#x}: no device, ignored");
+            limited!(
+                debug,
+                "{space} write of {data:02x?} at {addr:#x}: no device, ignored"
+            );
             Ok(())
         }
         Err(e) => Err(VcpuError::Device(e)),

@@ -98,7 +98,10 @@ impl Interrupt {
         // Nothing a device can do about a failed injection but say so; the guest still sees
         // the status bit the next time it looks.
         if let Err(e) = self.line.trigger() {
-            tracing::warn!("cannot inject a virtio interrupt into the guest: {e}");
+            crate::vmm::ratelimit::limited!(
+                warn,
+                "cannot inject a virtio interrupt into the guest: {e}"
+            );
         }
     }
 }

@@ -17,6 +17,14 @@
 //! queue, then activates the device with them). Writing 0 resets. If activation or a device
 //! fails, the transport sets DEVICE_NEEDS_RESET, tells the driver with a configuration-change
 //! interrupt and stops serving the device until the driver resets it.
+//!
+//! A reset returns transport and device to where they were before the driver first touched
+//! them, whatever happened since: a failed activation resets the device model at once (a
+//! device may have taken queues or started connections before it failed, and must hold none
+//! of them while it waits for the driver), a reset after a successful one resets it then, and
+//! queue registers, features, status, interrupt status and pending queue notifications are
+//! all cleared. A driver that loops "bad setup, reset" costs a rate-limited warning each time
+//! and keeps nothing from one round to the next.
 
 use std::sync::Arc;
 
@@ -35,6 +43,7 @@ use super::device::{Activation, DeviceError, VirtioDevice};
 use super::interrupt::Interrupt;
 use crate::vmm::bus::BusDevice;
 use crate::vmm::memory::GuestMemory;
+use crate::vmm::ratelimit::limited;
 
 /// Size of a device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -260,7 +269,11 @@ impl MmioTransport {
     }
 
     fn set_needs_reset(&mut self, why: &MmioError) {
-        tracing::warn!("{why}; the device stops until the guest driver resets it");
+        // A driver can loop on "bad setup, reset": one line per round would flood vmm.log.
+        limited!(
+            warn,
+            "{why}; the device stops until the guest driver resets it"
+        );
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.interrupt.signal_config_change();
@@ -281,6 +294,10 @@ impl MmioTransport {
         self.driver_features = 0;
         self.status = 0;
         self.interrupt.clear();
+        // Notifications the driver sent before the reset are not for the next activation.
+        for evt in &self.notify {
+            let _ = evt.read();
+        }
     }
 
     fn selected_queue(&mut self) -> Option<&mut QueueRegs> {
@@ -381,7 +398,7 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_QUEUE_NOTIFY => match self.notify.get(value as usize) {
                 Some(evt) => {
                     if let Err(e) = evt.write(1) {
-                        tracing::warn!("{}: cannot signal queue {value}: {e}", self.name());
+                        limited!(warn, "{}: cannot signal queue {value}: {e}", self.name());
                     }
                     false
                 }
@@ -449,6 +466,10 @@ impl MmioTransport {
         if value & added & VIRTIO_CONFIG_S_DRIVER_OK != 0
             && let Err(e) = self.activate()
         {
+            // The device may have kept part of what it was given (queues, connections made
+            // while it drained the guest's first requests): it must not serve them while it
+            // waits for the driver's reset.
+            self.device.reset();
             self.set_needs_reset(&e);
         }
     }
@@ -613,6 +634,10 @@ mod tests {
         activations: Vec<(Vec<bool>, u64)>,
         processed: Vec<usize>,
         resets: usize,
+        /// The queues the device holds now (taken at activation, dropped at reset), as a
+        /// device that fails part-way through its activation (vsock draining the guest's
+        /// first packets) still holds what it took.
+        held: Vec<bool>,
         config: [u8; 8],
         fail_activate: bool,
         fail_process: bool,
@@ -653,6 +678,7 @@ mod tests {
         }
         fn activate(&mut self, a: Activation) -> Result<(), DeviceError> {
             let mut s = self.state.lock().unwrap();
+            s.held = a.queues.iter().map(Option::is_some).collect();
             if s.fail_activate {
                 return Err(DeviceError::QueueNotReady {
                     device: "mock",
@@ -675,7 +701,9 @@ mod tests {
             Ok(())
         }
         fn reset(&mut self) {
-            self.state.lock().unwrap().resets += 1;
+            let mut s = self.state.lock().unwrap();
+            s.resets += 1;
+            s.held.clear();
         }
     }
 
@@ -884,6 +912,88 @@ mod tests {
             0,
             "reset clears InterruptStatus"
         );
+    }
+
+    /// Issue #12 (8): a reset after a failed activation must leave nothing of it behind, in
+    /// the transport or in the device.
+    #[test]
+    fn a_reset_after_a_failed_activation_starts_from_scratch() {
+        let mut f = fixture(&[16, 8]);
+        let q0 = DriverQueue::new(&f.mem, 0x1000, 16);
+        let q1 = DriverQueue::new(&f.mem, 0x3000, 8);
+
+        // A bad queue setup: queue 1 is ready but its used ring lies outside guest memory.
+        linux_negotiate(&mut f.transport, |o| o);
+        linux_setup_queue(&mut f.transport, 0, &q0);
+        linux_setup_queue(&mut f.transport, 1, &q1);
+        reg_write(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_SEL, 1);
+        reg_write(
+            &mut f.transport,
+            reg::VIRTIO_MMIO_QUEUE_USED_LOW,
+            MEM_SIZE as u32,
+        );
+        reg_write(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+        add_status(&mut f.transport, VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_ne!(f.transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert!(!f.transport.is_active());
+
+        // The driver resets: the queue registers, the features and the pending
+        // notification are gone.
+        reg_write(&mut f.transport, reg::VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(f.transport.status(), 0);
+        assert_eq!(f.transport.driver_features, 0);
+        for index in [0, 1] {
+            reg_write(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_SEL, index);
+            assert_eq!(reg_read(&mut f.transport, reg::VIRTIO_MMIO_QUEUE_READY), 0);
+        }
+        assert!(
+            f.transport.notify_eventfds()[1].read().is_err(),
+            "stale kick"
+        );
+
+        // A device that fails after taking its queues holds none of them once the
+        // activation failed, and a reset does not bring them back.
+        f.state.lock().unwrap().fail_activate = true;
+        linux_bring_up(&mut f.transport, &[&q0, &q1]);
+        assert_ne!(f.transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(
+            f.state.lock().unwrap().held,
+            Vec::<bool>::new(),
+            "the device kept the queues of a failed activation"
+        );
+        reg_write(&mut f.transport, reg::VIRTIO_MMIO_STATUS, 0);
+        assert!(f.state.lock().unwrap().held.is_empty());
+
+        // A correct setup of queue 0 only now activates cleanly, without the old queue 1.
+        f.state.lock().unwrap().fail_activate = false;
+        linux_bring_up(&mut f.transport, &[&q0]);
+        assert!(f.transport.is_active());
+        let s = f.state.lock().unwrap();
+        assert_eq!(s.held, vec![true, false]);
+        assert_eq!(
+            s.activations,
+            vec![(vec![true, false], MOCK_FEATURES | (1 << VIRTIO_F_VERSION_1))]
+        );
+    }
+
+    /// Issue #12 (6): a driver that loops on a bad setup and a reset makes the VMM warn a
+    /// bounded number of times, not once per round.
+    #[test]
+    fn a_driver_looping_on_failed_setups_cannot_flood_the_log() {
+        let mut f = fixture(&[16]);
+        let q = DriverQueue::new(&f.mem, 0x1000, 16);
+        f.state.lock().unwrap().fail_activate = true;
+        let text = crate::vmm::ratelimit::capture_logs(|| {
+            for _ in 0..1000 {
+                linux_bring_up(&mut f.transport, &[&q]);
+                assert_ne!(f.transport.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+            }
+        });
+        let warnings = text.matches("the device stops until").count();
+        // Other tests share this call site's limit, so a window may be spent already; at
+        // most two windows' worth while the loop runs.
+        let most = 2 * crate::vmm::ratelimit::BURST as usize;
+        assert!(warnings <= most, "{warnings} warnings:\n{text}");
     }
 
     #[test]

@@ -197,7 +197,10 @@ impl HostFdSource for VsockHost {
         if let Err(e) = muxer.process_host() {
             // Keep serving the host (other connections' streams are closed cleanly on the
             // driver's reset); the queues are broken until then.
-            tracing::error!("{NAME}: {e}; the device stops until the guest resets it");
+            crate::vmm::ratelimit::limited!(
+                error,
+                "{NAME}: {e}; the device stops until the guest resets it"
+            );
             muxer.reset();
         }
         Ok(())

@@ -385,7 +385,7 @@ impl Muxer {
         let token = self.new_token();
         let flags = stream_flags();
         if let Err(e) = self.epoll.add(&stream, EpollEvent::new(flags, token)) {
-            tracing::warn!("virtio-vsock: cannot watch a host stream: {e}");
+            crate::vmm::ratelimit::limited!(warn, "virtio-vsock: cannot watch a host stream: {e}");
             return self.push_control(hdr.reply(Op::Rst));
         }
         let conn = Connection::new_peer(stream, hdr);
@@ -476,7 +476,10 @@ impl Muxer {
                 .epoll
                 .add(&stream, EpollEvent::new(EpollFlags::EPOLLIN, token))
             {
-                tracing::warn!("virtio-vsock: cannot watch a host stream: {e}");
+                crate::vmm::ratelimit::limited!(
+                    warn,
+                    "virtio-vsock: cannot watch a host stream: {e}"
+                );
                 continue;
             }
             self.handshakes.insert(
@@ -532,7 +535,7 @@ impl Muxer {
             .epoll
             .modify(&h.stream, &mut EpollEvent::new(flags, token))
         {
-            tracing::warn!("virtio-vsock: cannot watch a host stream: {e}");
+            crate::vmm::ratelimit::limited!(warn, "virtio-vsock: cannot watch a host stream: {e}");
             let _ = self.epoll.delete(&h.stream);
             return;
         }
