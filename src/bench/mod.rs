@@ -6,6 +6,7 @@ pub mod machine;
 pub mod net;
 pub mod netperf;
 pub mod pod;
+pub mod probe;
 
 use std::path::Path;
 use std::process::Command;
