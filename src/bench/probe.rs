@@ -455,7 +455,12 @@ impl NsView {
 /// namespace of PID 1 does where PID 1 is the kernel's own init (we share the initial PID
 /// namespace and PID 1 is not us); otherwise a private PID namespace says the runtime gave
 /// us namespaces of our own.
-pub fn ns_view(ours: Option<u64>, fixed_init: u64, pid1: Option<u64>, pid_ns_initial: bool) -> NsView {
+pub fn ns_view(
+    ours: Option<u64>,
+    fixed_init: u64,
+    pid1: Option<u64>,
+    pid_ns_initial: bool,
+) -> NsView {
     match (ours, pid1) {
         (None, _) => NsView::Unknown,
         (Some(ours), _) if ours == fixed_init => NsView::Initial,
@@ -840,11 +845,20 @@ pub fn caps_found(cap_eff: u64, last_cap: u32) -> Found {
 fn capabilities() -> Found {
     let status = match fs::read_to_string("/proc/self/status") {
         Ok(s) => s,
-        Err(e) => return (error_outcome(&e), format!("/proc/self/status: {}", errno(&e))),
+        Err(e) => {
+            return (
+                error_outcome(&e),
+                format!("/proc/self/status: {}", errno(&e)),
+            );
+        }
     };
-    let Some(cap_eff) = status_field(&status, "CapEff").and_then(|h| u64::from_str_radix(h, 16).ok())
+    let Some(cap_eff) =
+        status_field(&status, "CapEff").and_then(|h| u64::from_str_radix(h, 16).ok())
     else {
-        return (Outcome::NotApplicable, "no CapEff in /proc/self/status".into());
+        return (
+            Outcome::NotApplicable,
+            "no CapEff in /proc/self/status".into(),
+        );
     };
     let last_cap = read_head("/proc/sys/kernel/cap_last_cap", 16)
         .ok()
@@ -872,7 +886,10 @@ pub fn seccomp_found(status: &str) -> Found {
 fn seccomp() -> Found {
     match fs::read_to_string("/proc/self/status") {
         Ok(status) => seccomp_found(&status),
-        Err(e) => (error_outcome(&e), format!("/proc/self/status: {}", errno(&e))),
+        Err(e) => (
+            error_outcome(&e),
+            format!("/proc/self/status: {}", errno(&e)),
+        ),
     }
 }
 
@@ -1086,10 +1103,7 @@ fn root_device_mount(marker: &Path) -> Found {
                     nix::errno::Errno::EPERM | nix::errno::Errno::EACCES => Outcome::Refused,
                     _ => Outcome::NotApplicable,
                 };
-                return (
-                    outcome,
-                    format!("{what}: no node in /dev; mknod: {e:?}"),
-                );
+                return (outcome, format!("{what}: no node in /dev; mknod: {e:?}"));
             }
             made_node.clone()
         }
@@ -1165,7 +1179,10 @@ mod tests {
     fn capabilities_decode_to_names() {
         assert_eq!(decode_caps(0), Vec::<String>::new());
         assert_eq!(decode_caps(1), ["chown"]);
-        assert_eq!(decode_caps(1 << 21 | 1 << 40), ["sys_admin", "checkpoint_restore"]);
+        assert_eq!(
+            decode_caps(1 << 21 | 1 << 40),
+            ["sys_admin", "checkpoint_restore"]
+        );
         assert_eq!(decode_caps(1 << 45), ["cap_45"]);
         // Docker's default set
         let docker = 0x00000000a80425fb;
@@ -1176,7 +1193,10 @@ mod tests {
         );
         let (outcome, evidence) = caps_found(docker, 40);
         assert_eq!(outcome, Outcome::Confined);
-        assert!(evidence.starts_with("CapEff 00000000a80425fb: 14 of 41: chown,"), "{evidence}");
+        assert!(
+            evidence.starts_with("CapEff 00000000a80425fb: 14 of 41: chown,"),
+            "{evidence}"
+        );
         assert_eq!(
             caps_found(0x1ff_ffff_ffff, 40),
             (Outcome::Allowed, "CapEff 000001ffffffffff: all 41".into())
@@ -1184,7 +1204,10 @@ mod tests {
         // all but one: the missing one is named
         let (outcome, evidence) = caps_found(0x1fffeffffff, 40);
         assert_eq!(outcome, Outcome::Confined);
-        assert!(evidence.ends_with("40 of 41: all but sys_resource"), "{evidence}");
+        assert!(
+            evidence.ends_with("40 of 41: all but sys_resource"),
+            "{evidence}"
+        );
         assert_eq!(caps_found(0, 40).1, "CapEff 0000000000000000: none");
         // bits above the kernel's last capability do not count
         assert_eq!(caps_found(u64::MAX, 40).0, Outcome::Allowed);
@@ -1216,16 +1239,25 @@ mod tests {
         let (o, e) = gate_found("init_module", Err(Errno::ENOEXEC), "nothing loaded");
         assert_eq!(o, Outcome::Allowed);
         assert!(e.contains("ENOEXEC") && e.contains("nothing loaded"), "{e}");
-        assert_eq!(gate_found("x", Err(Errno::ENOSYS), "t").0, Outcome::NotApplicable);
+        assert_eq!(
+            gate_found("x", Err(Errno::ENOSYS), "t").0,
+            Outcome::NotApplicable
+        );
         assert_eq!(gate_found("x", Ok(()), "t").0, Outcome::Allowed);
     }
 
     #[test]
     fn namespace_views() {
         // the fixed initial inode decides
-        assert_eq!(ns_view(Some(INIT_MNT_NS), INIT_MNT_NS, None, false), NsView::Initial);
+        assert_eq!(
+            ns_view(Some(INIT_MNT_NS), INIT_MNT_NS, None, false),
+            NsView::Initial
+        );
         // PID 1's namespace, where PID 1 is the kernel's init
-        assert_eq!(ns_view(Some(5), INIT_MNT_NS, Some(5), true), NsView::Initial);
+        assert_eq!(
+            ns_view(Some(5), INIT_MNT_NS, Some(5), true),
+            NsView::Initial
+        );
         assert_eq!(ns_view(Some(5), INIT_MNT_NS, Some(6), true), NsView::Own);
         // a private PID namespace
         assert_eq!(ns_view(Some(5), INIT_MNT_NS, Some(5), false), NsView::Own);
@@ -1283,7 +1315,9 @@ mod tests {
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(Invocation::parse(&[]).unwrap(), Invocation::default());
         assert_eq!(
-            Invocation::parse(&args(&["--marker", "/m"])).unwrap().marker,
+            Invocation::parse(&args(&["--marker", "/m"]))
+                .unwrap()
+                .marker,
             Some(PathBuf::from("/m"))
         );
         assert!(Invocation::parse(&args(&["--marker"])).is_err());
@@ -1310,7 +1344,12 @@ mod tests {
         let marker = parent.join("marker");
         let lines = run_all(Some(&marker));
         for line in &lines {
-            eprintln!("{} {} {}", line.probe.as_str(), line.outcome.as_str(), line.evidence);
+            eprintln!(
+                "{} {} {}",
+                line.probe.as_str(),
+                line.outcome.as_str(),
+                line.evidence
+            );
         }
         assert_eq!(
             lines.iter().map(|l| l.probe).collect::<Vec<_>>(),
@@ -1330,7 +1369,10 @@ mod tests {
         assert!(kernel.evidence.starts_with(release.trim()), "{kernel:?}");
         // no mount is left, the marker it created is gone, nothing else was written
         assert!(mounts_under(&parent).is_empty());
-        assert!(!marker.exists(), "the probe leaves its marker dir as it found it");
+        assert!(
+            !marker.exists(),
+            "the probe leaves its marker dir as it found it"
+        );
         assert_eq!(fs::read_dir(&parent).unwrap().count(), 0);
         // an existing marker dir stays, empty
         fs::create_dir(&marker).unwrap();
@@ -1341,7 +1383,10 @@ mod tests {
         fs::remove_dir(&parent).unwrap();
         // without a marker, the write probes do not run
         let lines = run_all(None);
-        let agent = lines.iter().find(|l| l.probe == ProbeName::ReleaseAgent).unwrap();
+        let agent = lines
+            .iter()
+            .find(|l| l.probe == ProbeName::ReleaseAgent)
+            .unwrap();
         assert_eq!(agent.outcome, Outcome::NotApplicable);
     }
 }

@@ -14,11 +14,18 @@ fn main() -> ExitCode {
                 .map_err(|a| ProbeError::Usage(format!("argument {a:?} is not UTF-8")))
         })
         .collect();
-    match args.and_then(|args| Invocation::parse(&args)).and_then(|inv| run(&inv)) {
+    match args
+        .and_then(|args| Invocation::parse(&args))
+        .and_then(|inv| run(&inv))
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peapod-probe: {e}");
-            ExitCode::from(if matches!(e, ProbeError::Usage(_)) { 2 } else { 1 })
+            ExitCode::from(if matches!(e, ProbeError::Usage(_)) {
+                2
+            } else {
+                1
+            })
         }
     }
 }
