@@ -365,7 +365,7 @@ impl Runner for CrunRunner {
         let default: serde_json::Value = serde_json::from_slice(&fs::read(&config)?)?;
         let mut spec = probe_spec(default, &rootfs, run.bench_dir, run.marker)?;
         if run.privilege == Privilege::Privileged {
-            privileged_spec(&mut spec, &host_block_devices(), cap_last_cap())?;
+            privileged_spec(&mut spec, &host_devices(), cap_last_cap())?;
         }
         fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
         let mut command = Command::new(&crun);
@@ -487,20 +487,23 @@ pub fn probe_spec(
     Ok(spec)
 }
 
-/// A host block device for a privileged container's `linux.devices`.
+/// A host device for a privileged container's `linux.devices`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockDevice {
+pub struct HostDevice {
     pub path: String,
+    /// `b` or `c`.
+    pub kind: char,
     pub major: u64,
     pub minor: u64,
 }
 
 /// What `--privileged` means for a plain container (as Docker and Podman do it): every
 /// capability up to the kernel's `last_cap`, no masked or read-only paths, /sys and the
-/// cgroup tree writable, every device allowed and the host's block devices created.
+/// cgroup tree writable, every device allowed and the host's block devices and /dev/kmsg
+/// created.
 pub fn privileged_spec(
     spec: &mut serde_json::Value,
-    devices: &[BlockDevice],
+    devices: &[HostDevice],
     last_cap: u32,
 ) -> anyhow::Result<()> {
     let caps: Vec<String> = super::probe::decode_caps(u64::MAX)
@@ -547,7 +550,7 @@ pub fn privileged_spec(
             .iter()
             .map(|d| {
                 serde_json::json!({
-                    "path": d.path, "type": "b", "major": d.major, "minor": d.minor,
+                    "path": d.path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor,
                     "fileMode": 0o660, "uid": 0, "gid": 0,
                 })
             })
@@ -560,18 +563,24 @@ pub fn privileged_spec(
     Ok(())
 }
 
-/// The block device nodes directly in the host's /dev.
-fn host_block_devices() -> Vec<BlockDevice> {
+/// The block device nodes directly in the host's /dev, and /dev/kmsg.
+fn host_devices() -> Vec<HostDevice> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let Ok(entries) = fs::read_dir("/dev") else {
         return Vec::new();
     };
-    let mut devices: Vec<BlockDevice> = entries
+    let mut devices: Vec<HostDevice> = entries
         .filter_map(Result::ok)
         .filter_map(|e| {
             let meta = e.path().symlink_metadata().ok()?;
-            meta.file_type().is_block_device().then(|| BlockDevice {
+            let kind = match meta.file_type() {
+                t if t.is_block_device() => 'b',
+                t if t.is_char_device() && e.file_name() == "kmsg" => 'c',
+                _ => return None,
+            };
+            Some(HostDevice {
                 path: e.path().to_string_lossy().into_owned(),
+                kind,
                 major: nix::sys::stat::major(meta.rdev()),
                 minor: nix::sys::stat::minor(meta.rdev()),
             })
@@ -958,8 +967,9 @@ mod tests {
         assert_eq!(mounts[3]["destination"], "/marker");
         assert_eq!(spec["linux"]["maskedPaths"][0], "/proc/kcore");
 
-        let vda = BlockDevice {
+        let vda = HostDevice {
             path: "/dev/vda".into(),
+            kind: 'b',
             major: 254,
             minor: 0,
         };
@@ -977,6 +987,7 @@ mod tests {
             serde_json::json!(["nosuid", "rw"])
         );
         assert_eq!(spec["linux"]["devices"][0]["major"], 254);
+        assert_eq!(spec["linux"]["devices"][0]["type"], "b");
         assert_eq!(
             spec["linux"]["resources"]["devices"],
             serde_json::json!([{"allow": true, "access": "rwm"}])

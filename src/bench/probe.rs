@@ -401,12 +401,22 @@ fn kernel() -> Found {
         .map(|r| r.trim().to_string())
         .or_else(|_| uname_release());
     let version = read_head("/proc/version", 1024)
-        .map(|v| v.lines().next().unwrap_or_default().to_string())
+        .map(|v| kernel_builder(&v))
         .unwrap_or_else(|e| format!("/proc/version: {}", errno(&e)));
     match release {
-        Ok(release) => (Outcome::Visible, format!("{release}; {version}")),
+        Ok(release) => (Outcome::Visible, format!("{release}; built by {version}")),
         Err(e) => (Outcome::NotApplicable, format!("uname: {}", errno(&e))),
     }
+}
+
+/// Who built the kernel, from the first line of `/proc/version` (`Linux version R (WHO)
+/// (compiler ...) #1 ...`): short, and tells a distribution's kernel from peapod's.
+pub fn kernel_builder(proc_version: &str) -> String {
+    let first = proc_version.lines().next().unwrap_or_default();
+    first
+        .split_once(" (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map_or_else(|| "unknown".to_string(), |(who, _)| who.to_string())
 }
 
 /// `uname -r`, for a root where /proc is not mounted.
@@ -982,21 +992,27 @@ fn release_agent(marker: &Path) -> Found {
             format!("mkdir under the marker: {}", errno(&e)),
         );
     }
-    let options = format!("none,name={CGROUP_NAME}");
-    let mounted = nix::mount::mount(
-        Some("peapod-probe"),
-        &dir,
-        Some("cgroup"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(options.as_str()),
-    );
+    let mount_v1 = |options: &str| {
+        nix::mount::mount(
+            Some("peapod-probe"),
+            &dir,
+            Some("cgroup"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(options),
+        )
+    };
+    // A new named hierarchy; where that is refused (a cgroup namespace may not create
+    // hierarchies), the existing rdma hierarchy, as in the CVE's exploit.
+    let named = format!("none,name={CGROUP_NAME}");
+    let mounted = mount_v1(&named).or_else(|named_err| {
+        mount_v1("rdma").map_err(|rdma_err| format!("named: {named_err:?}; rdma: {rdma_err:?}"))
+    });
+    let refused = |why: &str| why.contains("EPERM") || why.contains("EACCES");
     let found = match mounted {
-        Err(e @ (nix::errno::Errno::EPERM | nix::errno::Errno::EACCES)) => {
-            (Outcome::Refused, format!("mount cgroup v1: {e:?}"))
-        }
-        Err(e) => (
+        Err(why) if refused(&why) => (Outcome::Refused, format!("mount cgroup v1: {why}")),
+        Err(why) => (
             Outcome::NotApplicable,
-            format!("mount cgroup v1: {e:?} (no cgroup v1 here?)"),
+            format!("mount cgroup v1: {why} (no cgroup v1 here?)"),
         ),
         Ok(()) => {
             let agent = marker.join(MARKER_RELEASE_AGENT);
@@ -1301,6 +1317,18 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_builder() {
+        let debian = "Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) \
+                      (gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld 2.40) #1 SMP\n";
+        assert_eq!(kernel_builder(debian), "debian-kernel@lists.debian.org");
+        assert_eq!(
+            kernel_builder("Linux version 6.1.192 (peapod@peapod) (gcc)"),
+            "peapod@peapod"
+        );
+        assert_eq!(kernel_builder(""), "unknown");
+    }
+
+    #[test]
     fn evidence_is_one_short_line() {
         assert_eq!(one_line(" a\nb\t"), "a b");
         let long = one_line(&"x".repeat(500));
@@ -1365,6 +1393,7 @@ mod tests {
         }
         let kernel = &lines[0];
         assert_eq!(kernel.outcome, Outcome::Visible);
+        assert!(kernel.evidence.contains("; built by "), "{kernel:?}");
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
         assert!(kernel.evidence.starts_with(release.trim()), "{kernel:?}");
         // no mount is left, the marker it created is gone, nothing else was written
