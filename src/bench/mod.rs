@@ -2,12 +2,14 @@
 
 pub mod boot;
 pub mod image;
+pub mod isolation;
 pub mod machine;
 pub mod net;
 pub mod netperf;
 pub mod pod;
+pub mod probe;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -24,6 +26,39 @@ pub fn kvm_here(name: &str) -> anyhow::Result<bool> {
             eprintln!("bench {name}: no hardware KVM here; running inside `peapod machine run`");
             Ok(false)
         }
+    }
+}
+
+/// A static program a bench carries into pods (`bin`, e.g. `peapod-netbench`): `$ENV`,
+/// else `default` (where scripts/setup installs it). It must be static: the pods' busybox
+/// image has no glibc to load.
+pub fn find_static_program(env: &str, default: &Path, bin: &str) -> anyhow::Result<PathBuf> {
+    use std::io::Read;
+    let (path, from_env) = match std::env::var_os(env) {
+        Some(path) => (PathBuf::from(path), true),
+        None => (default.to_path_buf(), false),
+    };
+    let build = format!(
+        "build it with `scripts/build-guest-bins {bin}` and name it with {env}, or run \
+         scripts/setup"
+    );
+    if !path.is_file() {
+        match from_env {
+            true => anyhow::bail!("{env}={} does not exist: {build}", path.display()),
+            false => anyhow::bail!("no static {bin} at {}: {build}", path.display()),
+        }
+    }
+    let mut head = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    match net::elf_interpreter(&head) {
+        Some(false) => Ok(path),
+        Some(true) => anyhow::bail!(
+            "{} is dynamically linked; the pod's busybox image cannot run it: {build}",
+            path.display()
+        ),
+        None => anyhow::bail!("{} is not an x86-64 ELF program: {build}", path.display()),
     }
 }
 

@@ -27,7 +27,6 @@
 
 use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -539,30 +538,7 @@ fn ip_in(ns: &OwnedFd, args: &[&str]) -> anyhow::Result<()> {
 /// peapod's cache (`$CACHE/netbench/peapod-netbench`). It must be static: the pod's busybox
 /// image has no glibc to load.
 pub fn find_netbench() -> anyhow::Result<PathBuf> {
-    let (path, from_env) = match std::env::var_os(NETBENCH_ENV) {
-        Some(path) => (PathBuf::from(path), true),
-        None => (default_netbench_path(), false),
-    };
-    let build = "build it with `scripts/build-guest-bins peapod-netbench` and name it with \
-                 PEAPOD_NETBENCH, or run scripts/setup";
-    if !path.is_file() {
-        match from_env {
-            true => anyhow::bail!("{NETBENCH_ENV}={} does not exist: {build}", path.display()),
-            false => anyhow::bail!("no static peapod-netbench at {}: {build}", path.display()),
-        }
-    }
-    let mut head = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .with_context(|| format!("reading {}", path.display()))?;
-    match elf_interpreter(&head) {
-        Some(false) => Ok(path),
-        Some(true) => anyhow::bail!(
-            "{} is dynamically linked; the pod's busybox image cannot run it: {build}",
-            path.display()
-        ),
-        None => anyhow::bail!("{} is not an x86-64 ELF program: {build}", path.display()),
-    }
+    super::find_static_program(NETBENCH_ENV, &default_netbench_path(), NETBENCH_BINARY_NAME)
 }
 
 /// Where scripts/setup installs the static netbench.
@@ -575,7 +551,7 @@ pub fn default_netbench_path() -> PathBuf {
 /// Whether the 64-bit little-endian ELF file starting with `head` asks for a program
 /// interpreter (a dynamic loader: `PT_INTERP`); `None` when it is not one or its program
 /// headers lie beyond `head`.
-fn elf_interpreter(head: &[u8]) -> Option<bool> {
+pub(super) fn elf_interpreter(head: &[u8]) -> Option<bool> {
     const PT_INTERP: u32 = 3;
     if head.get(..6)? != b"\x7fELF\x02\x01" {
         return None;
@@ -713,6 +689,7 @@ fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn sample(gbit_per_s: f64, p50_us: f64, p99_us: f64) -> Sample {
         Sample {

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use std::path::PathBuf;
 
 use crate::bench::boot::BootBench;
+use crate::bench::isolation::OutputFormat;
 use crate::bench::machine::MachineBench;
 use crate::machine::AccelChoice;
 
@@ -91,6 +92,27 @@ pub enum BenchCommand {
         /// Counted request/responses (1 byte each way) in each run.
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// The pod's guest kernel (default: the one kernel/build.sh built).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The pod's agent initramfs [default: $PEAPOD_AGENT_INITRAMFS, else the one
+        /// rootfs/build-agent-initramfs.sh built].
+        #[arg(long)]
+        agent_initrd: Option<PathBuf>,
+    },
+    /// Isolation: what a process in a container sees of and can do to the kernel under it,
+    /// per model: the host itself (reference), a plain container on the host kernel (crun,
+    /// default and privileged) and a pod VM (`peapod run`); the static peapod-probe
+    /// [$PEAPOD_PROBE, else the one scripts/setup built] runs in each and the matrix shows
+    /// probe × model (outcome: evidence). Every probe is harmless (see `peapod::bench::probe`);
+    /// what the privileged ones try is printed first. Needs root; runs in the test bed where
+    /// the host has no hardware KVM.
+    Isolation {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Markdown)]
+        output: OutputFormat,
+        /// Leave out the privileged columns.
+        #[arg(long)]
+        no_privileged: bool,
         /// The pod's guest kernel (default: the one kernel/build.sh built).
         #[arg(long)]
         kernel: Option<PathBuf>,
@@ -197,6 +219,19 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 runs,
                 seconds,
                 count,
+                kernel,
+                agent_initrd,
+            })?;
+        }
+        BenchCommand::Isolation {
+            output,
+            no_privileged,
+            kernel,
+            agent_initrd,
+        } => {
+            crate::bench::isolation::run(&crate::bench::isolation::IsolationBench {
+                output,
+                no_privileged,
                 kernel,
                 agent_initrd,
             })?;
