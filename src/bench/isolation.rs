@@ -753,16 +753,13 @@ fn run_in_machine(bench: &IsolationBench, probe: &Path) -> anyhow::Result<()> {
     if bench.no_privileged {
         args.push("--no-privileged".into());
     }
-    if let Some(kernel) = &bench.kernel {
-        copies.push((kernel, "/opt/peapod-bench/vmlinux"));
-        env.push("PEAPOD_GUEST_KERNEL=/opt/peapod-bench/vmlinux".into());
-        args.extend(["--kernel", "/opt/peapod-bench/vmlinux"].map(String::from));
-    }
-    if let Some(initrd) = &bench.agent_initrd {
-        copies.push((initrd, "/opt/peapod-bench/agent-initrd"));
-        env.push("PEAPOD_AGENT_INITRAMFS=/opt/peapod-bench/agent-initrd".into());
-        args.extend(["--agent-initrd", "/opt/peapod-bench/agent-initrd"].map(String::from));
-    }
+    super::carry_guest_artifacts(
+        bench.kernel.as_deref(),
+        bench.agent_initrd.as_deref(),
+        &mut copies,
+        &mut env,
+        &mut args,
+    );
     super::run_inside_machine(&copies, &env, &args)
 }
 

@@ -79,6 +79,30 @@ pub fn ratio(a: Duration, b: Duration) -> String {
 
 /// Runs a benchmark again inside the test bed: `peapod machine run` with `copies` (host path,
 /// path inside) and `env` (`KEY=VALUE`), running `peapod ARGS...` there.
+/// Carries the guest kernel and agent initramfs named on a benchmark's command line into the
+/// L1, names them there (`PEAPOD_GUEST_KERNEL`, `PEAPOD_AGENT_INITRAMFS`) and passes them on
+/// to the benchmark run inside.
+pub fn carry_guest_artifacts<'a>(
+    kernel: Option<&'a Path>,
+    agent_initrd: Option<&'a Path>,
+    copies: &mut Vec<(&'a Path, &'static str)>,
+    env: &mut Vec<String>,
+    args: &mut Vec<String>,
+) {
+    const KERNEL: &str = "/opt/peapod-bench/vmlinux";
+    const INITRD: &str = "/opt/peapod-bench/agent-initrd";
+    if let Some(kernel) = kernel {
+        copies.push((kernel, KERNEL));
+        env.push(format!("PEAPOD_GUEST_KERNEL={KERNEL}"));
+        args.extend(["--kernel".to_string(), KERNEL.to_string()]);
+    }
+    if let Some(initrd) = agent_initrd {
+        copies.push((initrd, INITRD));
+        env.push(format!("PEAPOD_AGENT_INITRAMFS={INITRD}"));
+        args.extend(["--agent-initrd".to_string(), INITRD.to_string()]);
+    }
+}
+
 pub fn run_inside_machine(
     copies: &[(&Path, &str)],
     env: &[String],
