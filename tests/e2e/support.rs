@@ -197,10 +197,11 @@ pub fn artifact(env: &str) -> Result<PathBuf, String> {
 /// a test failed for the first time.
 const TEST_BED_ATTEMPTS: u32 = 5;
 
-/// How long one L1 may run the KVM tests. They take about a minute; an L1 has been seen to
-/// hang (both vCPUs busy, nothing on its console), and then a fresh one does better than
-/// waiting.
-const TEST_BED_TIMEOUT_S: u32 = 300;
+/// How long one L1 may run the KVM tests. They take about five minutes in the emulated L1
+/// (every pod now attaches to its network through CNI too); an L1 that hangs (both vCPUs
+/// busy, nothing on its console) is caught sooner by `machine run`'s stall detector, and a
+/// fresh one then does better than waiting.
+const TEST_BED_TIMEOUT_S: u32 = 900;
 
 /// Runs this test binary's KVM tests (`kvm_tests`, their full names) inside one L1, with the
 /// guest artifacts copied in; returns the exit status.
