@@ -4,7 +4,10 @@
 //! Measured per boot: the time from starting the VMM process to the init's marker line
 //! (`PEAPOD_GUEST_INIT_OK`) on the serial console, and the VMM process's resident memory
 //! without guest RAM (every anonymous mapping at least as large as guest RAM counts as guest
-//! RAM), read from `/proc/PID/smaps` when the marker appears. Each VMM is killed after that.
+//! RAM), read from `/proc/PID/smaps` when the marker appears; and, read at the same moment,
+//! KVM's counters for the VM (exits by kind, page faults: see [`super::kvmstat`]), which vary
+//! little from boot to boot where the times in an emulated test bed vary a lot. Each VMM is
+//! killed after that.
 //!
 //! It needs hardware-assisted KVM; on a host without it, it runs itself inside the test bed
 //! (`peapod machine run`), copying QEMU, its firmware, the kernel and the initramfs in.
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use super::kvmstat::{Counter, KvmCounters, KvmStatError, median_count};
 use super::{median, ratio};
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 
@@ -35,6 +39,8 @@ pub struct BootBench {
 pub(super) struct Sample {
     pub(super) boot: Duration,
     pub(super) rss_kib: u64,
+    /// KVM's counters for the VM when the marker appeared, or why they could not be read.
+    pub(super) kvm: Result<KvmCounters, KvmStatError>,
 }
 
 pub fn run(bench: &BootBench) -> anyhow::Result<()> {
@@ -43,6 +49,8 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
     }
     let qemu = crate::machine::assets::find_qemu()?;
     let vmm = crate::vmm::program::VmmProgram::find()?;
+    // before any VM exists, so that a failure here explains the missing counters once
+    let debugfs = super::kvmstat::prepare_debugfs();
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     // One command line for both: peapod's default (which keeps Linux's i8042 driver from
@@ -84,13 +92,21 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
             .arg(&bench.initrd)
             .args(["-append", &cmdline, "-serial", "stdio"]);
         theirs.push(boot_once(microvm, bench.memory_mib).context("QEMU -M microvm")?);
+        let exits = |s: &Sample| match &s.kvm {
+            Ok(kvm) => kvm
+                .get(Counter::Exits)
+                .map_or_else(String::new, |n| format!(", {n} exits")),
+            Err(_) => String::new(),
+        };
         eprintln!(
-            "run {}: peapod {:.0} ms, {} KiB; QEMU microvm {:.0} ms, {} KiB",
+            "run {}: peapod {:.0} ms, {} KiB{}; QEMU microvm {:.0} ms, {} KiB{}",
             i + 1,
             ours[i].boot.as_secs_f64() * 1e3,
             ours[i].rss_kib,
+            exits(&ours[i]),
             theirs[i].boot.as_secs_f64() * 1e3,
-            theirs[i].rss_kib
+            theirs[i].rss_kib,
+            exits(&theirs[i])
         );
     }
     let boot = |s: &[Sample]| median(s.iter().map(|x| x.boot).collect());
@@ -119,7 +135,69 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
         qr as f64 / 1024.0,
         pr as f64 / qr.max(1) as f64
     );
+    println!();
+    match debugfs {
+        Ok(()) => print!("{}", counters_table(&ours, &theirs)),
+        Err(why) => println!("per boot KVM counters: not read: {why}"),
+    }
     Ok(())
+}
+
+/// The second table: per counter, the median over the boots of each VMM where it was read,
+/// and their ratio. Counters no VMM reported are named below it, and so is each VMM's first
+/// failure to read them.
+fn counters_table(ours: &[Sample], theirs: &[Sample]) -> String {
+    let medians = |samples: &[Sample], counter: Counter| {
+        median_count(
+            samples
+                .iter()
+                .filter_map(|s| s.kvm.as_ref().ok()?.get(counter))
+                .collect(),
+        )
+    };
+    let cell = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let mut table = String::from(
+        "per boot KVM counters (host debugfs, at the init marker, medians)\n\
+         | counter | peapod | QEMU -M microvm | peapod / QEMU |\n|---|---|---|---|\n",
+    );
+    let mut absent = Vec::new();
+    for counter in Counter::ALL {
+        let (p, q) = (medians(ours, counter), medians(theirs, counter));
+        if p.is_none() && q.is_none() {
+            absent.push(counter.file_name());
+            continue;
+        }
+        let ratio = match (p, q) {
+            (Some(p), Some(q)) if q > 0 => format!("{:.2}x", p as f64 / q as f64),
+            _ => "-".into(),
+        };
+        table.push_str(&format!(
+            "| {} | {} | {} | {ratio} |\n",
+            counter.file_name(),
+            cell(p),
+            cell(q)
+        ));
+    }
+    if !absent.is_empty() {
+        table.push_str(&format!(
+            "not in this kernel's KVM debugfs: {}\n",
+            absent.join(", ")
+        ));
+    }
+    for (name, samples) in [("peapod", ours), ("QEMU -M microvm", theirs)] {
+        let failed: Vec<&KvmStatError> = samples
+            .iter()
+            .filter_map(|s| s.kvm.as_ref().err())
+            .collect();
+        if let Some(first) = failed.first() {
+            table.push_str(&format!(
+                "{name}: counters not read in {} of {} boots: {first}\n",
+                failed.len(),
+                samples.len()
+            ));
+        }
+    }
+    table
 }
 
 /// Starts a VMM, waits for the init marker on its stdout, measures, kills it.
@@ -146,10 +224,13 @@ pub(super) fn boot_once(mut command: Command, memory_mib: u32) -> anyhow::Result
     });
     let result = match rx.recv_timeout(BOOT_LIMIT) {
         Ok(Ok(at)) => {
+            // first, while the guest has done the least since the marker
+            let kvm = KvmCounters::read_for_pid(child.id());
             let rss_kib = rss_without_guest_kib(child.id(), u64::from(memory_mib) * 1024);
             Ok(Sample {
                 boot: at - started,
                 rss_kib: rss_kib.unwrap_or(0),
+                kvm,
             })
         }
         Ok(Err(tail)) => Err(anyhow::anyhow!(
@@ -235,6 +316,68 @@ fn run_in_machine(bench: &BootBench) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(counters: &[(Counter, u64)]) -> Sample {
+        let mut kvm = KvmCounters::default();
+        for &(counter, value) in counters {
+            kvm.set(counter, value);
+        }
+        Sample {
+            boot: Duration::from_millis(1),
+            rss_kib: 1,
+            kvm: Ok(kvm),
+        }
+    }
+
+    #[test]
+    fn counter_rows_are_medians_with_ratios() {
+        use Counter::*;
+        let ours = [
+            sample(&[(Exits, 900), (IoExits, 10), (PfFixed, 30)]),
+            sample(&[(Exits, 1000), (IoExits, 12), (PfFixed, 31)]),
+            sample(&[(Exits, 5000), (IoExits, 11), (PfFixed, 32)]),
+        ];
+        let theirs = [
+            sample(&[(Exits, 2000), (IoExits, 0), (HaltExits, 4)]),
+            sample(&[(Exits, 2100), (IoExits, 0), (HaltExits, 6)]),
+            Sample {
+                kvm: Err(KvmStatError::NoVm {
+                    pid: 77,
+                    kvm_dir: "/sys/kernel/debug/kvm".into(),
+                }),
+                ..sample(&[])
+            },
+        ];
+        let table = counters_table(&ours, &theirs);
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| counter | peapod | QEMU -M microvm | peapod / QEMU |",
+                // the median, not the mean: one slow boot does not move it
+                "| exits | 1000 | 2100 | 0.48x |",
+                // no ratio against zero
+                "| io_exits | 11 | 0 | - |",
+                // a counter one side lacks
+                "| halt_exits | - | 6 | - |",
+                "| pf_fixed | 31 | - | - |",
+            ],
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "not in this kernel's KVM debugfs: mmio_exits, insn_emulation, pf_taken, pf_guest"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "QEMU -M microvm: counters not read in 1 of 3 boots: no VM of process 77"
+            ),
+            "{table}"
+        );
+        assert!(!table.contains("peapod: counters not read"), "{table}");
+    }
 
     #[test]
     fn guest_ram_is_left_out_of_rss() {

@@ -3,6 +3,7 @@
 pub mod boot;
 pub mod image;
 pub mod isolation;
+pub mod kvmstat;
 pub mod machine;
 pub mod net;
 pub mod netperf;

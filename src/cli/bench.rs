@@ -21,8 +21,9 @@ pub enum BenchCommand {
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
     },
-    /// Guest boot: peapod's VMM against QEMU -M microvm, same kernel and initramfs (runs in the
-    /// test bed where the host has no hardware KVM).
+    /// Guest boot: peapod's VMM against QEMU -M microvm, same kernel and initramfs: time to the
+    /// init's marker, VMM RSS, and KVM's per boot counters from the host's debugfs (root).
+    /// Runs in the test bed where the host has no hardware KVM.
     Boot {
         /// Boots of each VMM.
         #[arg(long, default_value_t = 5)]
