@@ -8,6 +8,8 @@ pub mod net;
 pub mod netperf;
 pub mod pod;
 pub mod probe;
+pub mod report;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
