@@ -9,6 +9,8 @@ pub mod net;
 pub mod netperf;
 pub mod pod;
 pub mod probe;
+pub mod report;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,6 +111,40 @@ pub fn run_inside_machine(
     env: &[String],
     args: &[String],
 ) -> anyhow::Result<()> {
+    let status = machine_command(copies, env, args)?.status()?;
+    anyhow::ensure!(
+        status.success(),
+        "the benchmark inside the test bed failed: {status}"
+    );
+    Ok(())
+}
+
+/// [`run_inside_machine`], keeping the benchmark's stdout (its stderr still shows): for a
+/// report the host renders itself, such as a chart file, which would stay in the L1. Returns
+/// the stdout and whether the benchmark succeeded.
+pub fn run_inside_machine_output(
+    copies: &[(&Path, &str)],
+    env: &[String],
+    args: &[String],
+) -> anyhow::Result<(String, Result<(), String>)> {
+    let out = machine_command(copies, env, args)?
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let status = match out.status.success() {
+        true => Ok(()),
+        false => Err(format!(
+            "the benchmark inside the test bed failed: {}",
+            out.status
+        )),
+    };
+    Ok((String::from_utf8_lossy(&out.stdout).into_owned(), status))
+}
+
+fn machine_command(
+    copies: &[(&Path, &str)],
+    env: &[String],
+    args: &[String],
+) -> anyhow::Result<Command> {
     let peapod = std::env::current_exe()?;
     let mut command = Command::new(&peapod);
     command.args(["machine", "run", "--timeout", "1200"]);
@@ -121,12 +157,7 @@ pub fn run_inside_machine(
         command.arg("--env").arg(pair);
     }
     command.arg("--").arg("peapod").args(args);
-    let status = command.status()?;
-    anyhow::ensure!(
-        status.success(),
-        "the benchmark inside the test bed failed: {status}"
-    );
-    Ok(())
+    Ok(command)
 }
 
 #[cfg(test)]

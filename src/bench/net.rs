@@ -37,8 +37,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::netperf::{self, Report};
+use super::isolation::OutputFormat;
+use super::netperf::{self, Report as ClientReport};
 use super::pod::BenchPods;
+use super::report::{Cell, Metric, Outcome, Report, Samples, Subject};
 
 /// Names the static `peapod-netbench` to use.
 pub const NETBENCH_ENV: &str = "PEAPOD_NETBENCH";
@@ -63,8 +65,9 @@ const VETH_CLIENT_DEV: &str = "nb0";
 const VETH_SERVER_DEV: &str = "veth0";
 /// Where the static netbench lies inside the test bed.
 const MACHINE_NETBENCH: &str = "/opt/peapod-bench/peapod-netbench";
-/// How long a table cell's reason for a peer that did not run may be.
-const REASON_CELL_CHARS: usize = 160;
+/// The subjects of the report: the pod, and the ratio's baseline.
+const VM_POD: &str = "VM pod";
+const VETH_PEER: &str = "veth peer";
 
 pub struct NetBench {
     pub runs: usize,
@@ -75,6 +78,10 @@ pub struct NetBench {
     /// The pod's guest kernel and agent initramfs (default: where peapod finds them).
     pub kernel: Option<PathBuf>,
     pub agent_initrd: Option<PathBuf>,
+    /// How the report is printed.
+    pub output: OutputFormat,
+    /// Where to write the report's chart (SVG), if anywhere.
+    pub plot: Option<PathBuf>,
 }
 
 /// One run of one peer.
@@ -83,13 +90,6 @@ struct Sample {
     gbit_per_s: f64,
     p50_us: f64,
     p99_us: f64,
-}
-
-/// A peer's samples over the runs, or why it has none.
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    Samples(Vec<Sample>),
-    NotRun(String),
 }
 
 /// Set when SIGINT, SIGTERM or SIGHUP reaches the bench: it stops at the next step and
@@ -118,7 +118,7 @@ pub fn run(bench: &NetBench) -> anyhow::Result<()> {
     let peapod = std::env::current_exe()?;
 
     // Dropped on every way out of this function: the pod is removed, the server killed.
-    let mut vm = match no_kvm {
+    let vm = match no_kvm {
         Some(why) => Err(why),
         None => VmPeer::start(&peapod, &netbench, bench).map_err(|e| {
             eprintln!("bench net: the VM pod does not run here: {e:#}");
@@ -126,76 +126,128 @@ pub fn run(bench: &NetBench) -> anyhow::Result<()> {
         }),
     };
     not_interrupted()?;
-    let mut veth = VethPeer::start(&netbench).map_err(|e| {
+    let veth = VethPeer::start(&netbench).map_err(|e| {
         eprintln!("bench net: the veth peer does not run here: {e:#}");
         format!("{e:#}")
     });
-    let (mut vm_samples, mut veth_samples) = (Vec::new(), Vec::new());
-    for i in 0..bench.runs {
-        not_interrupted()?;
-        let vm_run = vm
-            .as_ref()
-            .ok()
-            .map(|peer| measure(&netbench, None, peer.addr, bench));
-        let vm_line = take_sample(vm_run, &mut vm, &mut vm_samples, "VM pod", i);
-        not_interrupted()?;
-        let veth_run = veth
-            .as_ref()
-            .ok()
-            .map(|peer| measure(&netbench, Some(&peer.client_ns), peer.addr(), bench));
-        let veth_line = take_sample(veth_run, &mut veth, &mut veth_samples, "veth peer", i);
-        eprintln!("run {}: VM pod {vm_line}; veth peer {veth_line}", i + 1);
-    }
-    let outcome = |peer: Result<(), String>, samples| match peer {
-        Ok(()) => Outcome::Samples(samples),
-        Err(why) => Outcome::NotRun(why),
+    // A peer that did not start fails its first run with why; one that fails a run is not
+    // run again and its column says so.
+    let mut vm_runs = |run| {
+        let at = vm.as_ref().map(|p| (None, p.addr));
+        peer_run(run, VM_POD, at, &netbench, bench)
     };
-    let vm = outcome(vm.map(drop), vm_samples);
-    let veth = outcome(veth.map(drop), veth_samples);
-
-    println!(
-        "peapod bench net: {} runs (VM pod and veth peer interleaved), TCP stream of {} s, {} \
-         request/responses of {RR_SIZE} byte; median (min–max)",
-        bench.runs, bench.seconds, bench.count
-    );
-    println!(
-        "VM pod: host to `{IMAGE}` pod over the peapod network (bridge, tap, virtio-net); \
-         veth peer: two network namespaces joined by a veth pair, no VM"
-    );
-    for line in table(&vm, &veth) {
-        println!("{line}");
+    let mut veth_runs = |run| {
+        let at = veth.as_ref().map(|p| (Some(&p.client_ns), p.addr()));
+        peer_run(run, VETH_PEER, at, &netbench, bench)
+    };
+    let mut results =
+        super::report::interleave_with(bench.runs, &mut [&mut vm_runs, &mut veth_runs]);
+    not_interrupted()?;
+    let veth = results.pop().unwrap_or_else(|| Err("no result".into()));
+    let vm = results.pop().unwrap_or_else(|| Err("no result".into()));
+    let report = report(bench, &vm, &veth);
+    if let Some(path) = &bench.plot {
+        report.write_svg(path)?;
+        eprintln!("bench net: chart written to {}", path.display());
+    }
+    match bench.output {
+        OutputFormat::Markdown => print!("{}", report.markdown()?),
+        OutputFormat::Json => println!("{}", report.json()?),
     }
     anyhow::ensure!(
-        matches!(vm, Outcome::Samples(_)) || matches!(veth, Outcome::Samples(_)),
+        vm.is_ok() || veth.is_ok(),
         "neither the VM pod nor the veth peer ran (the table says why)"
     );
     Ok(())
 }
 
-/// Files one run's result of a peer: a sample, or the peer's end (its later runs are
-/// skipped, its column says why). Returns the run's line for stderr.
-fn take_sample<P>(
-    result: Option<anyhow::Result<Sample>>,
-    peer: &mut Result<P, String>,
-    samples: &mut Vec<Sample>,
-    what: &str,
+/// One run of one peer, or why it has none: the peer did not start (`at`'s error), the
+/// bench was interrupted, or this run failed. `at` is the client's network namespace and the
+/// server's address. Says how the run went on stderr.
+fn peer_run(
     run: usize,
-) -> String {
-    match result {
-        None => "not run".into(),
-        Some(Ok(s)) => {
-            samples.push(s);
-            format!(
-                "{:.3} Gbit/s, p50 {:.1} µs, p99 {:.1} µs",
-                s.gbit_per_s, s.p50_us, s.p99_us
-            )
+    what: &str,
+    at: Result<(Option<&OwnedFd>, SocketAddr), &String>,
+    netbench: &Path,
+    bench: &NetBench,
+) -> Result<Sample, String> {
+    let (ns, addr) = at.map_err(String::clone)?;
+    not_interrupted().map_err(|e| e.to_string())?;
+    match measure(netbench, ns, addr, bench) {
+        Ok(s) => {
+            eprintln!(
+                "run {}: {what} {:.3} Gbit/s, p50 {:.1} µs, p99 {:.1} µs",
+                run + 1,
+                s.gbit_per_s,
+                s.p50_us,
+                s.p99_us
+            );
+            Ok(s)
         }
-        Some(Err(e)) => {
+        Err(e) => {
             eprintln!("bench net: the {what} failed in run {}: {e:#}", run + 1);
-            *peer = Err(format!("failed in run {}: {e:#}", run + 1));
-            "failed".into()
+            Err(format!("failed in run {}: {e:#}", run + 1))
         }
     }
+}
+
+/// The report: a metric per measure, the VM pod and the veth peer (the ratio's baseline) in
+/// each, from the peers' samples over the runs or why they have none.
+fn report(
+    bench: &NetBench,
+    vm: &Result<Vec<Sample>, String>,
+    veth: &Result<Vec<Sample>, String>,
+) -> Report {
+    let mut report = Report::new(
+        format!(
+            "peapod bench net: {} runs (VM pod and veth peer interleaved), TCP stream of {} s, \
+             {} request/responses of {RR_SIZE} byte; median (min–max)",
+            bench.runs, bench.seconds, bench.count
+        ),
+        vec![
+            Subject::new(VM_POD),
+            Subject::with_detail(VETH_PEER, "no VM"),
+        ],
+    );
+    report.notes.push(format!(
+        "VM pod: host to `{IMAGE}` pod over the peapod network (bridge, tap, virtio-net); veth \
+         peer: two network namespaces joined by a veth pair, no VM"
+    ));
+    type Measure = (&'static str, &'static str, bool, usize, fn(&Sample) -> f64);
+    let measures: [Measure; 3] = [
+        ("TCP stream throughput", "Gbit/s", false, 3, |s| {
+            s.gbit_per_s
+        }),
+        ("request/response latency p50", "µs", true, 1, |s| s.p50_us),
+        ("request/response latency p99", "µs", true, 1, |s| s.p99_us),
+    ];
+    for (name, unit, lower_is_better, decimals, value) in measures {
+        let outcome = |peer: &Result<Vec<Sample>, String>| match peer {
+            Ok(samples) => match Samples::from_values(samples.iter().map(value)) {
+                Ok(samples) => Outcome::Measured(samples),
+                Err(e) => Outcome::not_run(e.to_string()),
+            },
+            Err(why) => Outcome::not_run(why.clone()),
+        };
+        report.metrics.push(Metric {
+            name: name.into(),
+            unit: unit.into(),
+            lower_is_better,
+            decimals,
+            baseline: Some(VETH_PEER.into()),
+            cells: vec![
+                Cell {
+                    subject: VM_POD.into(),
+                    outcome: outcome(vm),
+                },
+                Cell {
+                    subject: VETH_PEER.into(),
+                    outcome: outcome(veth),
+                },
+            ],
+        });
+    }
+    report
 }
 
 /// One run against the server at `addr`: a stream, then the request/responses, each by a
@@ -234,19 +286,20 @@ fn measure(
         ],
     )?;
     match (stream, rr) {
-        (Report::Stream { gbit_per_s, .. }, Report::RequestResponse { p50_us, p99_us, .. }) => {
-            Ok(Sample {
-                gbit_per_s,
-                p50_us,
-                p99_us,
-            })
-        }
+        (
+            ClientReport::Stream { gbit_per_s, .. },
+            ClientReport::RequestResponse { p50_us, p99_us, .. },
+        ) => Ok(Sample {
+            gbit_per_s,
+            p50_us,
+            p99_us,
+        }),
         (stream, rr) => anyhow::bail!("the client reported the wrong modes: {stream:?}, {rr:?}"),
     }
 }
 
 /// Runs `peapod-netbench client ARGS` to its end and reads its report.
-fn client(netbench: &Path, ns: Option<&OwnedFd>, args: &[&str]) -> anyhow::Result<Report> {
+fn client(netbench: &Path, ns: Option<&OwnedFd>, args: &[&str]) -> anyhow::Result<ClientReport> {
     let mut command = Command::new(netbench);
     command.arg("client").args(args).stdin(Stdio::null());
     if let Some(ns) = ns {
@@ -266,7 +319,7 @@ fn client(netbench: &Path, ns: Option<&OwnedFd>, args: &[&str]) -> anyhow::Resul
 }
 
 /// The report on the client's last stdout line.
-fn parse_report(stdout: &str) -> anyhow::Result<Report> {
+fn parse_report(stdout: &str) -> anyhow::Result<ClientReport> {
     let line = stdout
         .lines()
         .rev()
@@ -581,83 +634,10 @@ fn random_u32() -> u32 {
     hasher.finish() as u32
 }
 
-/// The median of some numbers and their range (zeros for none).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(samples: &[f64]) -> Spread {
-        let mut sorted = samples.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        Spread {
-            median: sorted.get(sorted.len() / 2).copied().unwrap_or_default(),
-            min: sorted.first().copied().unwrap_or_default(),
-            max: sorted.last().copied().unwrap_or_default(),
-        }
-    }
-
-    /// `2.31 (2.10–2.50)` with `decimals` decimals.
-    fn text(&self, decimals: usize) -> String {
-        format!(
-            "{:.*} ({:.*}–{:.*})",
-            decimals, self.median, decimals, self.min, decimals, self.max
-        )
-    }
-}
-
-/// The markdown table: one row per measure, a column per peer (median (min–max), or why it
-/// did not run) and the ratio VM pod / veth peer of the medians.
-fn table(vm: &Outcome, veth: &Outcome) -> Vec<String> {
-    type Measure = (&'static str, fn(&Sample) -> f64, usize);
-    let measures: [Measure; 3] = [
-        ("TCP stream throughput (Gbit/s)", |s| s.gbit_per_s, 3),
-        ("request/response latency p50 (µs)", |s| s.p50_us, 1),
-        ("request/response latency p99 (µs)", |s| s.p99_us, 1),
-    ];
-    let mut lines = vec![
-        "| measure | VM pod | veth peer (no VM) | VM pod / veth peer |".to_string(),
-        "|---|---|---|---|".to_string(),
-    ];
-    for (name, value, decimals) in measures {
-        let spread = |o: &Outcome| match o {
-            Outcome::Samples(s) if !s.is_empty() => {
-                Ok(Spread::of(&s.iter().map(value).collect::<Vec<_>>()))
-            }
-            Outcome::Samples(_) => Err("not run: no runs".to_string()),
-            Outcome::NotRun(why) => Err(format!("not run: {}", reason_cell(why))),
-        };
-        let (a, b) = (spread(vm), spread(veth));
-        let ratio = match (&a, &b) {
-            (Ok(a), Ok(b)) if b.median > 0.0 => format!("{:.2}x", a.median / b.median),
-            _ => "-".into(),
-        };
-        let cell = |s: Result<Spread, String>| s.map_or_else(|why| why, |s| s.text(decimals));
-        lines.push(format!("| {name} | {} | {} | {ratio} |", cell(a), cell(b)));
-    }
-    lines
-}
-
-/// A reason for a table cell: its first line, at most [`REASON_CELL_CHARS`] characters, no
-/// `|` (which would split the cell).
-fn reason_cell(why: &str) -> String {
-    let first = why
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("unknown");
-    let mut cell: String = first.trim().replace('|', "/");
-    if cell.chars().count() > REASON_CELL_CHARS {
-        cell = cell.chars().take(REASON_CELL_CHARS - 1).collect();
-        cell.push('…');
-    }
-    cell
-}
-
 /// Re-runs this benchmark inside `peapod machine run`, with the static netbench (and the
-/// kernel and agent initramfs, where named on the command line) copied in.
+/// kernel and agent initramfs, where named on the command line) copied in. For `--output
+/// json` or `--plot` it asks for JSON inside and renders the report here, so that the chart
+/// lands on the host.
 fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
     let mut copies: Vec<(&Path, &str)> = vec![(netbench, MACHINE_NETBENCH)];
     let mut env = vec![format!("{NETBENCH_ENV}={MACHINE_NETBENCH}")];
@@ -680,7 +660,39 @@ fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
         &mut env,
         &mut args,
     );
-    super::run_inside_machine(&copies, &env, &args)
+    if bench.output == OutputFormat::Markdown && bench.plot.is_none() {
+        return super::run_inside_machine(&copies, &env, &args);
+    }
+    args.extend(["--output".to_string(), "json".to_string()]);
+    let (stdout, status) = super::run_inside_machine_output(&copies, &env, &args)?;
+    let report = match report_in(&stdout) {
+        Some(report) => report?,
+        None => {
+            // no report: the bench failed before its table; say what it printed
+            print!("{stdout}");
+            status.map_err(anyhow::Error::msg)?;
+            anyhow::bail!("the benchmark inside the test bed printed no report");
+        }
+    };
+    if let Some(path) = &bench.plot {
+        report.write_svg(path)?;
+        eprintln!("bench net: chart written to {}", path.display());
+    }
+    match bench.output {
+        OutputFormat::Markdown => print!("{}", report.markdown()?),
+        OutputFormat::Json => println!("{}", report.json()?),
+    }
+    status.map_err(anyhow::Error::msg)
+}
+
+/// The report [`Report::json`] printed in `stdout` (from its first line `{` to the end), if
+/// any.
+fn report_in(stdout: &str) -> Option<Result<Report, super::report::ReportError>> {
+    let start = stdout
+        .match_indices('{')
+        .map(|(at, _)| at)
+        .find(|&at| at == 0 || stdout[..at].ends_with('\n'))?;
+    Some(Report::from_json(stdout[start..].trim_end()))
 }
 
 #[cfg(test)]
@@ -696,14 +708,30 @@ mod tests {
         }
     }
 
+    fn bench() -> NetBench {
+        NetBench {
+            runs: 3,
+            seconds: 3,
+            count: 2000,
+            kernel: None,
+            agent_initrd: None,
+            output: OutputFormat::Markdown,
+            plot: None,
+        }
+    }
+
+    fn table(vm: &Result<Vec<Sample>, String>, veth: &Result<Vec<Sample>, String>) -> Vec<String> {
+        report(&bench(), vm, veth).markdown_table().unwrap()
+    }
+
     #[test]
     fn the_table_shows_median_range_and_ratio() {
-        let vm = Outcome::Samples(vec![
+        let vm = Ok(vec![
             sample(2.0, 60.0, 120.0),
             sample(3.0, 50.0, 100.0),
             sample(2.5, 55.0, 300.0),
         ]);
-        let veth = Outcome::Samples(vec![
+        let veth = Ok(vec![
             sample(20.0, 10.0, 20.0),
             sample(25.0, 11.0, 30.0),
             sample(30.0, 12.0, 25.0),
@@ -721,14 +749,21 @@ mod tests {
                  | 4.80x |",
             ]
         );
+        // above the table: the two lines it always had, then the date and machine
+        let md = report(&bench(), &vm, &veth).markdown().unwrap();
+        let lines: Vec<&str> = md.lines().collect();
+        assert!(lines[0].starts_with("peapod bench net: 3 runs (VM pod and veth peer"));
+        assert!(lines[1].starts_with("VM pod: host to `peapod/busybox:latest` pod"));
+        assert_eq!(
+            lines[3],
+            "| measure | VM pod | veth peer (no VM) | VM pod / veth peer |"
+        );
     }
 
     #[test]
     fn a_peer_that_did_not_run_says_why_in_its_cells() {
-        let veth = Outcome::Samples(vec![sample(20.0, 10.0, 20.0)]);
-        let vm = Outcome::NotRun(
-            "no usable KVM inside the test bed: /dev/kvm | missing\nmore detail".into(),
-        );
+        let veth = Ok(vec![sample(20.0, 10.0, 20.0)]);
+        let vm = Err("no usable KVM inside the test bed: /dev/kvm | missing\nmore detail".into());
         let rows = table(&vm, &veth);
         assert_eq!(
             rows[2],
@@ -740,54 +775,45 @@ mod tests {
                 .iter()
                 .all(|r| r.contains("not run: no usable KVM"))
         );
-        let both = table(&vm, &Outcome::Samples(Vec::new()));
+        let both = table(&vm, &Ok(Vec::new()));
         assert!(both[4].contains("not run: no runs") && both[4].ends_with("| - |"));
-        let long = reason_cell(&"x".repeat(500));
-        assert_eq!(long.chars().count(), REASON_CELL_CHARS);
-        assert!(long.ends_with('…'));
     }
 
     #[test]
     fn a_failed_run_ends_its_peer() {
-        let mut peer: Result<(), String> = Ok(());
-        let mut samples = Vec::new();
-        let line = take_sample(
-            Some(Ok(sample(1.5, 20.0, 40.0))),
-            &mut peer,
-            &mut samples,
-            "x",
-            0,
-        );
-        assert_eq!(line, "1.500 Gbit/s, p50 20.0 µs, p99 40.0 µs");
-        assert_eq!(samples.len(), 1);
-        let line = take_sample(
-            Some(Err(anyhow::anyhow!("connection reset"))),
-            &mut peer,
-            &mut samples,
-            "x",
-            1,
-        );
-        assert_eq!(line, "failed");
-        assert_eq!(peer, Err("failed in run 2: connection reset".into()));
+        let no_pod = "no KVM".to_string();
+        let bench = bench();
+        let netbench = Path::new("/nonexistent/peapod-netbench");
         assert_eq!(
-            take_sample(None, &mut peer, &mut samples, "x", 2),
-            "not run"
+            peer_run(0, VM_POD, Err(&no_pod), netbench, &bench),
+            Err("no KVM".into())
+        );
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+        let failed = peer_run(1, VETH_PEER, Ok((None, addr)), netbench, &bench).unwrap_err();
+        assert!(
+            failed.starts_with("failed in run 2: running /nonexistent"),
+            "{failed}"
         );
     }
 
     #[test]
     fn a_zero_peer_median_gives_no_ratio() {
-        let zero = Outcome::Samples(vec![sample(0.0, 0.0, 0.0)]);
+        let zero = Ok(vec![sample(0.0, 0.0, 0.0)]);
         let rows = table(&zero.clone(), &zero);
         assert!(rows[2..].iter().all(|r| r.ends_with("| - |")), "{rows:?}");
     }
 
     #[test]
-    fn spreads_are_median_and_range() {
-        let s = Spread::of(&[3.0, 1.0, 2.0, 10.0, 4.0]);
-        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 10.0));
-        assert_eq!(s.text(1), "3.0 (1.0–10.0)");
-        assert_eq!(Spread::of(&[]), Spread::default());
+    fn the_report_comes_back_from_the_test_bed() {
+        let report = report(&bench(), &Ok(vec![sample(1.0, 2.0, 3.0)]), &Err("x".into()));
+        let stdout = format!("boot noise {{\n{}\n", report.json().unwrap());
+        assert_eq!(report_in(&stdout).unwrap().unwrap(), report);
+        assert!(report_in("no report here\n").is_none());
+        assert!(report_in("{\"broken\": 1}\n").unwrap().is_err());
+        // the chart names the peers and has a bar for each measure of the one that ran
+        let svg = report.svg().unwrap();
+        assert!(svg.contains("\nVM pod\n") && svg.contains("\nveth peer\n"));
+        assert_eq!(svg.matches("not run: x").count(), 3);
     }
 
     #[test]
@@ -850,7 +876,7 @@ mod tests {
                    \"mean_us\":1.5}\n\n";
         assert!(matches!(
             parse_report(out).unwrap(),
-            Report::RequestResponse { count: 5, .. }
+            ClientReport::RequestResponse { count: 5, .. }
         ));
         assert!(parse_report("").is_err());
         assert!(parse_report("{\"mode\":\"udp\"}").is_err());
@@ -918,8 +944,7 @@ mod tests {
             runs: 1,
             seconds: 1,
             count: 50,
-            kernel: None,
-            agent_initrd: None,
+            ..bench()
         };
         let s = measure(netbench, Some(&peer.client_ns), peer.addr(), &bench).unwrap();
         assert!(s.gbit_per_s > 0.0, "{s:?}");

@@ -100,6 +100,12 @@ pub enum BenchCommand {
         /// rootfs/build-agent-initramfs.sh built].
         #[arg(long)]
         agent_initrd: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Markdown)]
+        output: OutputFormat,
+        /// Also draw the report as a chart into FILE (SVG): a panel per measure, a bar per
+        /// peer at its median, whiskers over min–max.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
     },
     /// Isolation: what a process in a container sees of and can do to the kernel under it,
     /// per model: the host itself (reference), a plain container on the host kernel (crun,
@@ -212,6 +218,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             count,
             kernel,
             agent_initrd,
+            output,
+            plot,
         } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
             anyhow::ensure!((1..=3600).contains(&seconds), "--seconds must be 1 to 3600");
@@ -222,6 +230,8 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 count,
                 kernel,
                 agent_initrd,
+                output,
+                plot,
             })?;
         }
         BenchCommand::Isolation {
