@@ -35,7 +35,12 @@ pub struct ApplyArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: PathBuf,
     /// The pods' network: peapod (the default bridge), none, or a CNI network's name
-    #[arg(long, value_name = "NETWORK", default_value = NetworkMode::DEFAULT_NETWORK)]
+    #[arg(
+        long,
+        value_name = "NETWORK",
+        env = "PEAPOD_NETWORK",
+        default_value = NetworkMode::DEFAULT_NETWORK
+    )]
     network: String,
     #[command(flatten)]
     guest: pods::GuestArgs,

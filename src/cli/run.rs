@@ -83,7 +83,12 @@ pub struct RunArgs {
     image: String,
     /// The pod's network: peapod (the default bridge peapod0, 10.88.0.0/16), none (loopback
     /// only) or the name of a CNI network under /etc/peapod/cni/
-    #[arg(long, value_name = "NETWORK", default_value = NetworkMode::DEFAULT_NETWORK)]
+    #[arg(
+        long,
+        value_name = "NETWORK",
+        env = "PEAPOD_NETWORK",
+        default_value = NetworkMode::DEFAULT_NETWORK
+    )]
     network: String,
     /// Publish a port of the pod on the host: [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]
     /// (all host addresses unless IP is given)

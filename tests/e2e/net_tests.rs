@@ -114,7 +114,7 @@ fn fake_resolved_stub() -> Result<bool, Failed> {
 }
 
 fn web_pod() -> Result<(), Failed> {
-    let pods = Pods::new()?;
+    let pods = Pods::networked()?;
     let faked_dns = fake_resolved_stub()?;
     let publish = format!("127.0.0.1:{WEB_PORT}:80");
     pods.ok(&[
@@ -275,7 +275,7 @@ fn leases_naming(ip: &str) -> Vec<PathBuf> {
 }
 
 fn two_containers() -> Result<(), Failed> {
-    let pods = Pods::new()?;
+    let pods = Pods::networked()?;
     let yaml = format!(
         r#"apiVersion: v1
 kind: Pod

@@ -43,12 +43,25 @@ pub fn cases() -> Vec<Case> {
 /// A store and run directory of the test's own.
 pub struct Pods {
     dir: tempfile::TempDir,
+    networked: bool,
 }
 
 impl Pods {
+    /// Pods without a network (`PEAPOD_NETWORK=none`): every pod VM whose NIC is busy makes
+    /// the emulated L1's KVM panic more often (README, Tests), so only the tests of
+    /// networking itself ([`Pods::networked`]) attach pods to one.
     pub fn new() -> Result<Self, Failed> {
         Ok(Pods {
             dir: tempfile::tempdir()?,
+            networked: false,
+        })
+    }
+
+    /// Pods on peapod's default network, as a user's are.
+    pub fn networked() -> Result<Self, Failed> {
+        Ok(Pods {
+            dir: tempfile::tempdir()?,
+            networked: true,
         })
     }
 
@@ -68,6 +81,11 @@ impl Pods {
             // Ten pod VMs booting at once in the emulated L1 can take longer than the
             // default minute to reach their agents.
             .env("PEAPOD_AGENT_TIMEOUT", "180");
+        if self.networked {
+            c.env_remove("PEAPOD_NETWORK");
+        } else {
+            c.env("PEAPOD_NETWORK", "none");
+        }
         c
     }
 
