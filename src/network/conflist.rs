@@ -18,7 +18,9 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 /// The default network, like podman's `87-podman-bridge.conflist`: a bridge `peapod0` that
 /// is the pods' gateway and masquerades their traffic, addresses from 10.88.0.0/16. No
 /// `loopback` plugin (peapod brings lo up when it makes the namespace) and no `portmap`
-/// (published ports are a proxy in the supervisor).
+/// (published ports are a proxy in the supervisor). The address leases live under `/run`,
+/// like the namespaces they belong to: after a reboot neither is left (in host-local's
+/// default `/var/lib/cni/networks` leases of pods gone with the reboot would stay taken).
 pub const DEFAULT_CONFLIST: &str = r#"{
   "cniVersion": "1.0.0",
   "name": "peapod",
@@ -31,6 +33,7 @@ pub const DEFAULT_CONFLIST: &str = r#"{
       "hairpinMode": true,
       "ipam": {
         "type": "host-local",
+        "dataDir": "/run/peapod/cni/networks",
         "routes": [{ "dst": "0.0.0.0/0" }],
         "ranges": [[{ "subnet": "10.88.0.0/16", "gateway": "10.88.0.1" }]]
       }
