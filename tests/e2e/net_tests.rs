@@ -207,6 +207,26 @@ fn web_pod() -> Result<(), Failed> {
         return Err(format!("egress to the host's bridge address failed: {text}").into());
     }
 
+    // What must go: first seen to be there, so that the checks below can fail.
+    if !netns.exists() || leases_naming(&ip).is_empty() {
+        return Err(format!(
+            "the running pod's namespace {} or IP lease of {ip} is not where the checks look",
+            netns.display()
+        )
+        .into());
+    }
+    if let Some(veth) = &host_veth
+        && !Path::new("/sys/class/net").join(veth).exists()
+    {
+        return Err(format!("the running pod's host veth {veth} is not there").into());
+    }
+
+    if let Some(rules) = nat_rules()
+        && !rules.contains(&id)
+    {
+        return Err(format!("no NAT rule names the running pod {id}:\n{rules}").into());
+    }
+
     // SIGKILL the supervisor; `rm -f` must release everything.
     let pid = state["supervisor_pid"]
         .as_u64()
@@ -233,18 +253,25 @@ fn web_pod() -> Result<(), Failed> {
     if !leases.is_empty() {
         return Err(format!("IP lease of {ip} is left: {leases:?}").into());
     }
-    if let Ok(out) = std::process::Command::new("iptables")
-        .args(["-t", "nat", "-S"])
-        .output()
+    if let Some(rules) = nat_rules()
+        && rules.contains(&id)
     {
-        let rules = String::from_utf8_lossy(&out.stdout);
-        if rules.contains(&id) {
-            return Err(format!("NAT rules of pod {id} are left:\n{rules}").into());
-        }
+        return Err(format!("NAT rules of pod {id} are left:\n{rules}").into());
     }
     TcpListener::bind(("127.0.0.1", WEB_PORT))
         .map_err(|e| format!("host port {WEB_PORT} is still held after rm: {e}"))?;
     Ok(())
+}
+
+/// `iptables -t nat -S`, where iptables runs.
+fn nat_rules() -> Option<String> {
+    let out = std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `peapod-*` network namespaces under /run/netns.
