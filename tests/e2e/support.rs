@@ -199,6 +199,12 @@ pub fn artifact(env: &str) -> Result<PathBuf, String> {
 /// often (three L1s of one suite run on 2026-12-02), hence eight.
 const TEST_BED_ATTEMPTS: u32 = 8;
 
+/// In how many L1s (each ending well) a test must fail to fail the suite. Three, not two:
+/// pod VMs in the emulated L1 triple-fault at boot now and then (README, Tests), and a test
+/// that boots many of them (`kube_restart_policies` boots five pods) met that twice in one run on
+/// 2026-12-02 while passing in every other run. A bug of ours fails in every L1.
+const TEST_FAILURES_TO_FAIL: usize = 3;
+
 /// How long one L1 may run the KVM tests. They take about five minutes in the emulated L1
 /// (every pod now attaches to its network through CNI too); an L1 that hangs (both vCPUs
 /// busy, nothing on its console) is caught sooner by `machine run`'s stall detector, and a
@@ -215,8 +221,9 @@ const TEST_BED_TIMEOUT_S: u32 = 900;
 /// - when the L1 dies or hangs (exit status 125, `peapod machine run`'s own failure, a stalled
 ///   L1 included, or 124, its timeout; with the L1's console tail printed), the tests that had
 ///   not passed run in a fresh L1;
-/// - a test that fails runs once more in a fresh L1; the suite passes only if it passes there,
-///   and then it is named as flaky. A second failure fails the suite. A failure in an L1 that
+/// - a test that fails runs again in a fresh L1; the suite passes only if it passes there,
+///   and then it is named as flaky. A test failing in [`TEST_FAILURES_TO_FAIL`] L1s fails the
+///   suite. A failure in an L1 that
 ///   then died does not count (it runs again): the L1's guests fail as it degrades.
 pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
     let forwarded: Vec<String> = std::env::args().skip(1).collect();
@@ -262,12 +269,14 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
         } else {
             failed
         };
-        let twice: Vec<&String> = failed
+        let too_often: Vec<&String> = failed
             .iter()
-            .filter(|t| failed_before.contains(t))
+            .filter(|t| {
+                failed_before.iter().filter(|b| b == t).count() + 1 >= TEST_FAILURES_TO_FAIL
+            })
             .collect();
-        if !twice.is_empty() {
-            println!("e2e: failed in two L1s: {twice:?}");
+        if !too_often.is_empty() {
+            println!("e2e: failed in {TEST_FAILURES_TO_FAIL} L1s: {too_often:?}");
             break;
         }
         if !bed_failed && failed.is_empty() {
@@ -290,8 +299,9 @@ pub fn run_self_in_machine(kvm_tests: &[String]) -> i32 {
             }
             if !failed.is_empty() {
                 println!(
-                    "e2e: {failed:?} failed in L1 {attempt} of {TEST_BED_ATTEMPTS}; they run once \
-                     more in a fresh L1, and a second failure fails the suite"
+                    "e2e: {failed:?} failed in L1 {attempt} of {TEST_BED_ATTEMPTS}; they run again \
+                     in a fresh L1, and a test failing in {TEST_FAILURES_TO_FAIL} L1s fails the \
+                     suite"
                 );
             }
         }
