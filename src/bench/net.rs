@@ -104,6 +104,19 @@ fn not_interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the chart (`--plot`) and prints the report as `--output` asks.
+fn emit(bench: &NetBench, report: &super::report::Report) -> anyhow::Result<()> {
+    if let Some(path) = &bench.plot {
+        report.write_svg(path)?;
+        eprintln!("bench net: chart written to {}", path.display());
+    }
+    match bench.output {
+        OutputFormat::Markdown => print!("{}", report.markdown()?),
+        OutputFormat::Json => println!("{}", report.json()?),
+    }
+    Ok(())
+}
+
 pub fn run(bench: &NetBench) -> anyhow::Result<()> {
     let netbench = find_netbench()?;
     let no_kvm = match super::kvm_here("net") {
@@ -146,14 +159,7 @@ pub fn run(bench: &NetBench) -> anyhow::Result<()> {
     let veth = results.pop().unwrap_or_else(|| Err("no result".into()));
     let vm = results.pop().unwrap_or_else(|| Err("no result".into()));
     let report = report(bench, &vm, &veth);
-    if let Some(path) = &bench.plot {
-        report.write_svg(path)?;
-        eprintln!("bench net: chart written to {}", path.display());
-    }
-    match bench.output {
-        OutputFormat::Markdown => print!("{}", report.markdown()?),
-        OutputFormat::Json => println!("{}", report.json()?),
-    }
+    emit(bench, &report)?;
     anyhow::ensure!(
         vm.is_ok() || veth.is_ok(),
         "neither the VM pod nor the veth peer ran (the table says why)"
@@ -674,14 +680,7 @@ fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
             anyhow::bail!("the benchmark inside the test bed printed no report");
         }
     };
-    if let Some(path) = &bench.plot {
-        report.write_svg(path)?;
-        eprintln!("bench net: chart written to {}", path.display());
-    }
-    match bench.output {
-        OutputFormat::Markdown => print!("{}", report.markdown()?),
-        OutputFormat::Json => println!("{}", report.json()?),
-    }
+    emit(bench, &report)?;
     status.map_err(anyhow::Error::msg)
 }
 
