@@ -105,7 +105,7 @@ fn not_interrupted() -> anyhow::Result<()> {
 }
 
 /// Writes the chart (`--plot`) and prints the report as `--output` asks.
-fn emit(bench: &NetBench, report: &super::report::Report) -> anyhow::Result<()> {
+fn emit(bench: &NetBench, report: &Report) -> anyhow::Result<()> {
     if let Some(path) = &bench.plot {
         report.write_svg(path)?;
         eprintln!("bench net: chart written to {}", path.display());
