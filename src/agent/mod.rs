@@ -41,6 +41,16 @@ pub fn main() -> i32 {
     }
 }
 
+/// The helpers' entry, for any binary that runs the agent's container code: `Some(status)`
+/// when this process was started as `container-init` or `exec-init`, else `None`.
+pub fn helper_main() -> Option<i32> {
+    match std::env::args().nth(1).as_deref() {
+        Some("container-init") => Some(container::container_init_main()),
+        Some("exec-init") => Some(container::exec_init_main()),
+        _ => None,
+    }
+}
+
 fn run_agent() -> ! {
     if let Err(e) = init::switch_to_tmpfs_root() {
         fatal(&e.to_string());

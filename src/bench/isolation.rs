@@ -409,7 +409,7 @@ impl Runner for PeapodRunner {
         };
         let initrd = match &run.bench.agent_initrd {
             Some(path) => path.clone(),
-            None => crate::runtime::container::default_agent_initramfs()?,
+            None => crate::runtime::oneshot::default_agent_initramfs()?,
         };
         let pods = BenchPods::new(&peapod, &kernel, &initrd)?;
         let volume = format!("{}:/bench:ro", run.bench_dir.display());

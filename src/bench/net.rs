@@ -351,7 +351,7 @@ impl VmPeer {
         };
         let initrd = match &bench.agent_initrd {
             Some(path) => path.clone(),
-            None => crate::runtime::container::default_agent_initramfs()?,
+            None => crate::runtime::oneshot::default_agent_initramfs()?,
         };
         let pods = BenchPods::new(peapod, &kernel, &initrd)?;
         let bench_dir = tempfile::Builder::new()

@@ -187,7 +187,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             };
             let agent_initrd = match agent_initrd {
                 Some(path) => path,
-                None => crate::runtime::container::default_agent_initramfs()?,
+                None => crate::runtime::oneshot::default_agent_initramfs()?,
             };
             for path in [&test_initrd, &agent_initrd] {
                 anyhow::ensure!(path.is_file(), "{} does not exist", path.display());

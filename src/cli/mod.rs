@@ -4,6 +4,7 @@
 mod bench;
 mod doctor;
 mod exec;
+mod host_agent;
 mod image;
 mod inspect;
 mod kill;
@@ -70,6 +71,7 @@ impl Cli {
         match &self.command {
             Command::Vm(vm::VmCommand::Boot(_)) => Some("the VMM log"),
             Command::Supervise(_) => Some("the supervisor log"),
+            Command::HostAgent(_) => Some("the host agent log"),
             _ => None,
         }
     }
@@ -118,6 +120,9 @@ pub enum Command {
     /// The per-pod supervisor (started by `peapod run`)
     #[command(hide = true)]
     Supervise(supervise::SuperviseArgs),
+    /// A host pod's agent (started by the supervisor of a `--runtime container` pod)
+    #[command(hide = true)]
+    HostAgent(host_agent::HostAgentArgs),
     /// The nested host VM (L1) that gives hosts without hardware KVM a real /dev/kvm.
     #[command(subcommand)]
     Machine(machine::MachineCommand),
@@ -149,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Port(args) => port::run(args),
         Command::Secret(cmd) => secret::run(cmd),
         Command::Supervise(args) => supervise::run(args),
+        Command::HostAgent(args) => host_agent::run(args),
         Command::Machine(cmd) => machine::run(cmd),
         Command::Doctor(args) => doctor::run(args),
         Command::Vm(cmd) => vm::run(cmd),

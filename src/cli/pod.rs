@@ -12,6 +12,7 @@ use crate::image::store::Store;
 use crate::pod::kube::{KubeContainer, KubeDocuments, KubePod, PullPolicy, parse_documents};
 use crate::pod::spec::{ContainerConfig, NetworkMode, PodSpec, PodVolumeSource, SecretEnv};
 use crate::protocol::{CpuMax, Resources};
+use crate::runtime::RuntimeKind;
 use crate::secret::{Secret, SecretStore};
 use crate::supervisor::api::ApiRequest;
 
@@ -72,14 +73,19 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     for warning in &docs.warnings {
         eprintln!("peapod: warning: {warning}");
     }
-    let (kernel, initrd) = args.guest.artifacts()?;
     let store = args.guest.open_store()?;
     let secrets = SecretStore::from_env();
 
     // Everything is checked before anything is created: images, secrets, specs.
     let mut specs = Vec::new();
+    let mut artifacts = std::collections::BTreeMap::new();
     for pod in &docs.pods {
-        let spec = pod_spec(&store, pod, &network).with_context(|| format!("pod {}", pod.name))?;
+        let runtime = pod.runtime.unwrap_or(args.guest.runtime);
+        if let std::collections::btree_map::Entry::Vacant(e) = artifacts.entry(runtime) {
+            e.insert(args.guest.prepare_runtime(runtime)?);
+        }
+        let spec = pod_spec(&store, pod, &network, runtime)
+            .with_context(|| format!("pod {}", pod.name))?;
         check_secrets(&spec, &docs, &secrets).with_context(|| format!("pod {}", pod.name))?;
         specs.push(spec);
     }
@@ -118,7 +124,8 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         let mut started = Vec::new();
         for spec in specs {
             let name = spec.name.clone();
-            let record = pods::launch(&registry, spec, kernel.clone(), initrd.clone())?;
+            let vm = artifacts.get(&spec.runtime).cloned().flatten();
+            let record = pods::launch(&registry, spec, vm)?;
             created_pods.push(record.id.clone());
             let view = registry.get(&record.id)?;
             let mut client = pods::connect(&registry, &view)?;
@@ -216,9 +223,14 @@ fn check_secrets(
 
 /// The pod's spec: images resolved (pulled as the pull policy says), processes from the
 /// images' configs with `command`/`args`/`env`/`workingDir`/`runAsUser` laid over them.
-fn pod_spec(store: &Store, pod: &KubePod, network: &NetworkMode) -> anyhow::Result<PodSpec> {
+fn pod_spec(
+    store: &Store,
+    pod: &KubePod,
+    network: &NetworkMode,
+    runtime: RuntimeKind,
+) -> anyhow::Result<PodSpec> {
     let containers = |list: &[KubeContainer]| -> anyhow::Result<Vec<ContainerConfig>> {
-        list.iter().map(|c| container(store, c)).collect()
+        list.iter().map(|c| container(store, c, runtime)).collect()
     };
     Ok(PodSpec {
         name: pod.name.clone(),
@@ -233,10 +245,15 @@ fn pod_spec(store: &Store, pod: &KubePod, network: &NetworkMode) -> anyhow::Resu
         labels: pod.labels.clone(),
         annotations: pod.annotations.clone(),
         network: network.clone(),
+        runtime,
     })
 }
 
-fn container(store: &Store, c: &KubeContainer) -> anyhow::Result<ContainerConfig> {
+fn container(
+    store: &Store,
+    c: &KubeContainer,
+    runtime: RuntimeKind,
+) -> anyhow::Result<ContainerConfig> {
     let builtin = c.image == crate::image::builtin::DEFAULT_IMAGE;
     let present = crate::image::open(store, &c.image).is_ok();
     let pull = match c.pull_policy {
@@ -267,13 +284,13 @@ fn container(store: &Store, c: &KubeContainer) -> anyhow::Result<ContainerConfig
         workdir: c.working_dir.clone(),
         user,
     };
-    let (resolved, process) = crate::image::prepare_run(store, &c.image, &overrides)
+    let (resolved, process) = crate::image::prepare_pod_image(store, &c.image, &overrides, runtime)
         .with_context(|| format!("container {}: image {}", c.name, c.image))?;
     Ok(ContainerConfig {
         name: c.name.clone(),
         image: c.image.clone(),
         image_digest: resolved.manifest_digest.to_string(),
-        disk: resolved.disk.path.clone(),
+        disk: resolved.root.clone(),
         process: process.into_spec(false, false),
         resources: Resources {
             memory_max: c.memory_limit_bytes,

@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::pod::layout::PodDirs;
 use crate::pod::registry::{PodView, Registry};
 use crate::pod::state::PodStatus;
+use crate::runtime::RuntimeKind;
 use crate::supervisor::api::ApiClient;
 
 pub fn registry() -> Registry {
@@ -88,8 +89,11 @@ pub fn for_each_name(
     }
 }
 
-/// The hidden flags of the verbs that create pods (`run`, `pod apply`): what the pod VM boots
-/// and where images are.
+/// A pod VM's guest kernel and agent initramfs.
+pub type VmArtifacts = (std::path::PathBuf, std::path::PathBuf);
+
+/// The flags of the verbs that create pods (`run`, `pod apply`): the runtime, and (hidden)
+/// what a pod VM boots and where images are.
 #[derive(Debug, clap::Args)]
 pub struct GuestArgs {
     /// The guest kernel [default: what kernel/build.sh built, or PEAPOD_GUEST_KERNEL]
@@ -102,12 +106,28 @@ pub struct GuestArgs {
     /// The image store
     #[arg(long, env = "PEAPOD_ROOT", default_value = crate::image::store::DEFAULT_ROOT, hide = true)]
     pub store: std::path::PathBuf,
+    /// The isolation model: vm (a microVM per pod) or container (plain containers on the
+    /// host's kernel: namespaces, cgroups, seccomp)
+    #[arg(long, value_enum, env = "PEAPOD_RUNTIME", default_value_t = RuntimeKind::Vm)]
+    pub runtime: RuntimeKind,
 }
 
 impl GuestArgs {
     /// The guest kernel and agent initramfs (see [`guest_artifacts`]).
     pub fn artifacts(&self) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
         guest_artifacts(self.kernel.as_deref(), self.initrd.as_deref())
+    }
+
+    /// What pods in `runtime` need from the host, checked before anything is made: a pod
+    /// VM's kernel and agent initramfs (returned), or what the container runtime needs.
+    pub fn prepare_runtime(&self, runtime: RuntimeKind) -> anyhow::Result<Option<VmArtifacts>> {
+        match runtime {
+            RuntimeKind::Vm => self.artifacts().map(Some),
+            RuntimeKind::Container => {
+                crate::runtime::container::check_host()?;
+                Ok(None)
+            }
+        }
     }
 
     pub fn open_store(&self) -> anyhow::Result<crate::image::store::Store> {
@@ -138,8 +158,7 @@ pub fn guest_artifacts(
 pub fn launch(
     registry: &Registry,
     spec: crate::pod::PodSpec,
-    kernel: std::path::PathBuf,
-    initrd: std::path::PathBuf,
+    vm: Option<VmArtifacts>,
 ) -> anyhow::Result<crate::pod::PodRecord> {
     use crate::pod::spec::PodVolumeSource;
     // `create` checks the spec (and names an unnamed pod).
@@ -167,11 +186,11 @@ pub fn launch(
             crate::image::disk::snapshot_dir(source, &out)
                 .with_context(|| format!("cannot snapshot {}", source.display()))?;
         }
+        let (kernel, initrd) = vm.unzip();
         let config = crate::supervisor::SupervisorConfig {
             kernel,
             initrd,
-            agent_timeout_ms: crate::runtime::container::agent_timeout_from_env().as_millis()
-                as u64,
+            agent_timeout_ms: crate::runtime::oneshot::agent_timeout_from_env().as_millis() as u64,
         };
         crate::supervisor::spawn(registry.dirs(), &record, lock, &config)?;
         Ok(())

@@ -1,4 +1,5 @@
-//! `peapod run`: a pod from an image, in its own VM, under a supervisor of its own.
+//! `peapod run`: a pod from an image, in its own VM (or, with `--runtime container`, as
+//! plain containers on the host), under a supervisor of its own.
 
 use std::io::IsTerminal;
 use std::path::{Component, PathBuf};
@@ -15,6 +16,7 @@ use crate::pod::spec::{
     VmSize, VolumeMount, VolumeSnapshot,
 };
 use crate::protocol::Resources;
+use crate::runtime::RuntimeKind;
 use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
 
 /// The container's name in a pod made by `peapod run`.
@@ -29,7 +31,8 @@ const DEFAULT_MEMORY_MIB: u64 = crate::vmm::builder::DEFAULT_MEMORY_MIB;
   peapod run -it --rm peapod/busybox:latest sh
   peapod run --rm -v /srv/site:/site:ro -e MODE=ro --memory 512m peapod/busybox:latest ls /site
   peapod run -d --name web -p 127.0.0.1:8080:80 peapod/busybox:latest httpd -f -p 80
-  peapod run --rm --network none peapod/busybox:latest ip addr")]
+  peapod run --rm --network none peapod/busybox:latest ip addr
+  peapod run --rm --runtime container peapod/busybox:latest uname -r")]
 pub struct RunArgs {
     /// Run in the background and print the pod's id
     #[arg(short = 'd', long)]
@@ -317,7 +320,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             sub_path: None,
         });
     }
-    let (kernel, initrd) = args.guest.artifacts()?;
+    let runtime = args.guest.runtime;
+    let artifacts = args.guest.prepare_runtime(runtime)?;
+    if runtime == RuntimeKind::Container && !args.volumes.is_empty() {
+        bail!(
+            "-v: host-directory volumes are snapshots on block images for a pod VM; the \
+             container runtime does not take them yet: drop -v, or use --runtime vm"
+        );
+    }
 
     // The image: pulled first when the store lacks it, then its block image.
     let store = args.guest.open_store()?;
@@ -328,12 +338,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         workdir: args.workdir.clone(),
         user: args.user.clone(),
     };
-    let prepared = match crate::image::prepare_run(&store, &args.image, &overrides) {
+    let prepare = || crate::image::prepare_pod_image(&store, &args.image, &overrides, runtime);
+    let prepared = match prepare() {
         Err(crate::image::ImageError::Store(crate::image::store::StoreError::NotFound {
             ..
         })) => {
             pull(&store, &args.image)?;
-            crate::image::prepare_run(&store, &args.image, &overrides)
+            prepare()
         }
         other => other,
     };
@@ -364,7 +375,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             name: MAIN_CONTAINER.into(),
             image: args.image.clone(),
             image_digest: resolved.manifest_digest.to_string(),
-            disk: resolved.disk.path.clone(),
+            disk: resolved.root.clone(),
             process,
             resources: Resources::default(),
             volumes,
@@ -381,8 +392,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         labels: Default::default(),
         annotations: Default::default(),
         network,
+        runtime,
     };
-    let record = pods::launch(&registry, spec, kernel, initrd)?;
+    let record = pods::launch(&registry, spec, artifacts)?;
     let id = record.id.clone();
     let view = registry.resolve(id.as_str())?;
     let client = pods::connect(&registry, &view)?;

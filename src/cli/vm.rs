@@ -420,7 +420,7 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             cpus: args.cpus,
             memory_mib: args.memory,
             disks: Vec::new(),
-            agent_timeout: runtime::container::agent_timeout_from_env(),
+            agent_timeout: runtime::oneshot::agent_timeout_from_env(),
             dir: None,
             net: None,
         },

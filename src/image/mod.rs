@@ -50,6 +50,8 @@ pub enum ImageError {
     Builtin(#[from] BuiltinError),
     #[error(transparent)]
     Process(#[from] process::ProcessError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
 }
 
 /// What the runtime needs from an image config to start its process (the OCI config's
@@ -152,6 +154,50 @@ pub fn prepare_run(
     let resolved = resolve(store, reference, DiskFormat::Erofs)?;
     let process = process::process_for(store, &resolved.image, &resolved.config, overrides)?;
     Ok((resolved, process))
+}
+
+/// A pod container's image as its runtime takes it.
+#[derive(Clone, Debug)]
+pub struct PodImage {
+    pub manifest_digest: Digest,
+    /// The erofs block image (a pod VM attaches it) or the unpacked root directory (the
+    /// container runtime binds it as the overlay's lower layer).
+    pub root: std::path::PathBuf,
+}
+
+/// What `peapod run` and `peapod pod apply` need of an image for a pod in `runtime`: its
+/// root in the form that runtime takes (built once, then cached by layer chain) and the
+/// process its config and `overrides` make.
+pub fn prepare_pod_image(
+    store: &Store,
+    reference: &str,
+    overrides: &process::Overrides,
+    runtime: crate::runtime::RuntimeKind,
+) -> Result<(PodImage, process::Process), ImageError> {
+    let (_, image) = open(store, reference)?;
+    let root = match runtime {
+        crate::runtime::RuntimeKind::Vm => {
+            disk::build(
+                store,
+                &image,
+                DiskFormat::Erofs,
+                UnpackOptions::for_current_user(),
+            )?
+            .path
+        }
+        crate::runtime::RuntimeKind::Container => {
+            rootfs::cached(store, &image, UnpackOptions::for_current_user())?
+        }
+    };
+    let config = ImageRunConfig::from_config(&image.config);
+    let process = process::process_for(store, &image, &config, overrides)?;
+    Ok((
+        PodImage {
+            manifest_digest: image.manifest_digest.clone(),
+            root,
+        },
+        process,
+    ))
 }
 
 /// `peapod image inspect`'s view of an image.

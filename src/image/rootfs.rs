@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{self, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::compress;
@@ -120,4 +121,54 @@ pub fn unpack_to(
         }
     })?;
     Ok(report)
+}
+
+/// Where the unpacked root of a layer chain is cached for the container runtime.
+pub fn cache_dir(store: &Store, chain: &Digest) -> PathBuf {
+    store.root().join("rootfs").join(chain.hex())
+}
+
+/// The image's unpacked root for the container runtime: from the cache, or unpacked into it
+/// (whole or not at all, see [`unpack_to`]). Pods bind it read-only as their overlays' lower
+/// layer, so it never changes once there; two processes unpacking the same image at once
+/// both unpack and the first rename wins.
+pub fn cached(
+    store: &Store,
+    image: &StoredImage,
+    opts: UnpackOptions,
+) -> Result<PathBuf, RootfsError> {
+    let dir = cache_dir(store, &super::digest::chain_id(&image.diff_ids));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(|source| RootfsError::Io {
+            what: "create",
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    match unpack_to(store, image, &dir, opts) {
+        Ok(_) => {}
+        // Another process put it there first.
+        Err(_) if dir.is_dir() => return Ok(dir),
+        Err(e) => return Err(e),
+    }
+    // The temporary directory it was unpacked in was private (0700); a root's `/` is not,
+    // unless the image said otherwise.
+    let meta = fs::metadata(&dir).map_err(|source| RootfsError::Io {
+        what: "inspect",
+        path: dir.clone(),
+        source,
+    })?;
+    if meta.permissions().mode() & 0o777 == 0o700 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(|source| {
+            RootfsError::Io {
+                what: "set the mode of",
+                path: dir.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(dir)
 }

@@ -326,6 +326,18 @@ impl Store {
                 report.disks += 1;
             }
         }
+        // Unpacked roots of the container runtime, one directory per layer chain.
+        let rootfs_dir = self.root.join("rootfs");
+        if let Ok(entries) = fs::read_dir(&rootfs_dir) {
+            for entry in entries {
+                let entry = entry.map_err(io_err("list", &rootfs_dir))?;
+                let name = entry.file_name();
+                if !keep_chains.contains(name.to_str().unwrap_or("")) {
+                    remove_any(&entry.path())?;
+                    report.disks += 1;
+                }
+            }
+        }
         let tmp_dir = self.tmp_dir();
         let now = SystemTime::now();
         for entry in fs::read_dir(&tmp_dir).map_err(io_err("list", &tmp_dir))? {

@@ -40,14 +40,15 @@ pub enum AssetError {
     MissingLibrary { path: PathBuf, library: String },
 }
 
-/// The kernel modules pod networking needs in the L1, by name; their dependencies come
+/// The kernel modules pods need in the L1 beyond KVM's, by name; their dependencies come
 /// from `modules.dep`. The cloud kernel builds these as modules (its config says `=m`):
-/// veth and bridge for the CNI bridge plugin; tun for the VMM's tap; sch_ingress, the
+/// overlay for the roots of `--runtime container` pods; veth and bridge for the CNI bridge plugin; tun for the VMM's tap; sch_ingress, the
 /// classifiers and act_mirred for the tc redirect that joins tap and veth; nf_tables with
 /// nft_compat, the nat chain and the xt matches/targets for the bridge plugin's `ipMasq`
 /// through Debian's iptables-nft. (IPv6, NF_TABLES_IPV4/INET and NF_NAT_MASQUERADE are
 /// built in.) A name the kernel lacks is skipped: networking then fails where it is used.
 pub const NET_MODULES: &[&str] = &[
+    "overlay",
     "tun",
     "veth",
     "bridge",
@@ -516,6 +517,7 @@ kernel/b.ko: kernel/a.ko
             .map(|p| module_name(&p.to_string_lossy()))
             .collect();
         for needed in [
+            "overlay",
             "veth",
             "bridge",
             "tun",

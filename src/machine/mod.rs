@@ -301,8 +301,8 @@ fn with_guest_artifacts(config: &MachineConfig) -> MachineConfig {
             "vmlinux",
         ),
         (
-            crate::runtime::container::AGENT_INITRAMFS_ENV,
-            crate::runtime::container::default_agent_initramfs().ok(),
+            crate::runtime::oneshot::AGENT_INITRAMFS_ENV,
+            crate::runtime::oneshot::default_agent_initramfs().ok(),
             "agent-initramfs.cpio.gz",
         ),
     ];

@@ -59,6 +59,9 @@ pub enum PodError {
     #[error("cannot release the pod's network: {0}; fix the cause and run rm again")]
     Network(String),
 
+    #[error("cannot remove what the pod left on the host: {0}; fix the cause and run rm again")]
+    Leftovers(String),
+
     #[error("invalid pod spec: container {container:?}: {source}")]
     InvalidContainer {
         container: String,

@@ -375,6 +375,12 @@ impl Registry {
         if let Err(e) = crate::network::detach(&self.dirs.network_path(id)) {
             return Err(PodError::Network(e.to_string()));
         }
+        // A container-runtime pod whose supervisor died may still have processes in its
+        // cgroup (its host agent's containers): kill them and remove the cgroup.
+        let layout = crate::agent::layout::PodLayout::host(id, &self.dirs.run);
+        if let Err(e) = crate::runtime::container::leftovers::remove_cgroup(&layout.cgroup_parent) {
+            return Err(PodError::Leftovers(e.to_string()));
+        }
         let store_dir = self.dirs.store_dir(id);
         let doomed = self.staging_dir(id, "removing");
         match fs::rename(&store_dir, &doomed) {

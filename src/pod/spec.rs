@@ -53,6 +53,10 @@ pub struct PodSpec {
     /// The network the pod joins (records from before networking have none).
     #[serde(default)]
     pub network: NetworkMode,
+    /// The isolation model: a pod VM (records from before the container runtime) or plain
+    /// containers on the host's kernel.
+    #[serde(default)]
+    pub runtime: crate::runtime::RuntimeKind,
 }
 
 /// Published ports need a network, and each host port once.
@@ -244,7 +248,8 @@ pub struct ContainerConfig {
     pub image: String,
     /// The digest it resolved to (`sha256:...`).
     pub image_digest: String,
-    /// The image's erofs block image on the host.
+    /// The image on the host: its erofs block image (VM runtime) or its unpacked root
+    /// directory (container runtime).
     pub disk: PathBuf,
     pub process: ProcessSpec,
     #[serde(default)]
@@ -328,6 +333,29 @@ impl PodSpec {
         let published = crate::network::ports::published_ports(self)
             .map_err(|e| PodError::spec(e.to_string()))?;
         check_ports(&self.network, &published)?;
+        if self.runtime == crate::runtime::RuntimeKind::Container {
+            self.check_container_runtime()?;
+        }
+        Ok(())
+    }
+
+    /// What the container runtime cannot give: host-directory snapshots (a pod VM's block
+    /// images; a host pod would bind the directory itself, which is not built yet).
+    fn check_container_runtime(&self) -> Result<(), PodError> {
+        let snapshot = self
+            .init_containers
+            .iter()
+            .chain(&self.containers)
+            .any(|c| !c.volumes.is_empty())
+            || self
+                .volumes
+                .iter()
+                .any(|v| matches!(v.source, PodVolumeSource::HostSnapshot { .. }));
+        if snapshot {
+            return Err(PodError::spec(
+                "host-directory volumes (-v, hostPath) are snapshots on block images for a pod                  VM; the container runtime does not take them yet: drop them, or use                  --runtime vm",
+            ));
+        }
         Ok(())
     }
 }
@@ -354,6 +382,7 @@ pub(crate) mod tests {
             labels: Default::default(),
             annotations: Default::default(),
             network: NetworkMode::None,
+            runtime: Default::default(),
         }
     }
 
@@ -392,6 +421,19 @@ pub(crate) mod tests {
         s.validate().unwrap();
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<PodSpec>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn a_container_runtime_pod_without_snapshots_passes() {
+        let mut s = spec("web");
+        s.runtime = crate::runtime::RuntimeKind::Container;
+        s.containers[0].volumes.clear();
+        s.validate().unwrap();
+        // Records from before the container runtime are VM pods.
+        let mut v = serde_json::to_value(spec("old")).unwrap();
+        v.as_object_mut().unwrap().remove("runtime");
+        let old: PodSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(old.runtime, crate::runtime::RuntimeKind::Vm);
     }
 
     #[test]
@@ -475,6 +517,11 @@ pub(crate) mod tests {
                     s.containers[0].ports = vec![p];
                 },
                 "\"localhost\" is not an IP address",
+            ),
+            (
+                "a host-directory snapshot in the container runtime",
+                |s| s.runtime = crate::runtime::RuntimeKind::Container,
+                "--runtime vm",
             ),
         ];
         for (what, edit, want) in cases {

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::protocol::client::{Client, ClientError, attach_stream};
-use crate::protocol::{CONTROL_PORT, ProcessRef, STDIO_PORT, StreamKind};
+use super::endpoint::{AgentEndpoint, ProcessHandle};
+use crate::protocol::client::{Client, ClientError};
+use crate::protocol::{CONTROL_PORT, ProcessRef, StreamKind};
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 use crate::vmm::builder::{DiskConfig, VsockConfig};
 use crate::vmm::config::{ConfigError, ConsoleConfig, VmmConfig};
@@ -99,6 +100,8 @@ pub enum PodVmError {
     },
     #[error("cannot connect to the agent: {0}")]
     Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Endpoint(#[from] super::endpoint::EndpointError),
     #[error("{what}: {source}")]
     Agent {
         what: String,
@@ -360,7 +363,7 @@ pub struct PodVm {
     exit: Option<VmmExit>,
     events: EventWatch,
     dir: VmDir,
-    uds: PathBuf,
+    endpoint: AgentEndpoint,
     initrd: PathBuf,
     client: Client<UnixStream>,
     pub times: StartTimes,
@@ -501,7 +504,7 @@ impl PodVm {
             exit: None,
             events: vmm.events,
             dir,
-            uds,
+            endpoint: AgentEndpoint::Vsock { uds },
             initrd: config.initrd.clone(),
             client,
             times: StartTimes {
@@ -557,11 +560,7 @@ impl PodVm {
 
     /// One more handshaken control connection (for a blocking `wait`, say).
     pub fn control(&self) -> Result<Client<UnixStream>, PodVmError> {
-        let stream = connect_to_guest(&self.uds, CONTROL_PORT, Duration::from_secs(5))?;
-        Client::handshake(stream).map_err(|source| PodVmError::Agent {
-            what: "handshake on a new control connection".into(),
-            source,
-        })
+        Ok(self.endpoint.control()?)
     }
 
     /// Attaches `stream` of `process`: a stdio connection that now carries raw bytes.
@@ -570,18 +569,13 @@ impl PodVm {
         process: &ProcessRef,
         stream: StreamKind,
     ) -> Result<UnixStream, PodVmError> {
-        let mut conn = connect_to_guest(&self.uds, STDIO_PORT, Duration::from_secs(5))?;
-        attach_stream(&mut conn, process, stream).map_err(|source| PodVmError::Agent {
-            what: format!("attaching {} of {process}", stream.as_str()),
-            source,
-        })?;
-        Ok(conn)
+        Ok(self.endpoint.attach(process, stream)?)
     }
 
     /// A handle that signals `process` from any thread, on a connection of its own.
     pub fn process_handle(&self, process: &ProcessRef) -> ProcessHandle {
         ProcessHandle {
-            uds: self.uds.clone(),
+            endpoint: self.endpoint.clone(),
             process: process.clone(),
         }
     }
@@ -649,26 +643,30 @@ impl Drop for PodVm {
     }
 }
 
-/// Signals one process of a pod VM (see [`PodVm::process_handle`]).
-#[derive(Debug, Clone)]
-pub struct ProcessHandle {
-    uds: PathBuf,
-    process: ProcessRef,
-}
+impl super::PodSandbox for PodVm {
+    fn kind(&self) -> super::RuntimeKind {
+        super::RuntimeKind::Vm
+    }
 
-impl ProcessHandle {
-    pub fn signal(&self, signal: i32) -> Result<(), PodVmError> {
-        let stream = connect_to_guest(&self.uds, CONTROL_PORT, Duration::from_secs(5))?;
-        let mut client = Client::handshake(stream).map_err(|source| PodVmError::Agent {
-            what: "handshake for a signal".into(),
-            source,
-        })?;
-        client
-            .signal(&self.process, signal)
-            .map_err(|source| PodVmError::Agent {
-                what: format!("signal {signal} to {}", self.process),
-                source,
-            })
+    fn pid(&self) -> Option<u32> {
+        self.vmm_pid()
+    }
+
+    fn endpoint(&self) -> &AgentEndpoint {
+        &self.endpoint
+    }
+
+    fn client(&mut self) -> &mut Client<UnixStream> {
+        PodVm::client(self)
+    }
+
+    fn try_end(&mut self) -> Option<String> {
+        self.try_exit()
+            .map(|exit| format!("the pod VM ended: {}", exit.reason()))
+    }
+
+    fn shutdown(self: Box<Self>) -> Result<(), super::RuntimeError> {
+        PodVm::shutdown(*self).map(drop).map_err(Into::into)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The per-pod supervisor: one process per pod (the role of podman's conmon or Kata's
 //! per-pod shim), detached from the CLI that started it.
 //!
-//! It owns the pod's VMM (a child that dies with it: `PR_SET_PDEATHSIG`), the control
+//! It owns the pod's sandbox (the VMM of a pod VM, or the host agent of a `--runtime
+//! container` pod: a child that dies with it, `PR_SET_PDEATHSIG`), the control
 //! connection to the agent, the containers' stdio (written to the logs in the store and
 //! copied to attached clients) and the pod's state (`state.json`, in the run directory and
 //! copied to the store). The CLI, and later a containerd shim, talk to it over
@@ -44,7 +45,7 @@ use crate::pod::id::PodId;
 use crate::pod::layout::PodDirs;
 use crate::pod::registry::{PodRecord, Registry, SupervisorLock};
 use crate::pod::state::PodStatus;
-use crate::runtime::PodVmConfig;
+use crate::runtime::{HostPodConfig, PodVmConfig, RuntimeKind, SandboxConfig};
 
 /// How long the CLI waits for a pod's VM and containers to be created.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -84,30 +85,58 @@ pub struct SuperviseArgs {
     pub ready_fd: RawFd,
 }
 
-/// The host's side of a pod VM, written by the CLI as `supervisor.json` in the pod's run
-/// directory (the VMM program is found as the CLI finds it: `peapod-vmm` beside `peapod`,
-/// or `PEAPOD_VMM`; the disks come from the pod's spec).
+/// What the supervisor needs beyond the pod's spec, written by the CLI as
+/// `supervisor.json` in the pod's run directory: the guest kernel and agent initramfs of a
+/// pod VM (the VMM program is found as the CLI finds it: `peapod-vmm` beside `peapod`, or
+/// `PEAPOD_VMM`; the disks come from the spec), and how long the agent may take to answer.
+/// A `--runtime container` pod has no kernel or initramfs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorConfig {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
     pub agent_timeout_ms: u64,
 }
 
 impl SupervisorConfig {
-    fn vm(&self, dir: PathBuf) -> Result<PodVmConfig, std::io::Error> {
-        Ok(PodVmConfig {
-            vmm: crate::vmm::program::VmmProgram::find()?,
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
-            cpus: 1,
-            memory_mib: crate::vmm::builder::DEFAULT_MEMORY_MIB,
-            disks: Vec::new(),
-            agent_timeout: Duration::from_millis(self.agent_timeout_ms),
-            dir: Some(dir),
-            net: None,
-        })
+    /// How the pod's sandbox starts, in the runtime its spec names.
+    fn sandbox(
+        &self,
+        spec: &crate::pod::PodSpec,
+        id: &PodId,
+        dirs: &PodDirs,
+    ) -> Result<SandboxConfig, String> {
+        let agent_timeout = Duration::from_millis(self.agent_timeout_ms);
+        match spec.runtime {
+            RuntimeKind::Vm => {
+                let (Some(kernel), Some(initrd)) = (&self.kernel, &self.initrd) else {
+                    return Err("a pod VM needs a guest kernel and an agent initramfs: \
+                                supervisor.json names none"
+                        .into());
+                };
+                Ok(SandboxConfig::Vm(PodVmConfig {
+                    vmm: crate::vmm::program::VmmProgram::find().map_err(|e| e.to_string())?,
+                    kernel: kernel.clone(),
+                    initrd: initrd.clone(),
+                    cpus: spec.vm.cpus,
+                    memory_mib: spec.vm.memory_mib,
+                    disks: Vec::new(),
+                    agent_timeout,
+                    dir: Some(dirs.run_dir(id)),
+                    net: None,
+                }))
+            }
+            RuntimeKind::Container => Ok(SandboxConfig::Container(HostPodConfig {
+                program: std::env::current_exe()
+                    .map_err(|e| format!("cannot find the peapod binary: {e}"))?,
+                id: id.clone(),
+                run_root: dirs.run.clone(),
+                netns: None,
+                agent_timeout,
+            })),
+        }
     }
 }
 
@@ -264,17 +293,13 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             std::thread::spawn(move || serve(running, conn));
         }
     });
-    let vm = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
+    let sandbox = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
         .map_err(|e| e.to_string())
-        .and_then(|c| {
-            let mut vm = c.vm(dirs.run_dir(&args.id)).map_err(|e| e.to_string())?;
-            vm.cpus = record.spec.vm.cpus;
-            vm.memory_mib = record.spec.vm.memory_mib;
-            Ok(vm)
-        });
-    let vm = vm.and_then(|vm| running.attach_network(&args.id, &dirs).map(|()| vm));
-    let vm = match vm {
-        Ok(vm) => vm,
+        .and_then(|c| c.sandbox(&record.spec, &args.id, &dirs));
+    let sandbox =
+        sandbox.and_then(|sandbox| running.attach_network(&args.id, &dirs).map(|()| sandbox));
+    let sandbox = match sandbox {
+        Ok(sandbox) => sandbox,
         Err(e) => {
             running.finish(Some(e.clone()));
             let _ = writeln!(ready, "error: {e}");
@@ -282,7 +307,7 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             return Err(SupervisorError::StartFailed(e));
         }
     };
-    if let Err(e) = running.boot(vm) {
+    if let Err(e) = running.boot(sandbox) {
         running.finish(Some(e.to_string()));
         let _ = writeln!(ready, "error: {e}");
         let _ = std::fs::remove_file(&socket);

@@ -16,6 +16,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::netlink::mac::MacAddr;
 use crate::netlink::tap::{TapError, TapInfo, redirect_tap_and_veth};
 use crate::network::ports::{BoundPorts, PortError, published_ports};
 use crate::network::{NetworkError, NetworkSetup, PodAttachment, attach, detach};
@@ -24,7 +25,7 @@ use crate::pod::layout::PodDirs;
 use crate::pod::spec::{NetworkMode, PodSpec};
 use crate::pod::state::NetworkStatus;
 use crate::protocol::{IpCidr, NetInterface, NetRoute, SandboxNetwork};
-use crate::runtime::PodVmNet;
+use crate::runtime::{PodVmNet, RuntimeKind};
 
 /// The tap's name in the pod's namespace.
 pub const TAP_NAME: &str = "tap0";
@@ -51,8 +52,11 @@ pub enum PodNetworkError {
 /// A pod's attached network.
 pub struct PodNetwork {
     pub attachment: PodAttachment,
-    tap: Arc<OwnedFd>,
-    tap_info: TapInfo,
+    /// The pod VM's tap; none for a container-runtime pod, whose containers use the veth.
+    tap: Option<Arc<OwnedFd>>,
+    /// The pod NIC's MAC and MTU: the veth's, which the VM's NIC takes over.
+    mac: MacAddr,
+    mtu: u32,
     state_file: PathBuf,
     ports: Mutex<Option<BoundPorts>>,
 }
@@ -61,7 +65,8 @@ impl std::fmt::Debug for PodNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PodNetwork")
             .field("attachment", &self.attachment)
-            .field("tap", &self.tap_info)
+            .field("mac", &self.mac)
+            .field("mtu", &self.mtu)
             .finish_non_exhaustive()
     }
 }
@@ -86,41 +91,45 @@ impl PodNetwork {
             }
             e
         };
-        let (tap, tap_info) =
-            redirect_tap_and_veth(&attachment.netns, &attachment.ifname, TAP_NAME, None)
-                .map_err(|e| undo(e.into()))?;
-        if u16::try_from(tap_info.mtu).is_err() {
-            return Err(undo(PodNetworkError::Mtu(tap_info.mtu)));
-        }
+        let (tap, mac, mtu) = match spec.runtime {
+            RuntimeKind::Vm => {
+                let (tap, info): (OwnedFd, TapInfo) =
+                    redirect_tap_and_veth(&attachment.netns, &attachment.ifname, TAP_NAME, None)
+                        .map_err(|e| undo(e.into()))?;
+                if u16::try_from(info.mtu).is_err() {
+                    return Err(undo(PodNetworkError::Mtu(info.mtu)));
+                }
+                (Some(Arc::new(tap)), info.mac, info.mtu)
+            }
+            // The containers join the namespace and use its veth as it is.
+            RuntimeKind::Container => (None, MacAddr(attachment.mac), attachment.mtu),
+        };
         if attachment.addresses().is_empty() {
             return Err(undo(PodNetworkError::NoAddress));
         }
         Ok(Some(PodNetwork {
             attachment,
-            tap: Arc::new(tap),
-            tap_info,
+            tap,
+            mac,
+            mtu,
             state_file: setup.state_file,
             ports: Mutex::new(Some(ports)),
         }))
     }
 
-    /// The VM's NIC: the tap, with the veth's MAC and MTU.
-    pub fn vm_net(&self) -> PodVmNet {
-        PodVmNet {
-            tap: self.tap.clone(),
-            mac: self.tap_info.mac.to_string(),
+    /// The VM's NIC: the tap, with the veth's MAC and MTU (none without a tap).
+    pub fn vm_net(&self) -> Option<PodVmNet> {
+        Some(PodVmNet {
+            tap: self.tap.clone()?,
+            mac: self.mac.to_string(),
             // Checked in `set_up`.
-            mtu: u16::try_from(self.tap_info.mtu).unwrap_or(u16::MAX),
-        }
+            mtu: u16::try_from(self.mtu).unwrap_or(u16::MAX),
+        })
     }
 
     /// What the agent configures in the guest ([`guest_network`]).
     pub fn sandbox(&self) -> SandboxNetwork {
-        guest_network(
-            &self.attachment,
-            &self.tap_info.mac.to_string(),
-            self.tap_info.mtu,
-        )
+        guest_network(&self.attachment, &self.mac.to_string(), self.mtu)
     }
 
     /// The pod's resolvers (never a loopback stub of the host).
@@ -148,8 +157,8 @@ impl PodNetwork {
                 .iter()
                 .map(|c| format!("{}/{}", c.addr, c.prefix_len))
                 .collect(),
-            mac: self.tap_info.mac.to_string(),
-            mtu: self.tap_info.mtu,
+            mac: self.mac.to_string(),
+            mtu: self.mtu,
             netns: self.attachment.netns.clone(),
             host_interface: self
                 .attachment

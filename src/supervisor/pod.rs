@@ -35,7 +35,7 @@ use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FsType, MountSource, MountSpec, ProcessRef, ProcessSpec,
     RootfsSpec, SandboxSpec, SandboxVolume, SandboxVolumeKind, StreamKind,
 };
-use crate::runtime::{PodVm, PodVmConfig};
+use crate::runtime::{PodSandbox, RuntimeKind, SandboxConfig};
 use crate::secret::SecretStore;
 
 /// How long a container's output may trail its exit before the exit is reported anyway.
@@ -55,7 +55,9 @@ const MAX_DISKS: usize = 17;
 #[derive(Debug, thiserror::Error)]
 pub enum PodRunError {
     #[error("{0}")]
-    Vm(#[from] crate::runtime::PodVmError),
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("{0}")]
+    Endpoint(#[from] crate::runtime::EndpointError),
     #[error("{what}: {source}")]
     Agent {
         what: String,
@@ -109,7 +111,8 @@ pub struct RunningPod {
     registry: Registry,
     state: Mutex<PodState>,
     changed: Condvar,
-    vm: Mutex<Option<PodVm>>,
+    /// The pod VM, or the host agent of a container-runtime pod.
+    sandbox: Mutex<Option<Box<dyn PodSandbox>>>,
     /// Init containers first, then the regular ones: the order of `state.containers`.
     containers: Vec<Container>,
     next_exec: AtomicU64,
@@ -132,16 +135,19 @@ fn device_name(index: usize) -> String {
     format!("/dev/vd{letter}")
 }
 
-/// How the pod VM ended, waiting a moment for its VMM to exit after the agent's connection
-/// broke; what a lost connection means for the user.
-fn vm_end(vm: &mut PodVm) -> String {
+/// How the pod's sandbox ended, waiting a moment for its process to exit after the agent's
+/// connection broke; what a lost connection means for the user.
+fn sandbox_end(sandbox: &mut dyn PodSandbox) -> String {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        if let Some(exit) = vm.try_exit() {
-            return format!("the pod VM ended: {}", exit.reason());
+        if let Some(why) = sandbox.try_end() {
+            return why;
         }
         if Instant::now() >= deadline {
-            return "the pod VM still runs (its agent closed the connection)".into();
+            return format!(
+                "{} still runs (its agent closed the connection)",
+                sandbox.noun()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -261,7 +267,7 @@ impl RunningPod {
             registry,
             state: Mutex::new(state),
             changed: Condvar::new(),
-            vm: Mutex::new(None),
+            sandbox: Mutex::new(None),
             containers,
             next_exec: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
@@ -288,14 +294,15 @@ impl RunningPod {
         Ok(())
     }
 
-    /// Boots the pod VM and creates its containers; the pod is `Created` when this returns
-    /// `Ok`. On an error nothing of the VM is left running.
-    pub fn boot(&'static self, config: PodVmConfig) -> Result<(), PodRunError> {
-        let booted = self.boot_vm(config);
+    /// Starts the pod's sandbox (its VM, or its host agent) and creates its containers; the
+    /// pod is `Created` when this returns `Ok`. On an error nothing of the sandbox is left
+    /// running.
+    pub fn boot(&'static self, config: SandboxConfig) -> Result<(), PodRunError> {
+        let booted = self.boot_sandbox(config);
         if booted.is_err()
-            && let Some(vm) = lock(&self.vm).take()
+            && let Some(sandbox) = lock(&self.sandbox).take()
         {
-            drop(vm);
+            drop(sandbox);
         }
         booted
     }
@@ -308,7 +315,8 @@ impl RunningPod {
             .chain(self.spec.containers.iter())
     }
 
-    fn boot_vm(&'static self, mut config: PodVmConfig) -> Result<(), PodRunError> {
+    fn boot_sandbox(&'static self, mut config: SandboxConfig) -> Result<(), PodRunError> {
+        let runtime = config.kind();
         let secrets = SecretStore::new(self.registry.dirs().store.with_file_name("secrets"));
         // Disks in guest order: each container's image, then its `-v` snapshots, then the
         // pod's host snapshots.
@@ -322,8 +330,15 @@ impl RunningPod {
         }
         let mut roots = Vec::new();
         for c in self.configs() {
-            roots.push(device_name(disks.len()));
-            disks.push((c.disk.clone(), true));
+            match runtime {
+                // The image is the VM's next disk.
+                RuntimeKind::Vm => {
+                    roots.push(device_name(disks.len()));
+                    disks.push((c.disk.clone(), true));
+                }
+                // The unpacked image's directory, bound by the host agent.
+                RuntimeKind::Container => roots.push(c.disk.display().to_string()),
+            }
             let mut mounts = Vec::new();
             for v in &c.volumes {
                 mounts.push(MountSpec {
@@ -418,16 +433,24 @@ impl RunningPod {
             *lock(&c.agent_spec) = Some(spec);
         }
 
-        config.disks = disks;
         let network = self.network.get();
-        config.net = network.map(super::network::PodNetwork::vm_net);
-        let mut vm = PodVm::start(&config)?;
+        match &mut config {
+            SandboxConfig::Vm(vm) => {
+                vm.disks = disks;
+                vm.net = network.and_then(super::network::PodNetwork::vm_net);
+            }
+            SandboxConfig::Container(host) => {
+                host.netns = network.map(|n| n.attachment.netns.clone());
+            }
+        }
+        let mut sandbox = crate::runtime::start(&config)?;
         {
             let mut state = lock(&self.state);
-            state.vmm_pid = vm.vmm_pid();
+            state.vmm_pid = sandbox.pid();
             self.save(&state);
         }
-        vm.client()
+        sandbox
+            .client()
             .create_sandbox(&SandboxSpec {
                 hostname: self.spec.hostname.clone(),
                 entropy_seed: host_seed(),
@@ -442,7 +465,7 @@ impl RunningPod {
         if let Some(network) = network {
             network.forward_ports();
         }
-        *lock(&self.vm) = Some(vm);
+        *lock(&self.sandbox) = Some(sandbox);
         for c in self.containers.iter().filter(|c| !c.init) {
             self.create_and_attach(c)?;
         }
@@ -454,28 +477,28 @@ impl RunningPod {
         let spec = lock(&c.agent_spec)
             .clone()
             .ok_or_else(|| PodRunError::Spec(format!("container {} was never set up", c.name)))?;
-        let mut vm = lock(&self.vm);
-        let vm = vm
+        let mut sandbox = lock(&self.sandbox);
+        let sandbox = sandbox
             .as_mut()
-            .ok_or_else(|| PodRunError::Spec("the pod VM is gone".into()))?;
-        if let Err(e) = vm.client().create_container(&spec) {
+            .ok_or_else(|| PodRunError::Spec("the pod's sandbox is gone".into()))?;
+        if let Err(e) = sandbox.client().create_container(&spec) {
             return Err(match e {
-                // The connection went away: say how the VM ended, when it did.
+                // The connection went away: say how the sandbox ended, when it did.
                 ClientError::Frame { .. } => PodRunError::Spec(format!(
                     "creating container {}: {e}; {}",
                     c.name,
-                    vm_end(vm)
+                    sandbox_end(sandbox.as_mut())
                 )),
                 other => agent(format!("creating container {}", c.name))(other),
             });
         }
         let main = ProcessRef::container(&c.name);
-        let attach = |kind| vm.attach(&main, kind).map_err(PodRunError::Vm);
+        let attach = |kind| sandbox.attach(&main, kind).map_err(PodRunError::Endpoint);
         if spec.process.tty {
             let pty = attach(StreamKind::Pty)?;
-            let input = pty
-                .try_clone()
-                .map_err(|e| PodRunError::Vm(crate::runtime::PodVmError::TempDir(e)))?;
+            let input = pty.try_clone().map_err(|e| {
+                PodRunError::Spec(format!("cannot copy the pty stream of {}: {e}", c.name))
+            })?;
             *lock(&c.stdin) = Some(input);
             self.pump(c, pty, LogStream::Stdout);
         } else {
@@ -684,7 +707,7 @@ impl RunningPod {
                     first_error.get_or_insert((i, message));
                 }
             }
-            let control = lock(&self.vm).as_ref().map(|vm| vm.control());
+            let control = lock(&self.sandbox).as_ref().map(|s| s.control());
             match control {
                 Some(Ok(client)) => {
                     std::thread::spawn(move || self.follow_container(i, client));
@@ -694,7 +717,7 @@ impl RunningPod {
                     self.finish(Some(why.clone()));
                     return Err((why, None));
                 }
-                None => return Err(("the pod VM is gone".into(), None)),
+                None => return Err(("the pod's sandbox is gone".into(), None)),
             }
         }
         self.changed.notify_all();
@@ -715,9 +738,9 @@ impl RunningPod {
             return Err(("no such container".into(), None));
         };
         let started = {
-            let mut vm = lock(&self.vm);
-            let Some(vm) = vm.as_mut() else {
-                return Err(("the pod VM is gone".into(), None));
+            let mut sandbox = lock(&self.sandbox);
+            let Some(vm) = sandbox.as_mut() else {
+                return Err(("the pod's sandbox is gone".into(), None));
             };
             vm.client().start_container(&c.name)
         };
@@ -753,7 +776,7 @@ impl RunningPod {
         let Some(c) = self.containers.get(index) else {
             return Err(("no such container".into(), None));
         };
-        let client = lock(&self.vm).as_ref().map(|vm| vm.control());
+        let client = lock(&self.sandbox).as_ref().map(|s| s.control());
         let mut client = match client {
             Some(Ok(client)) => client,
             Some(Err(e)) => return Err((e.to_string(), None)),
@@ -855,10 +878,10 @@ impl RunningPod {
             let status = match client.wait(&ProcessRef::container(&c.name)) {
                 Ok(s) => s,
                 Err(e) => {
-                    // The agent is gone: the VM ended under the pod.
-                    let why = match lock(&self.vm).as_mut().and_then(|vm| vm.try_exit()) {
-                        Some(exit) => format!("the pod VM ended: {}", exit.reason()),
-                        None => format!("lost the pod VM's agent: {e}"),
+                    // The agent is gone: the sandbox ended under the pod.
+                    let why = match lock(&self.sandbox).as_mut().and_then(|s| s.try_end()) {
+                        Some(why) => why,
+                        None => format!("lost the pod's agent: {e}"),
                     };
                     self.finish(Some(why));
                     return;
@@ -910,9 +933,10 @@ impl RunningPod {
     fn restart(&'static self, index: usize) -> Result<(), String> {
         let c = self.containers.get(index).ok_or("no such container")?;
         {
-            let mut vm = lock(&self.vm);
-            let vm = vm.as_mut().ok_or("the pod VM is gone")?;
-            vm.client()
+            let mut sandbox = lock(&self.sandbox);
+            let sandbox = sandbox.as_mut().ok_or("the pod's sandbox is gone")?;
+            sandbox
+                .client()
                 .remove_container(&c.name)
                 .map_err(|e| format!("removing it: {e}"))?;
         }
@@ -937,8 +961,8 @@ impl RunningPod {
             return Err(format!("the pod has no container {name}"));
         }
         let state = self.state();
-        let vm = lock(&self.vm);
-        let Some(vm) = vm.as_ref() else {
+        let sandbox = lock(&self.sandbox);
+        let Some(vm) = sandbox.as_ref() else {
             return Err("the pod is not running".into());
         };
         let mut errors = Vec::new();
@@ -1000,8 +1024,8 @@ impl RunningPod {
         let exec_id = format!("exec-{}", self.next_exec.fetch_add(1, Ordering::Relaxed));
         let process_ref = ProcessRef::exec(&c.name, &exec_id);
         let (mut control, mut waiter, handle) = {
-            let vm = lock(&self.vm);
-            let vm = vm.as_ref().ok_or("the pod is not running")?;
+            let sandbox = lock(&self.sandbox);
+            let vm = sandbox.as_ref().ok_or("the pod is not running")?;
             let control = vm.control().map_err(|e| e.to_string())?;
             let waiter = vm.control().map_err(|e| e.to_string())?;
             (control, waiter, vm.process_handle(&process_ref))
@@ -1018,8 +1042,8 @@ impl RunningPod {
         let mut outputs: Vec<(UnixStream, bool)> = Vec::new();
         let mut input = None;
         if start_error.is_none() {
-            let vm = lock(&self.vm);
-            let vm = vm.as_ref().ok_or("the pod is not running")?;
+            let sandbox = lock(&self.sandbox);
+            let vm = sandbox.as_ref().ok_or("the pod is not running")?;
             let attach = |kind| vm.attach(&process_ref, kind).map_err(|e| e.to_string());
             if tty {
                 let pty = attach(StreamKind::Pty)?;
@@ -1103,15 +1127,15 @@ impl RunningPod {
     /// Powers the VM off (or kills it) and records how the pod ended. `failure` makes it
     /// `Failed` with that reason; otherwise `Exited` with the first container's code.
     pub fn finish(&self, failure: Option<String>) {
-        let vm = lock(&self.vm).take();
-        if let Some(vm) = vm {
+        let sandbox = lock(&self.sandbox).take();
+        if let Some(sandbox) = sandbox {
             if failure.is_some() {
-                drop(vm);
-            } else if let Err(e) = vm.shutdown() {
-                tracing::warn!("the pod VM did not shut down cleanly: {e}");
+                drop(sandbox);
+            } else if let Err(e) = sandbox.shutdown() {
+                tracing::warn!("the pod's sandbox did not shut down cleanly: {e}");
             }
         }
-        // The VM is gone: release its network (CNI DEL, namespace, IP lease).
+        // The sandbox is gone: release its network (CNI DEL, namespace, IP lease).
         if let Some(network) = self.network.get() {
             match network.tear_down() {
                 Ok(()) => lock(&self.state).network = None,

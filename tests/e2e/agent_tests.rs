@@ -16,7 +16,7 @@ use peapod::protocol::{
     ContainerSpec, ExitStatus, MountSource, MountSpec, ProcessRef, ProcessSpec, Resources,
     RootfsSpec, SandboxSpec, SandboxVolume, SandboxVolumeKind, StreamKind,
 };
-use peapod::runtime::container::detect_fs_type;
+use peapod::runtime::oneshot::detect_fs_type;
 use peapod::runtime::{PodVm, PodVmConfig};
 use peapod::vmm::program::VmmProgram;
 

@@ -161,7 +161,7 @@ fn default_guest_artifacts_missing() -> Option<String> {
     if let Err(e) = peapod::guest_kernel::default_kernel() {
         return Some(format!("{e} (scripts/setup builds it)"));
     }
-    peapod::runtime::container::default_agent_initramfs()
+    peapod::runtime::oneshot::default_agent_initramfs()
         .err()
         .map(|e| format!("{e} (scripts/setup builds it)"))
 }

@@ -629,6 +629,7 @@ fn write_exited_pod(dirs: &peapod::pod::PodDirs, id: &str, name: &str) -> Result
         labels: Default::default(),
         annotations: Default::default(),
         network: Default::default(),
+        runtime: Default::default(),
     };
     write_json_atomic(
         &dirs.record_path(&id),

@@ -47,6 +47,9 @@ pub use quantity::{cpu_millis, memory_bytes};
 pub const VM_CPUS_ANNOTATION: &str = "peapod.dev/vm-cpus";
 /// The annotation that sets the pod VM's memory (a quantity, 64Mi to 64Gi).
 pub const VM_MEMORY_ANNOTATION: &str = "peapod.dev/vm-memory";
+/// The annotation that picks the pod's runtime: `vm` (a microVM per pod) or `container`
+/// (plain containers on the host's kernel); without it, `pod apply --runtime` decides.
+pub const RUNTIME_ANNOTATION: &str = "peapod.dev/runtime";
 /// Guest memory added to the containers' memory limits for the guest kernel and agent.
 pub const VM_MEMORY_OVERHEAD_MIB: u64 = 128;
 /// Guest memory of a pod none of whose containers has a memory limit.
@@ -108,6 +111,8 @@ pub struct KubePod {
     pub containers: Vec<KubeContainer>,
     /// From [`vm_size`].
     pub vm: VmSize,
+    /// From the [`RUNTIME_ANNOTATION`], when the pod has one.
+    pub runtime: Option<crate::runtime::RuntimeKind>,
 }
 
 /// Kubernetes' `imagePullPolicy`.

@@ -6,8 +6,8 @@ use std::path::{Component, Path};
 
 use super::node::{Class, Ctx, Field, Fields, Node, Table, Value};
 use super::{
-    FieldError, KeyRef, KubeContainer, KubeError, KubePod, PullPolicy, is_dns_label,
-    is_dns_subdomain, label_message, quantity, vm_size,
+    FieldError, KeyRef, KubeContainer, KubeError, KubePod, PullPolicy, RUNTIME_ANNOTATION,
+    is_dns_label, is_dns_subdomain, label_message, quantity, vm_size,
 };
 use crate::pod::spec::{
     CONTAINERS, PodVolume, PodVolumeSource, PortProtocol, PortSpec, RestartPolicy, SecretEnv,
@@ -407,8 +407,20 @@ pub(super) fn parse(ctx: &mut Ctx, doc: &Node) -> Result<(KubePod, Vec<KeyRef>),
             ctx.err(line, &path, message)
         },
     )?;
+    let runtime = match annotations.get(RUNTIME_ANNOTATION) {
+        None => None,
+        Some(value) => Some(crate::runtime::RuntimeKind::parse(value).ok_or_else(|| {
+            let line = top.get("metadata").map_or(doc.line, |m| m.line);
+            ctx.err(
+                line,
+                &format!("metadata.annotations[\"{RUNTIME_ANNOTATION}\"]"),
+                format!("{value:?} is not a runtime: give vm or container"),
+            )
+        })?),
+    };
     Ok((
         KubePod {
+            runtime,
             name,
             labels,
             annotations,

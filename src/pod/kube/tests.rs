@@ -77,6 +77,17 @@ fn bad_documents_are_refused_naming_the_field() {
             &["spec.containers[0].image: required"],
         ),
         (
+            "unknown runtime",
+            pod("", "").replace(
+                "name: p\n",
+                "name: p\n  annotations:\n    peapod.dev/runtime: kata\n",
+            ),
+            &[
+                "metadata.annotations[\"peapod.dev/runtime\"]",
+                "\"kata\" is not a runtime: give vm or container",
+            ],
+        ),
+        (
             "slash in a name",
             pod("", "").replace("name: p\n", "name: a/b\n"),
             &["metadata.name", "\"a/b\" is not a valid name"],
@@ -245,6 +256,23 @@ fn secret_values_never_appear_in_messages() {
         "{debug}"
     );
     assert!(debug.contains("<redacted, 7 bytes>"), "{debug}");
+}
+
+#[test]
+fn the_runtime_annotation_picks_the_isolation_model() {
+    let with = |value: &str| {
+        pod("", "").replace(
+            "name: p\n",
+            &format!("name: p\n  annotations:\n    {RUNTIME_ANNOTATION}: {value}\n"),
+        )
+    };
+    let runtime = |yaml: &str| parse_documents(yaml).unwrap().pods[0].runtime;
+    assert_eq!(
+        runtime(&with("container")),
+        Some(crate::runtime::RuntimeKind::Container)
+    );
+    assert_eq!(runtime(&with("vm")), Some(crate::runtime::RuntimeKind::Vm));
+    assert_eq!(runtime(&pod("", "")), None);
 }
 
 #[test]

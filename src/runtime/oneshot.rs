@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::vm::{PodVm, PodVmConfig, PodVmError, ProcessHandle};
+use super::endpoint::ProcessHandle;
+use super::vm::{PodVm, PodVmConfig, PodVmError};
 use crate::protocol::client::ClientError;
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FsType, ProcessRef, ProcessSpec, Resources, RootfsSpec,

@@ -1,0 +1,227 @@
+//! `peapod host-agent` (hidden): a host pod's agent process, the container runtime's
+//! counterpart of a pod VM. It runs the guest agent's own code ([`crate::agent::server::Agent`])
+//! with the pod's host [`PodLayout`], and serves the same protocol on Unix sockets in the pod's
+//! run directory (see [`crate::runtime::endpoint`]).
+//!
+//! Before any thread starts it takes a mount namespace of its own (every mount it and its
+//! containers make stays out of the host's mount table and ends with the pod), and it becomes
+//! a child subreaper (processes orphaned in the pod are its to reap, as PID 1's in a VM). On a
+//! host whose `/` is the initial ramfs (the test bed's L1 runs from its initramfs), where
+//! `pivot_root` is refused, it first moves its root onto a bind mount of `/`, so that every
+//! container still gets `pivot_root` rather than a chroot it could leave.
+//!
+//! When the supervisor asks it to shut down it kills the pod's processes, removes the pod's
+//! cgroup and directories ([`super::leftovers`]) and exits 0.
+
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+
+use super::leftovers;
+use crate::agent::layout::{PodLayout, PodNetns};
+use crate::agent::os::{Os, RealOs};
+use crate::agent::process::Reaper;
+use crate::agent::server::{self, Agent};
+use crate::pod::id::PodId;
+use crate::protocol::{CONTROL_PORT, STDIO_PORT};
+use crate::runtime::endpoint::AgentEndpoint;
+
+/// Where the cgroup v2 hierarchy must be mounted.
+const CGROUP2_ROOT: &str = "/sys/fs/cgroup";
+/// Where the agent's root is re-bound on a host that runs from its initramfs, in the pod's
+/// run directory.
+const BOUND_ROOT: &str = "root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostAgentError {
+    #[error(
+        "this host has no cgroup v2 hierarchy at {CGROUP2_ROOT} (cgroup v1 or none): the \
+         container runtime needs the unified hierarchy; boot the host with \
+         systemd.unified_cgroup_hierarchy=1, or run the pod in a VM (--runtime vm)"
+    )]
+    NoCgroup2,
+    #[error("cannot {what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sys(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> HostAgentError {
+    let what = what.into();
+    move |e| HostAgentError::Sys {
+        what,
+        source: e.into(),
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostAgentError {
+    let what = what.into();
+    move |source| HostAgentError::Sys { what, source }
+}
+
+/// What `peapod host-agent` gets from the supervisor.
+#[derive(Debug, Clone)]
+pub struct HostAgentArgs {
+    pub id: PodId,
+    /// [`crate::pod::PodDirs::run`]: the pod's directory is `run_root/<id>`.
+    pub run_root: PathBuf,
+    /// The pod's CNI network namespace; `None`: the agent makes a loopback-only one.
+    pub netns: Option<PathBuf>,
+}
+
+/// The pod's layout as the host agent uses it.
+pub fn layout(args: &HostAgentArgs) -> PodLayout {
+    let mut layout = PodLayout::host(&args.id, &args.run_root);
+    layout.pod_netns = match &args.netns {
+        Some(path) => PodNetns::Given(path.clone()),
+        None => PodNetns::Make(layout.run_dir.join("netns")),
+    };
+    layout
+}
+
+/// The container runtime's cgroups are cgroup v2's.
+pub fn check_cgroup2() -> Result<(), HostAgentError> {
+    match Path::new(CGROUP2_ROOT).join("cgroup.controllers").exists() {
+        true => Ok(()),
+        false => Err(HostAgentError::NoCgroup2),
+    }
+}
+
+/// Runs the host agent; returns only on a setup error (the agent exits when shut down).
+pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
+    check_cgroup2()?;
+    let layout = layout(&args);
+    // Still one thread: the mount namespace is the whole process's.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare the mount namespace"))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("make the mounts private"))?;
+    if root_is_initramfs() {
+        enter_bound_root(&layout.run_dir.join(BOUND_ROOT))?;
+    }
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a child subreaper"))?;
+    let os: Arc<dyn Os> = Arc::new(RealOs);
+    crate::agent::init::prepare_pod(os.as_ref(), &layout)
+        .map_err(io("prepare the pod's cgroup and directories"))?;
+    let reaper = Reaper::new();
+    reaper.start();
+    let agent = Agent::new(os, reaper, layout.clone());
+    let listen = |port| {
+        let path = AgentEndpoint::unix_socket(&layout.run_dir, port);
+        let _ = std::fs::remove_file(&path);
+        UnixListener::bind(&path).map_err(io(format!("listen on {}", path.display())))
+    };
+    let stdio = listen(STDIO_PORT)?;
+    let control = listen(CONTROL_PORT)?;
+    let a = Arc::clone(&agent);
+    std::thread::spawn(move || server::serve(stdio, move |conn| a.serve_stream(conn)));
+    eprintln!(
+        "peapod host-agent: ready for pod {} in {}",
+        args.id.short(),
+        layout.run_dir.display()
+    );
+    server::serve(control, move |mut conn| {
+        if agent.serve_control(&mut conn) {
+            end(agent.layout());
+        }
+    });
+    end(&layout)
+}
+
+/// Removes the pod's processes, cgroup and directories, then exits.
+fn end(layout: &PodLayout) -> ! {
+    let code = match leftovers::remove(layout) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("peapod host-agent: {e}");
+            1
+        }
+    };
+    for port in [CONTROL_PORT, STDIO_PORT] {
+        let _ = std::fs::remove_file(AgentEndpoint::unix_socket(&layout.run_dir, port));
+    }
+    let _ = std::fs::remove_dir(layout.run_dir.join(BOUND_ROOT));
+    std::process::exit(code)
+}
+
+/// Whether `/` is the kernel's initial ramfs (`rootfs` in the mount table), where
+/// `pivot_root` is refused.
+fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| root_fs_type(&info) == Some("rootfs"))
+        .unwrap_or(false)
+}
+
+/// The filesystem type of the mount at `/` in a mountinfo text (the last one mounted
+/// there).
+fn root_fs_type(mountinfo: &str) -> Option<&str> {
+    mountinfo
+        .lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .find_map(|l| l.split(" - ").nth(1)?.split(' ').next())
+}
+
+/// Binds `/` (recursively) on `at` and makes that this process's root: a root with a parent
+/// mount, from which its containers can `pivot_root`.
+fn enter_bound_root(at: &Path) -> Result<(), HostAgentError> {
+    std::fs::create_dir_all(at).map_err(io(format!("create {}", at.display())))?;
+    nix::mount::mount(
+        Some("/"),
+        at,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys(format!("bind / on {}", at.display())))?;
+    nix::unistd::chroot(at).map_err(sys(format!("change root to {}", at.display())))?;
+    nix::unistd::chdir("/").map_err(sys("change to the new root"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_filesystem_type_is_the_last_mount_on_slash() {
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                         22 1 0:20 / /proc rw,nosuid - proc proc rw\n";
+        assert_eq!(root_fs_type(initramfs), Some("rootfs"));
+        let disk = "1 1 0:2 / / rw - rootfs rootfs rw\n\
+                    25 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n";
+        assert_eq!(root_fs_type(disk), Some("ext4"));
+        assert_eq!(root_fs_type(""), None);
+    }
+
+    #[test]
+    fn a_pod_without_a_network_gets_a_namespace_of_its_own_in_its_directory() {
+        let id = PodId::parse(&"d".repeat(64)).unwrap();
+        let run = Path::new("/run/peapod");
+        let own = layout(&HostAgentArgs {
+            id: id.clone(),
+            run_root: run.into(),
+            netns: None,
+        });
+        assert_eq!(
+            own.pod_netns,
+            PodNetns::Make(run.join(id.as_str()).join("netns"))
+        );
+        let cni = layout(&HostAgentArgs {
+            id,
+            run_root: run.into(),
+            netns: Some("/run/netns/peapod-x".into()),
+        });
+        assert_eq!(cni.pod_netns, PodNetns::Given("/run/netns/peapod-x".into()));
+        assert!(!cni.set_hostname_of_machine && !cni.seed_entropy);
+    }
+}

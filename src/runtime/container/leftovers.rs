@@ -1,0 +1,250 @@
+//! What a host pod leaves on the host when it ends, and removing it: its cgroup (with any
+//! process still in it) and the layout's directories in its run directory. Called by the host
+//! agent as it ends, by its supervisor once the agent has exited (whatever way it did), and by
+//! `peapod rm` for a pod whose supervisor died; each call is safe to repeat.
+//!
+//! The containers' mounts are never on this list: they live in the host agent's mount
+//! namespace and end with it. The removal refuses to cross a mount point all the same, so
+//! that a bug elsewhere can cost a leftover directory but never the files of a filesystem
+//! mounted under the pod's directory (an image, a volume).
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::agent::layout::{PodLayout, PodNetns};
+
+/// How long the processes of a killed cgroup may take to go.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeftoverError {
+    #[error(
+        "cannot remove the pod's cgroup {path}: {source} (processes still in it: see \
+         {path}/cgroup.procs)"
+    )]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{0} is a mount point inside the pod's directory; it was left in place (unmount it, \
+         then remove the pod again)"
+    )]
+    MountPoint(PathBuf),
+}
+
+/// Kills whatever runs in the pod's cgroup and removes the cgroup, then the pod's
+/// directories (the run directory itself stays: the supervisor's files are there).
+pub fn remove(layout: &PodLayout) -> Result<(), LeftoverError> {
+    let cgroup = remove_cgroup(&layout.cgroup_parent);
+    let mut dirs = Ok(());
+    for dir in [&layout.containers_dir, &layout.pod_etc, &layout.volumes_dir] {
+        if let Err(e) = remove_tree(dir) {
+            dirs = dirs.and(Err(e));
+        }
+    }
+    if let PodNetns::Make(file) = &layout.pod_netns {
+        match fs::remove_file(file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                dirs = dirs.and(Err(LeftoverError::Dir {
+                    path: file.clone(),
+                    source,
+                }))
+            }
+        }
+    }
+    cgroup.and(dirs)
+}
+
+/// Kills every process in the cgroup tree at `path` (`cgroup.kill`), waits for them to go,
+/// and removes the tree, innermost first. Nothing there: nothing to do.
+pub fn remove_cgroup(path: &Path) -> Result<(), LeftoverError> {
+    if !path.is_dir() {
+        return Ok(());
+    }
+    let err = |source| LeftoverError::Cgroup {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Linux 5.14+: SIGKILL to the whole subtree at once, no race with forks.
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + KILL_WAIT;
+    while populated(path) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove_cgroup_dirs(path).map_err(err)
+}
+
+/// Whether the cgroup tree still has processes (`populated 1` in `cgroup.events`).
+fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .map(|events| events.lines().any(|l| l.trim() == "populated 1"))
+        .unwrap_or(false)
+}
+
+fn remove_cgroup_dirs(path: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup_dirs(&entry.path())?;
+        }
+    }
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes `dir` and what is under it, never crossing into another filesystem (a mount
+/// point is left and reported).
+pub fn remove_tree(dir: &Path) -> Result<(), LeftoverError> {
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(LeftoverError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let parent_dev = dir
+        .parent()
+        .and_then(|p| fs::metadata(p).ok())
+        .map_or(meta.dev(), |m| m.dev());
+    remove_on_device(dir, &meta, parent_dev)
+}
+
+fn remove_on_device(path: &Path, meta: &fs::Metadata, dev: u64) -> Result<(), LeftoverError> {
+    let err = |source| LeftoverError::Dir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if meta.dev() != dev {
+        return Err(LeftoverError::MountPoint(path.to_path_buf()));
+    }
+    if !meta.is_dir() {
+        return match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
+            _ => Ok(()),
+        };
+    }
+    let mut first = Ok(());
+    for entry in fs::read_dir(path).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let child = entry.path();
+        let result = fs::symlink_metadata(&child)
+            .map_err(|source| LeftoverError::Dir {
+                path: child.clone(),
+                source,
+            })
+            .and_then(|m| remove_on_device(&child, &m, dev));
+        if let Err(e) = result {
+            first = first.and(Err(e));
+        }
+    }
+    first?;
+    match fs::remove_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::id::PodId;
+
+    #[test]
+    fn the_pods_directories_go_and_its_run_directory_stays() {
+        let run = tempfile::tempdir().unwrap();
+        let id = PodId::parse(&"c".repeat(64)).unwrap();
+        let mut layout = PodLayout::host(&id, run.path());
+        // A cgroup that does not exist is nothing to do.
+        layout.cgroup_parent = run.path().join("no-cgroup");
+        layout.pod_netns = PodNetns::Make(layout.run_dir.join("netns"));
+        for dir in layout.pod_dirs() {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let deep = layout.containers_dir.join("web/rw/upper/etc");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("passwd"), "root").unwrap();
+        std::os::unix::fs::symlink("/etc", layout.containers_dir.join("web/link")).unwrap();
+        fs::write(layout.pod_etc.join("hosts"), "").unwrap();
+        fs::write(layout.pod_netns.path(), "").unwrap();
+        fs::write(layout.run_dir.join("state.json"), "{}").unwrap();
+        remove(&layout).unwrap();
+        assert!(!layout.containers_dir.exists());
+        assert!(!layout.pod_etc.exists() && !layout.volumes_dir.exists());
+        assert!(!layout.pod_netns.path().exists());
+        assert!(layout.run_dir.join("state.json").exists());
+        // The symlink went, not what it pointed to.
+        assert!(Path::new("/etc/passwd").exists());
+        // Again: nothing left, nothing to do.
+        remove(&layout).unwrap();
+    }
+
+    #[test]
+    fn a_mount_point_under_the_pod_is_left_and_named() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("pod/containers/web/lower");
+        fs::create_dir_all(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        fs::write(mnt.join("precious"), "keep").unwrap();
+        let result = remove_tree(&dir.path().join("pod"));
+        let kept = mnt.join("precious").exists();
+        nix::mount::umount(&mnt).unwrap();
+        assert!(kept, "a file on the mounted filesystem was removed");
+        match result {
+            Err(LeftoverError::MountPoint(p)) => assert_eq!(p, mnt),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cgroup_tree_is_emptied_and_removed() {
+        let root = Path::new("/sys/fs/cgroup");
+        if !root.join("cgroup.controllers").exists() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root and cgroup v2 at /sys/fs/cgroup");
+            return;
+        }
+        let pod = root.join(format!("peapod-test-leftovers-{}", std::process::id()));
+        let container = pod.join("main");
+        fs::create_dir_all(&container).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        fs::write(container.join("cgroup.procs"), child.id().to_string()).unwrap();
+        remove_cgroup(&pod).unwrap();
+        let status = child.wait().unwrap();
+        assert!(!pod.exists());
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+    }
+}

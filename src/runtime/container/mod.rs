@@ -1,0 +1,319 @@
+//! The container runtime: a pod's containers directly on the host's kernel, with the same
+//! agent code, protocol, supervisor, logs and state as a pod VM.
+//!
+//! [`HostPod::start`] starts `peapod host-agent` ([`agent`]) for the pod, with its stderr in
+//! `host-agent.log` in the pod's run directory, and connects to its control socket until it
+//! answers, it exits, or the timeout passes (the last two are errors quoting the log). The
+//! agent dies with the thread that started it (`PR_SET_PDEATHSIG`), as a VMM does; whatever it
+//! leaves (its containers keep running when it is killed, unlike a VM's) is removed by
+//! [`leftovers::remove`] once it has exited, here or by `peapod rm`.
+//!
+//! Where the VM runtime puts a kernel boundary, this one gives each container what runc and
+//! docker give: its own mount, PID, UTS and IPC namespaces, the pod's network namespace, an
+//! overlay root, a cgroup under `peapod.slice/pod-<id>`, and the hardening of container setup
+//! (capabilities, no_new_privs, seccomp, masked paths).
+
+pub mod agent;
+pub mod leftovers;
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::endpoint::{AgentEndpoint, EndpointError};
+use super::{PodSandbox, RuntimeError, RuntimeKind};
+use crate::agent::layout::PodLayout;
+use crate::pod::id::PodId;
+use crate::protocol::CONTROL_PORT;
+use crate::protocol::client::{Client, ClientError};
+
+/// How long the host agent may take to exit once asked to shut down.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Log lines quoted in errors.
+const LOG_TAIL_LINES: usize = 20;
+/// The host agent's log, in the pod's run directory.
+pub const HOST_AGENT_LOG: &str = "host-agent.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostPodError {
+    #[error(
+        "the container runtime needs root (it makes namespaces, cgroups and mounts): run \
+         peapod as root, or use --runtime vm"
+    )]
+    NotRoot,
+    #[error(transparent)]
+    Host(#[from] HostAgentError),
+    #[error("cannot create the host agent's log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the pod's host agent ({program}): {source}")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the pod's host agent ended ({status}) before it answered; its log says:\n{log}")]
+    Ended {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error(
+        "the pod's host agent did not answer within {timeout:?}; its log ({path}) says:\n{log}"
+    )]
+    Timeout {
+        timeout: Duration,
+        path: PathBuf,
+        log: String,
+    },
+    #[error("{what}: {source}")]
+    Agent {
+        what: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("waiting for the host agent: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("the host agent did not exit within {0:?} of its shutdown; killed it")]
+    ShutdownTimeout(Duration),
+    #[error(transparent)]
+    Leftovers(#[from] leftovers::LeftoverError),
+}
+
+/// Whether this host can run container-runtime pods: checked before a pod is made.
+pub fn check_host() -> Result<(), HostPodError> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err(HostPodError::NotRoot);
+    }
+    agent::check_cgroup2()?;
+    Ok(())
+}
+
+/// What starts a host pod.
+#[derive(Debug, Clone)]
+pub struct HostPodConfig {
+    /// The peapod binary (`host-agent` is one of its verbs).
+    pub program: PathBuf,
+    pub id: PodId,
+    /// [`crate::pod::PodDirs::run`]; the pod's directory `run_root/<id>` exists.
+    pub run_root: PathBuf,
+    /// The pod's CNI network namespace, or `None` for a loopback-only one.
+    pub netns: Option<PathBuf>,
+    pub agent_timeout: Duration,
+}
+
+impl HostPodConfig {
+    fn agent_args(&self) -> agent::HostAgentArgs {
+        agent::HostAgentArgs {
+            id: self.id.clone(),
+            run_root: self.run_root.clone(),
+            netns: self.netns.clone(),
+        }
+    }
+
+    /// The pod's layout, as its host agent uses it.
+    pub fn layout(&self) -> PodLayout {
+        agent::layout(&self.agent_args())
+    }
+}
+
+/// A running host pod: its agent process and a control connection to it.
+pub struct HostPod {
+    child: Option<Child>,
+    ended: Option<String>,
+    endpoint: AgentEndpoint,
+    client: Client<UnixStream>,
+    layout: PodLayout,
+    log: PathBuf,
+}
+
+impl HostPod {
+    pub fn start(config: &HostPodConfig) -> Result<Self, HostPodError> {
+        let layout = config.layout();
+        let dir = layout.run_dir.clone();
+        let log = dir.join(HOST_AGENT_LOG);
+        let log_file = std::fs::File::create(&log).map_err(|source| HostPodError::Log {
+            path: log.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new(&config.program);
+        cmd.arg("host-agent")
+            .arg("--run-root")
+            .arg(&config.run_root);
+        if let Some(netns) = &config.netns {
+            cmd.arg("--netns").arg(netns);
+        }
+        cmd.arg(config.id.as_str())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file));
+        // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+        // calls (prctl, sigprocmask) on plain values; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The agent dies with the thread that started it, as a VMM does; and starts
+                // with no signal mask its caller set up for forwarding.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                nix::sys::signal::sigprocmask(
+                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                    Some(&nix::sys::signal::SigSet::empty()),
+                    None,
+                )?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| HostPodError::Spawn {
+            program: config.program.clone(),
+            source,
+        })?;
+        let mut child = child;
+        let endpoint = AgentEndpoint::Unix { dir };
+        match wait_for_agent(&mut child, &endpoint, &log, config.agent_timeout) {
+            Ok(client) => Ok(HostPod {
+                child: Some(child),
+                ended: None,
+                endpoint,
+                client,
+                layout,
+                log,
+            }),
+            Err(e) => {
+                // Killing an agent that has exited already does nothing.
+                let _ = child.kill();
+                let _ = child.wait();
+                if let Err(left) = leftovers::remove(&layout) {
+                    tracing::warn!("{left}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reaps the agent if it has exited; then removes what it left.
+    fn poll_end(&mut self) -> Option<String> {
+        if let Some(ended) = &self.ended {
+            return Some(ended.clone());
+        }
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        let mut why = format!("the pod's host agent ended ({status})");
+        if !status.success() {
+            let tail = crate::logfile::tail_lines(&self.log, 5);
+            if !tail.trim().is_empty() {
+                why.push_str(&format!("; its log says: {}", tail.trim()));
+            }
+        }
+        if let Err(e) = leftovers::remove(&self.layout) {
+            tracing::warn!("{e}");
+        }
+        self.ended = Some(why.clone());
+        Some(why)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Err(e) = leftovers::remove(&self.layout) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Connects and handshakes until the agent answers, exits, or `timeout` passes.
+fn wait_for_agent(
+    child: &mut Child,
+    endpoint: &AgentEndpoint,
+    log: &std::path::Path,
+    timeout: Duration,
+) -> Result<Client<UnixStream>, HostPodError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().map_err(HostPodError::Wait)? {
+            return Err(HostPodError::Ended {
+                status,
+                log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
+            });
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HostPodError::Timeout {
+                timeout,
+                path: log.to_path_buf(),
+                log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
+            });
+        }
+        match endpoint.connect(CONTROL_PORT, left.min(Duration::from_millis(100))) {
+            Ok(stream) => {
+                return Client::handshake(stream).map_err(|source| HostPodError::Agent {
+                    what: "handshake with the host agent".into(),
+                    source,
+                });
+            }
+            Err(EndpointError::Unix { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl PodSandbox for HostPod {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Container
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn endpoint(&self) -> &AgentEndpoint {
+        &self.endpoint
+    }
+
+    fn client(&mut self) -> &mut Client<UnixStream> {
+        &mut self.client
+    }
+
+    fn try_end(&mut self) -> Option<String> {
+        self.poll_end()
+    }
+
+    fn shutdown(mut self: Box<Self>) -> Result<(), RuntimeError> {
+        let asked = self.client.shutdown();
+        let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        while self.child.is_some() {
+            if self.poll_end().is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                asked.map_err(|source| HostPodError::Agent {
+                    what: "asking the host agent to shut down".into(),
+                    source,
+                })?;
+                return Err(HostPodError::ShutdownTimeout(SHUTDOWN_TIMEOUT).into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The agent removed its leftovers; this finds nothing, or what a failed agent left.
+        leftovers::remove(&self.layout).map_err(HostPodError::from)?;
+        Ok(())
+    }
+}
+
+impl Drop for HostPod {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.kill();
+        }
+    }
+}
+
+pub use agent::{HostAgentArgs, HostAgentError};
