@@ -227,8 +227,8 @@ fn fork_exec(
     fds: &[RawFd],
 ) -> Result<Pid, ProcessError> {
     // SAFETY: the child of a multi-threaded process may only make async-signal-safe calls:
-    // it calls dup2, fcntl, execve and _exit on values prepared before the fork, and
-    // allocates nothing.
+    // it calls dup2, sigprocmask, execve and _exit on values prepared before the fork (or,
+    // for the empty signal set, built on its stack), and allocates nothing.
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
@@ -239,6 +239,13 @@ fn fork_exec(
                     unsafe { libc::_exit(120) };
                 }
             }
+            // A helper starts with no signal blocked, whatever the agent's threads block
+            // (the host agent blocks SIGTERM for its own signal thread).
+            let _ = nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            );
             let _ = nix::unistd::execve(exe, argv, envp);
             // SAFETY: as above.
             unsafe { libc::_exit(121) }

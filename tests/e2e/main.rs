@@ -21,6 +21,7 @@ use peapod::host::HostVirt;
 use support::Place;
 
 mod agent_tests;
+mod container_tests;
 mod host_tests;
 mod image_tests;
 mod kube_tests;
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
     cases.extend(pod_tests::cases());
     cases.extend(kube_tests::cases());
     cases.extend(net_tests::cases());
+    cases.extend(container_tests::cases());
     let in_machine = std::env::var_os("PEAPOD_IN_MACHINE").is_some();
 
     if std::env::var("PEAPOD_E2E").map_or(true, |v| v.is_empty() || v == "0") {

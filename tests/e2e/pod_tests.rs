@@ -44,6 +44,8 @@ pub fn cases() -> Vec<Case> {
 pub struct Pods {
     dir: tempfile::TempDir,
     networked: bool,
+    /// `--runtime` for every pod (`PEAPOD_RUNTIME`): the VM runtime when `None`.
+    runtime: Option<&'static str>,
 }
 
 impl Pods {
@@ -54,6 +56,16 @@ impl Pods {
         Ok(Pods {
             dir: tempfile::tempdir()?,
             networked: false,
+            runtime: None,
+        })
+    }
+
+    /// The same pods as plain containers on this machine's kernel (`--runtime container`).
+    pub fn containers(networked: bool) -> Result<Self, Failed> {
+        Ok(Pods {
+            dir: tempfile::tempdir()?,
+            networked,
+            runtime: Some("container"),
         })
     }
 
@@ -62,6 +74,7 @@ impl Pods {
         Ok(Pods {
             dir: tempfile::tempdir()?,
             networked: true,
+            runtime: None,
         })
     }
 
@@ -86,6 +99,10 @@ impl Pods {
         } else {
             c.env("PEAPOD_NETWORK", "none");
         }
+        match self.runtime {
+            Some(runtime) => c.env("PEAPOD_RUNTIME", runtime),
+            None => c.env_remove("PEAPOD_RUNTIME"),
+        };
         c
     }
 

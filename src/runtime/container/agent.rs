@@ -10,8 +10,9 @@
 //! `pivot_root` is refused, it first moves its root onto a bind mount of `/`, so that every
 //! container still gets `pivot_root` rather than a chroot it could leave.
 //!
-//! When the supervisor asks it to shut down it kills the pod's processes, removes the pod's
-//! cgroup and directories ([`super::leftovers`]) and exits 0.
+//! When the supervisor asks it to shut down, or it gets SIGTERM (as it does when its
+//! supervisor dies), it kills the pod's processes, removes the pod's cgroup and directories
+//! ([`super::leftovers`]) and exits.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
 
 use super::leftovers;
 use crate::agent::layout::{PodLayout, PodNetns};
@@ -110,11 +112,26 @@ pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
         enter_bound_root(&layout.run_dir.join(BOUND_ROOT))?;
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a child subreaper"))?;
+    // SIGTERM (also what the agent gets when its supervisor dies: PR_SET_PDEATHSIG) ends the
+    // pod as a shutdown does. Blocked before any thread starts, so that only the thread
+    // below takes it; the helpers the agent starts unblock everything before they exec.
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    term.thread_block().map_err(sys("block SIGTERM"))?;
     let os: Arc<dyn Os> = Arc::new(RealOs);
     crate::agent::init::prepare_pod(os.as_ref(), &layout)
         .map_err(io("prepare the pod's cgroup and directories"))?;
     let reaper = Reaper::new();
     reaper.start();
+    {
+        let layout = layout.clone();
+        std::thread::spawn(move || {
+            if term.wait().is_ok() {
+                eprintln!("peapod host-agent: SIGTERM: ending the pod");
+                end(&layout);
+            }
+        });
+    }
     let agent = Agent::new(os, reaper, layout.clone());
     let listen = |port| {
         let path = AgentEndpoint::unix_socket(&layout.run_dir, port);

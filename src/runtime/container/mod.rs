@@ -4,9 +4,9 @@
 //! [`HostPod::start`] starts `peapod host-agent` ([`agent`]) for the pod, with its stderr in
 //! `host-agent.log` in the pod's run directory, and connects to its control socket until it
 //! answers, it exits, or the timeout passes (the last two are errors quoting the log). The
-//! agent dies with the thread that started it (`PR_SET_PDEATHSIG`), as a VMM does; whatever it
-//! leaves (its containers keep running when it is killed, unlike a VM's) is removed by
-//! [`leftovers::remove`] once it has exited, here or by `peapod rm`.
+//! agent ends the pod when the thread that started it dies (`PR_SET_PDEATHSIG` with SIGTERM),
+//! as a VMM dies with it; whatever a killed agent leaves (its containers outlive it, unlike a
+//! VM's) is removed by [`leftovers::remove`] once it has exited, here or by `peapod rm`.
 //!
 //! Where the VM runtime puts a kernel boundary, this one gives each container what runc and
 //! docker give: its own mount, PID, UTS and IPC namespaces, the pod's network namespace, an
@@ -157,9 +157,10 @@ impl HostPod {
         // calls (prctl, sigprocmask) on plain values; it allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
-                // The agent dies with the thread that started it, as a VMM does; and starts
+                // The agent ends the pod when the thread that started it dies (SIGTERM: it
+                // kills its containers first, which a VMM's death does by itself); and starts
                 // with no signal mask its caller set up for forwarding.
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
                 nix::sys::signal::sigprocmask(
                     nix::sys::signal::SigmaskHow::SIG_SETMASK,
                     Some(&nix::sys::signal::SigSet::empty()),

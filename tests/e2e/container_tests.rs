@@ -1,0 +1,264 @@
+//! The container runtime end to end (`--runtime container`): the same pods, CLI, logs, exec,
+//! state and networking as pod VMs, with the containers on this machine's kernel. They run
+//! in the L1 beside pod VMs, so that each test can set the two models side by side: the
+//! container sees the L1's kernel, the pod VM its own.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::Failed;
+
+use crate::kube_tests::write_yaml;
+use crate::pod_tests::Pods;
+use crate::support::{Case, Place, check};
+
+pub fn cases() -> Vec<Case> {
+    let kvm = |name, run| Case {
+        name,
+        place: Place::Kvm,
+        run,
+        skip_if: None,
+    };
+    vec![
+        kvm(
+            "container_runtime_sees_the_host_kernel_a_pod_vm_does_not",
+            kernels_side_by_side,
+        ),
+        kvm(
+            "container_runtime_detached_exec_logs_stop_rm",
+            detached_lifecycle,
+        ),
+        kvm(
+            "container_runtime_two_container_pod_shares_localhost_and_cleans_up",
+            two_container_pod,
+        ),
+        kvm(
+            "container_runtime_killed_supervisor_takes_its_containers",
+            killed_supervisor,
+        ),
+    ]
+}
+
+const IMAGE: &str = "peapod/busybox:latest";
+const CGROUP_SLICE: &str = "/sys/fs/cgroup/peapod.slice";
+
+/// Fails when anything of container-runtime pod `id` is on the machine: what
+/// [`Pods::nothing_left_of`] checks, and its cgroup and network namespace.
+fn nothing_left(pods: &Pods, id: &str) -> Result<(), Failed> {
+    pods.nothing_left_of(id)?;
+    let cgroup = Path::new(CGROUP_SLICE).join(format!("pod-{id}"));
+    if cgroup.exists() {
+        return Err(format!("the pod's cgroup {} is left", cgroup.display()).into());
+    }
+    let netns = Path::new("/run/netns").join(format!("peapod-{id}"));
+    if netns.exists() {
+        return Err(format!("the pod's network namespace {} is left", netns.display()).into());
+    }
+    Ok(())
+}
+
+/// `uname -r` in a container is the L1's; in a pod VM it is the guest kernel's. The
+/// container's cgroup is its pod's, beneath peapod.slice.
+fn kernels_side_by_side() -> Result<(), Failed> {
+    let host = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let containers = Pods::containers(false)?;
+    let out = containers.ok(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "uname -r; cat /proc/self/cgroup; hostname",
+    ])?;
+    let mut lines = out.lines();
+    let kernel = lines.next().unwrap_or("");
+    if kernel != host {
+        return Err(format!("the container saw kernel {kernel:?}, the host is {host:?}").into());
+    }
+    let cgroup = lines.next().unwrap_or("");
+    if !cgroup.starts_with("0::/peapod.slice/pod-") || !cgroup.ends_with("/main") {
+        return Err(format!("the container's cgroup is {cgroup:?}, not its pod's").into());
+    }
+    if lines.next() != Some("peapod") {
+        return Err(format!("the container's hostname is not the pod's: {out}").into());
+    }
+    let vms = Pods::new()?;
+    let guest = vms.ok(&["run", "--rm", IMAGE, "uname", "-r"])?;
+    if guest.trim() == host || guest.trim().is_empty() {
+        return Err(format!("the pod VM saw kernel {guest:?}, the host's is {host:?}").into());
+    }
+    // Exit codes come through as with a VM.
+    let out = containers.run(&["run", "--rm", IMAGE, "sh", "-c", "exit 7"])?;
+    check(
+        out.status.code() == Some(7),
+        "run --rm --runtime container exits with the container's code",
+        &out,
+    )
+}
+
+/// A detached host pod on the default network with a published port: ps, exec, logs, the
+/// port answering, stop, rm, and nothing left.
+fn detached_lifecycle() -> Result<(), Failed> {
+    let pods = Pods::containers(true)?;
+    let id = pods.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "127.0.0.1:18090:80",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo served > /tmp/index.html; echo started; exec httpd -f -p 80 -h /tmp",
+    ])?;
+    let id = id.trim().to_string();
+    pods.wait_status("web", "Up", Duration::from_secs(20))?;
+    if pods.inspect("web")?["spec"]["runtime"] != "container" {
+        return Err("inspect does not say the pod runs in the container runtime".into());
+    }
+    let exec = pods.ok(&["exec", "web", "--", "sh", "-c", "echo $((6 * 7)); hostname"])?;
+    if exec.lines().next() != Some("42") || exec.lines().nth(1) != Some("web") {
+        return Err(format!("exec printed {exec:?}").into());
+    }
+    let body = http_body("127.0.0.1:18090", Duration::from_secs(20))?;
+    if body.trim() != "served" {
+        return Err(format!("the published port answered {body:?}").into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pods.ok(&["logs", "web"])?.contains("started") {
+        if Instant::now() > deadline {
+            return Err("logs never showed the container's output".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pods.ok(&["stop", "-t", "2", "web"])?;
+    let status = pods.status_of("web")?;
+    if !status.starts_with("Exited") {
+        return Err(format!("after stop the pod is {status:?}").into());
+    }
+    // The stopped pod holds no process, cgroup, mount or namespace; rm removes the rest.
+    let cgroup = Path::new(CGROUP_SLICE).join(format!("pod-{id}"));
+    if cgroup.exists() {
+        return Err("a stopped pod still has its cgroup".into());
+    }
+    pods.ok(&["rm", "web"])?;
+    nothing_left(&pods, &id)
+}
+
+/// GET / over HTTP/1.0, retried until it answers 200; the body.
+fn http_body(addr: &str, timeout: Duration) -> Result<String, Failed> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut r = String::new();
+            s.read_to_string(&mut r)?;
+            Ok(r)
+        })();
+        match attempt {
+            Ok(r) if r.contains(" 200 ") => {
+                return Ok(r.split_once("\r\n\r\n").map_or("", |(_, b)| b).into());
+            }
+            other if Instant::now() > deadline => {
+                return Err(format!("GET http://{addr}/ never answered 200: {other:?}").into());
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// A two-container YAML pod with the runtime annotation: the containers share the pod's
+/// network namespace (one reaches the other on localhost) and hostname; the pod ends with
+/// its containers and leaves nothing after rm.
+fn two_container_pod() -> Result<(), Failed> {
+    let pods = Pods::containers(false)?;
+    let yaml = write_yaml(
+        &pods,
+        "duo.yaml",
+        "apiVersion: v1
+kind: Pod
+metadata:
+  name: duo
+  annotations:
+    peapod.dev/runtime: container
+spec:
+  restartPolicy: Never
+  containers:
+  - name: server
+    image: peapod/busybox:latest
+    command: [sh, -c, 'echo pong > /tmp/ping; timeout 30 httpd -f -p 8080 -h /tmp']
+  - name: client
+    image: peapod/busybox:latest
+    command: [sh, -c, 'for i in $(seq 50); do wget -qO- http://127.0.0.1:8080/ping && break; sleep 0.2; done; hostname']
+",
+    )?;
+    // The flag says vm; the annotation wins.
+    let out = pods.ok(&["pod", "apply", "--runtime", "vm", "-f", &yaml])?;
+    let id = out
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| format!("pod apply printed {out:?}"))?
+        .to_string();
+    if pods.inspect("duo")?["spec"]["runtime"] != "container" {
+        return Err("the runtime annotation was not taken".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = pods.ok(&["logs", "duo", "-c", "client"])?;
+        if logs.contains("pong") && logs.contains("duo") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(
+                format!("the client never reached the server on localhost: {logs:?}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    pods.ok(&["rm", "-f", "duo"])?;
+    nothing_left(&pods, &id)
+}
+
+/// SIGKILL to a host pod's supervisor: its host agent ends the pod (PR_SET_PDEATHSIG), so
+/// the container's processes go with it; ps shows Failed and rm leaves nothing.
+fn killed_supervisor() -> Result<(), Failed> {
+    let pods = Pods::containers(false)?;
+    let id = pods.ok(&["run", "-d", "--name", "k", IMAGE, "sleep", "6543"])?;
+    let id = id.trim().to_string();
+    pods.wait_status("k", "Up", Duration::from_secs(20))?;
+    let supervisor = pods.inspect("k")?["vm"]["supervisor_pid"]
+        .as_u64()
+        .ok_or("inspect has no supervisor pid")?;
+    let sleeping = || crate::pod_tests::processes_naming("sleep 6543");
+    if sleeping().is_empty() {
+        return Err("the container's sleep is not running".into());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sleeping().is_empty() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the container outlived its supervisor by 5 s: {:?}",
+                sleeping()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = pods.status_of("k")?;
+    if status != "Failed" {
+        return Err(format!("ps shows {status:?} for a pod whose supervisor died").into());
+    }
+    pods.ok(&["rm", "k"])?;
+    nothing_left(&pods, &id)
+}
