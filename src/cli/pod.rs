@@ -288,5 +288,6 @@ fn container(store: &Store, c: &KubeContainer) -> anyhow::Result<ContainerConfig
         secret_env: c.secret_env.clone(),
         ports: c.ports.clone(),
         read_only_root: c.read_only_root,
+        privileged: c.privileged,
     })
 }
