@@ -1351,6 +1351,82 @@ mod tests {
         }
     }
 
+    /// Root only: `exec_process` itself, in a re-run of this test binary, executes a real
+    /// dynamically linked program under the container's hardening, as root and as nobody.
+    #[test]
+    fn a_real_program_runs_confined_after_exec_process() {
+        const NAME: &str =
+            "agent::container::tests::a_real_program_runs_confined_after_exec_process";
+        const CHILD: &str = "PEAPOD_EXEC_PROCESS_TEST_CHILD";
+        if let Ok(role) = std::env::var(CHILD) {
+            let uid = if role == "nobody" { 65534 } else { 0 };
+            let process = ProcessSpec {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status".into(),
+                ],
+                env: vec!["PATH=/usr/bin:/bin".into()],
+                uid,
+                gid: uid,
+                ..init().process
+            };
+            let hardening = Hardening {
+                privileged: role == "privileged",
+                seccomp: true,
+            };
+            let (message, code) = exec_process(&process, hardening);
+            eprintln!("exec_process failed: {message}");
+            std::process::exit(code);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (switches uids and drops capabilities)");
+            return;
+        }
+        let run = |role: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env(CHILD, role)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{role}: {:?}\n{text}", out.status);
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.split_once(key)?.1.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("{role}: no {key} in {text}"))
+            };
+            (
+                field("CapBnd"),
+                field("CapEff"),
+                field("NoNewPrivs"),
+                field("Seccomp"),
+            )
+        };
+        let mask = format!("{:016x}", crate::agent::hardening::default_mask());
+        let (bnd, eff, nnp, seccomp) = run("root");
+        assert_eq!(
+            (bnd.as_str(), nnp.as_str(), seccomp.as_str()),
+            (mask.as_str(), "1", "2")
+        );
+        assert_eq!(
+            u64::from_str_radix(&eff, 16).unwrap() & !crate::agent::hardening::default_mask(),
+            0
+        );
+        let (bnd, eff, _, seccomp) = run("nobody");
+        assert_eq!(
+            (bnd.as_str(), eff.as_str()),
+            (mask.as_str(), "0000000000000000")
+        );
+        assert_eq!(seccomp, "2");
+        let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (bnd, _, nnp, seccomp) = run("privileged");
+        assert!(ours.contains(&format!("CapBnd:\t{bnd}")), "{bnd}");
+        assert_eq!((nnp.as_str(), seccomp.as_str()), ("0", "0"));
+    }
+
     #[test]
     fn a_failing_mask_stops_setup_before_the_pivot() {
         let root = guest().container_dir("web").join("root");
