@@ -6,11 +6,12 @@
 //!   container's cgroup, unshares mount/UTS/IPC namespaces, joins the pod's network
 //!   namespace, mounts the rootfs (the image read-only, a block device or on the host a
 //!   directory, see [`RootfsLower`]; a tmpfs upper; an overlay), its mounts (pod volumes are bind mounts of the agent's, see
-//!   [`super::volume`]), `/proc`, a minimal `/dev`, a read-only `/sys` and the pod's `/etc`
+//!   [`super::volume`]), `/proc`, a minimal `/dev`, a read-only `/sys` (docker's masked and
+//!   read-only paths applied, [`MASKED_PATHS`], unless privileged) and the pod's `/etc`
 //!   files, makes the overlay read-only for a read-only root (the upper then only holds
 //!   mount points), pivots into it and sets the hostname ([`setup_container`], unit-tested
 //!   through [`Os`]); then reports `ready` and waits for the agent's start byte. On start it forks
-//!   the container's process (PID 2), forwards every signal it gets to it, reaps orphans,
+//!   the container's process (PID 2, confined by [`super::hardening`] as it executes), forwards every signal it gets to it, reaps orphans,
 //!   and when the process ends reports its status and exits, which kills whatever is left in
 //!   the namespace. Being a tiny init (like `docker run --init`) rather than the process
 //!   itself means the process gets signals with their default actions (a shell's
@@ -38,8 +39,9 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
+use super::hardening::Hardening;
 use super::layout::{LayoutError, PodLayout, RootfsLower};
-use super::os::{Os, RealOs};
+use super::os::{Os, PathKind, RealOs};
 use super::process::{exit_status, inherited_fd, open_pty, pipe, send_fd};
 use crate::protocol::{
     ContainerSpec, ContainerStats, MountSource, MountSpec, ProcessSpec, Resources,
@@ -50,6 +52,34 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// Device nodes of a container's `/dev`, bound from the guest's.
 const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// What docker (moby's `oci.DefaultSpec`) hides from an unprivileged container: kernel
+/// memory, keys, timers and hardware it has no business reading or poking. A file gets
+/// `/dev/null` bound over it, a directory an empty read-only tmpfs; a path this kernel
+/// lacks is skipped.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// What docker leaves readable but not writable for an unprivileged container: the
+/// machine-wide knobs under `/proc` (sysctls, IRQ affinity, SysRq).
+pub const READ_ONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -87,13 +117,17 @@ pub struct ContainerInit {
     pub etc: Option<PathBuf>,
     /// The container's directory under [`PodLayout::containers_dir`].
     pub dir: PathBuf,
+    /// How its process is confined, and whether `/proc` and `/sys` are masked (not for a
+    /// privileged container).
+    pub hardening: Hardening,
 }
 
 impl ContainerInit {
     /// What `container-init` gets for `spec` in the pod laid out as `layout`: its cgroup,
     /// directory, image, the pod's network namespace and `/etc` files, all from the layout;
     /// `mounts` are `spec`'s resolved ([`super::volume::resolve_mounts`]), and the hostname
-    /// is the container's own or else the pod's.
+    /// is the container's own or else the pod's. Its hardening is the spec's `privileged`
+    /// and the layout's seccomp switch.
     pub fn new(
         layout: &PodLayout,
         spec: &ContainerSpec,
@@ -119,6 +153,10 @@ impl ContainerInit {
             netns: Some(layout.pod_netns.path().to_path_buf()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir(&spec.id),
+            hardening: Hardening {
+                privileged: spec.privileged,
+                seccomp: layout.seccomp,
+            },
         })
     }
 }
@@ -163,6 +201,9 @@ pub struct ExecInit {
     pub container_pid: i32,
     pub cgroup: PathBuf,
     pub process: ProcessSpec,
+    /// The container's ([`ContainerInit::hardening`]): an exec'd process is confined as
+    /// the container's own.
+    pub hardening: Hardening,
 }
 
 /// A line a helper writes on its status pipe.
@@ -334,7 +375,7 @@ pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
     for m in &init.mounts {
         mount_extra(os, &root, m)?;
     }
-    mount_proc_dev_sys(os, &root)?;
+    mount_proc_dev_sys(os, &root, init.hardening.privileged)?;
     if let Some(etc) = &init.etc {
         for name in ["hosts", "resolv.conf", "hostname"] {
             let target = root.join("etc").join(name);
@@ -463,7 +504,9 @@ fn bind_volume(os: &dyn Os, target: &Path, bind: &VolumeBind, read_only: bool) -
     Ok(())
 }
 
-fn mount_proc_dev_sys(os: &dyn Os, root: &Path) -> io::Result<()> {
+/// `/proc`, a minimal `/dev` and `/sys` (read-only, with [`MASKED_PATHS`] and
+/// [`READ_ONLY_PATHS`] applied, unless `privileged`).
+fn mount_proc_dev_sys(os: &dyn Os, root: &Path, privileged: bool) -> io::Result<()> {
     let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc = root.join("proc");
     os.mkdir_all(&proc, 0o555)?;
@@ -519,13 +562,71 @@ fn mount_proc_dev_sys(os: &dyn Os, root: &Path) -> io::Result<()> {
 
     let sys = root.join("sys");
     os.mkdir_all(&sys, 0o555)?;
+    let sys_flags = if privileged {
+        hardened
+    } else {
+        hardened | MsFlags::MS_RDONLY
+    };
     os.mount(
         Some(Path::new("sysfs")),
         &sys,
         Some("sysfs"),
-        hardened | MsFlags::MS_RDONLY,
+        sys_flags,
         None,
-    )
+    )?;
+    if privileged {
+        return Ok(());
+    }
+    mask_paths(os, root)
+}
+
+/// Applies [`MASKED_PATHS`] and [`READ_ONLY_PATHS`] under `root`, where `/proc` and `/sys`
+/// are mounted; paths this kernel lacks are skipped.
+fn mask_paths(os: &dyn Os, root: &Path) -> io::Result<()> {
+    let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for path in MASKED_PATHS {
+        let target = inside(root, Path::new(path));
+        match os.path_kind(&target)? {
+            None => {}
+            Some(PathKind::Directory) => os.mount(
+                Some(Path::new("tmpfs")),
+                &target,
+                Some("tmpfs"),
+                hardened | MsFlags::MS_RDONLY,
+                None,
+            )?,
+            // The helper's `/dev/null`: the pivot has not happened yet.
+            Some(PathKind::File) => os.mount(
+                Some(Path::new("/dev/null")),
+                &target,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?,
+        }
+    }
+    for path in READ_ONLY_PATHS {
+        let target = inside(root, Path::new(path));
+        if os.path_kind(&target)?.is_none() {
+            continue;
+        }
+        // A bind takes `MS_RDONLY` only on a remount; the proc mount's own flags are kept.
+        os.mount(
+            Some(&target),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        os.mount(
+            None,
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | hardened,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Finds `program` the way `execvp` would, in `PATH` of `env` (or a default `PATH`).
@@ -553,9 +654,10 @@ pub fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (String
         .ok_or_else(|| (format!("{program}: command not found in PATH {path}"), 127))
 }
 
-/// Sets the process's groups and ids, changes to its directory and executes it; returns
+/// Sets the process's groups and ids, confines it ([`super::hardening`], whose steps come
+/// before and after the uid switch), changes to its directory and executes it; returns
 /// only on failure, with the message and exit code (126/127) to report.
-fn exec_process(p: &ProcessSpec) -> (String, i32) {
+fn exec_process(p: &ProcessSpec, hardening: Hardening) -> (String, i32) {
     if p.tty {
         // A session of its own with the pty (fd 0) as its controlling terminal.
         if let Err(e) = nix::unistd::setsid() {
@@ -572,6 +674,14 @@ fn exec_process(p: &ProcessSpec) -> (String, i32) {
         Ok(path) => path,
         Err(e) => return e,
     };
+    // Compiled before anything changes, so that a bad filter changes nothing.
+    let hardening = match hardening.prepare() {
+        Ok(h) => h,
+        Err(e) => return (e.to_string(), 126),
+    };
+    if let Err(e) = hardening.limit_bounding_set() {
+        return (e.to_string(), 126);
+    }
     let groups: Vec<Gid> = p
         .additional_gids
         .iter()
@@ -585,6 +695,9 @@ fn exec_process(p: &ProcessSpec) -> (String, i32) {
     }
     if let Err(e) = nix::unistd::setuid(Uid::from_raw(p.uid)) {
         return (format!("setuid {}: {e}", p.uid), 126);
+    }
+    if let Err(e) = hardening.set_capabilities() {
+        return (e.to_string(), 126);
     }
     if let Err(e) = nix::unistd::chdir(&p.cwd) {
         return (
@@ -601,6 +714,10 @@ fn exec_process(p: &ProcessSpec) -> (String, i32) {
     };
     let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
     let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
+    // Last: the filter allows execve and what a failed one does (write, exit_group).
+    if let Err(e) = hardening.lock() {
+        return (e.to_string(), 126);
+    }
     let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
     let code = if err == nix::errno::Errno::ENOENT {
         127
@@ -651,11 +768,11 @@ pub fn container_init_main() -> i32 {
         return 0;
     }
     drop(start);
-    run_container_process(&init.process, status)
+    run_container_process(&init.process, init.hardening, status)
 }
 
 /// Forks the container's process, forwards signals to it, reaps, and reports how it ended.
-fn run_container_process(process: &ProcessSpec, mut status: File) -> i32 {
+fn run_container_process(process: &ProcessSpec, hardening: Hardening, mut status: File) -> i32 {
     let all = SigSet::all();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
     let (err_r, err_w) = match pipe() {
@@ -672,7 +789,7 @@ fn run_container_process(process: &ProcessSpec, mut status: File) -> i32 {
         Ok(ForkResult::Child) => {
             drop(err_r);
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            let (message, code) = exec_process(process);
+            let (message, code) = exec_process(process, hardening);
             let mut w = File::from(err_w);
             let _ = write!(w, "{code} {message}");
             std::process::exit(code);
@@ -775,7 +892,7 @@ pub fn exec_init_main() -> i32 {
         write_event(&mut status, &HelperEvent::SetupFailed { message });
         return 126;
     }
-    let (message, code) = exec_process(&exec.process);
+    let (message, code) = exec_process(&exec.process, exec.hardening);
     write_event(&mut status, &HelperEvent::ExecFailed { message, code });
     code
 }
@@ -839,6 +956,7 @@ mod tests {
             netns: Some(layout.pod_netns.path().into()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir("web"),
+            hardening: Hardening::default(),
         }
     }
 
@@ -1003,6 +1121,320 @@ mod tests {
                 if s.starts_with("/run/peapod/containers") || s.starts_with("/run/peapod/etc")
                     || s.starts_with("/run/peapod/volumes")))
         );
+    }
+
+    #[test]
+    fn the_helpers_config_carries_the_specs_privileged_and_the_layouts_seccomp() {
+        let id = crate::pod::PodId::parse(&"7".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let mut spec = sample_container("web");
+        spec.mounts.clear();
+        for (layout, privileged, want) in [
+            (guest(), false, (false, false)),
+            (guest(), true, (true, false)),
+            (host.clone(), false, (false, true)),
+            (host.clone(), true, (true, true)),
+        ] {
+            spec.privileged = privileged;
+            if layout == host {
+                spec.rootfs.device = "/var/lib/peapod/images/abc/rootfs".into();
+            }
+            let init = ContainerInit::new(&layout, &spec, "pod", vec![]).unwrap();
+            assert_eq!(
+                (init.hardening.privileged, init.hardening.seccomp),
+                want,
+                "{layout:?}"
+            );
+            // container-init reads it back as the agent wrote it.
+            let json = serde_json::to_string(&init).unwrap();
+            assert_eq!(serde_json::from_str::<ContainerInit>(&json).unwrap(), init);
+        }
+    }
+
+    /// A recording OS on which `root`'s `/proc` and `/sys` have what a kernel has: the
+    /// masked paths (directories and files as on Linux) except `/proc/timer_stats`, which
+    /// kernels since 4.11 lack, and the read-only ones.
+    fn os_with_proc_and_sys(root: &Path) -> RecordingOs {
+        let mut os = RecordingOs::new();
+        for dir in [
+            "proc/acpi",
+            "proc/asound",
+            "proc/scsi",
+            "sys/firmware",
+            "sys/devices/virtual/powercap",
+            "proc/bus",
+            "proc/fs",
+            "proc/irq",
+            "proc/sys",
+        ] {
+            os = os.with_dir(root.join(dir));
+        }
+        for file in [
+            "proc/kcore",
+            "proc/keys",
+            "proc/latency_stats",
+            "proc/timer_list",
+            "proc/sched_debug",
+            "proc/sysrq-trigger",
+        ] {
+            os = os.with_file(root.join(file), "");
+        }
+        os
+    }
+
+    #[test]
+    fn proc_and_sys_paths_are_masked_or_read_only_unless_privileged() {
+        let root = guest().container_dir("web").join("root");
+        let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let os = os_with_proc_and_sys(&root);
+        setup_container(&os, &init()).unwrap();
+        let calls = os.calls();
+        let at = |call: &Call| {
+            calls
+                .iter()
+                .position(|c| c == call)
+                .unwrap_or_else(|| panic!("no {call:?} in {calls:#?}"))
+        };
+        let sysfs = at(&Call::Mount {
+            source: Some("sysfs".into()),
+            target: root.join("sys"),
+            fstype: Some("sysfs".into()),
+            flags: hardened | MsFlags::MS_RDONLY,
+            data: None,
+        });
+        let pivot = at(&Call::PivotRoot(root.clone()));
+        let tmpfs_over = |dir: &str| Call::Mount {
+            source: Some("tmpfs".into()),
+            target: root.join(dir),
+            fstype: Some("tmpfs".into()),
+            flags: hardened | MsFlags::MS_RDONLY,
+            data: None,
+        };
+        let null_over = |file: &str| Call::Mount {
+            source: Some("/dev/null".into()),
+            target: root.join(file),
+            fstype: None,
+            flags: MsFlags::MS_BIND,
+            data: None,
+        };
+        for dir in [
+            "proc/acpi",
+            "proc/asound",
+            "proc/scsi",
+            "sys/firmware",
+            "sys/devices/virtual/powercap",
+        ] {
+            let i = at(&tmpfs_over(dir));
+            assert!(sysfs < i && i < pivot, "{dir}");
+        }
+        for file in [
+            "proc/kcore",
+            "proc/keys",
+            "proc/latency_stats",
+            "proc/timer_list",
+            "proc/sched_debug",
+        ] {
+            let i = at(&null_over(file));
+            assert!(sysfs < i && i < pivot, "{file}");
+        }
+        // What this kernel lacks is looked for and skipped.
+        let missing = root.join("proc/timer_stats");
+        at(&Call::PathKind(missing.clone()));
+        assert!(!mount_targets(&calls).contains(&missing.display().to_string()));
+        for path in READ_ONLY_PATHS {
+            let target = inside(&root, Path::new(path));
+            let bound = at(&Call::Mount {
+                source: Some(target.clone()),
+                target: target.clone(),
+                fstype: None,
+                flags: MsFlags::MS_BIND | MsFlags::MS_REC,
+                data: None,
+            });
+            assert_eq!(
+                calls[bound + 1],
+                remount_ro(&target, hardened),
+                "{path} is made read-only right after its bind"
+            );
+            assert!(sysfs < bound && bound < pivot, "{path}");
+        }
+
+        // Privileged: a writable /sys, nothing looked up, masked or remounted.
+        let os = os_with_proc_and_sys(&root);
+        let mut privileged = init();
+        privileged.hardening.privileged = true;
+        setup_container(&os, &privileged).unwrap();
+        let calls = os.calls();
+        assert!(calls.contains(&Call::Mount {
+            source: Some("sysfs".into()),
+            target: root.join("sys"),
+            fstype: Some("sysfs".into()),
+            flags: hardened,
+            data: None,
+        }));
+        assert!(!calls.iter().any(|c| matches!(c, Call::PathKind(_))));
+        for path in MASKED_PATHS.iter().chain(&READ_ONLY_PATHS) {
+            let target = inside(&root, Path::new(path)).display().to_string();
+            assert!(!mount_targets(&calls).contains(&target), "{path}");
+        }
+    }
+
+    /// On a real kernel (root only): a fresh `/proc` and `/sys` under a directory, in a
+    /// mount namespace of a thread's own, masked as a container's are.
+    #[test]
+    fn masks_hide_and_freeze_a_real_proc_and_sys() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (mounts /proc and /sys)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let checked = std::thread::spawn(move || -> Result<(), String> {
+            let os = RealOs;
+            let hardened = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            // unshare(CLONE_NEWNS) is per thread: the namespace ends with this thread.
+            os.unshare(CloneFlags::CLONE_NEWNS)
+                .and_then(|_| {
+                    os.mount(
+                        None,
+                        Path::new("/"),
+                        None,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None,
+                    )
+                })
+                .map_err(|e| format!("skipped: no private mount namespace: {e}"))?;
+            for (fs, flags) in [("proc", hardened), ("sys", hardened | MsFlags::MS_RDONLY)] {
+                let fstype = if fs == "sys" { "sysfs" } else { "proc" };
+                os.mkdir_all(&root.join(fs), 0o555)
+                    .and_then(|_| {
+                        os.mount(
+                            Some(Path::new(fstype)),
+                            &root.join(fs),
+                            Some(fstype),
+                            flags,
+                            None,
+                        )
+                    })
+                    .map_err(|e| e.to_string())?;
+            }
+            mask_paths(&os, &root).map_err(|e| e.to_string())?;
+            // A masked file reads as /dev/null, a masked directory is empty.
+            let mut masked = 0;
+            for path in MASKED_PATHS {
+                let p = inside(&root, Path::new(path));
+                let empty = match std::fs::symlink_metadata(&p) {
+                    Err(_) => continue,
+                    Ok(m) if m.is_dir() => std::fs::read_dir(&p).map(|d| d.count() == 0),
+                    Ok(_) => std::fs::read(&p).map(|b| b.is_empty()),
+                };
+                assert!(empty.map_err(|e| format!("{path}: {e}"))?, "{path}");
+                masked += 1;
+            }
+            assert!(masked > 0, "this kernel has none of the masked paths");
+            // Sysctls and SysRq are read-only, still readable.
+            let hostname = root.join("proc/sys/kernel/hostname");
+            assert!(std::fs::read_to_string(&hostname).is_ok());
+            let e = std::fs::write(&hostname, "x").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            let sysrq = root.join("proc/sysrq-trigger");
+            if sysrq.exists() {
+                let e = std::fs::write(&sysrq, "h").unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+            }
+            Ok(())
+        })
+        .join()
+        .expect("the checks run");
+        match checked {
+            Err(e) if e.starts_with("skipped") => eprintln!("{e}"),
+            other => other.unwrap(),
+        }
+    }
+
+    /// Root only: `exec_process` itself, in a re-run of this test binary, executes a real
+    /// dynamically linked program under the container's hardening, as root and as nobody.
+    #[test]
+    fn a_real_program_runs_confined_after_exec_process() {
+        const NAME: &str =
+            "agent::container::tests::a_real_program_runs_confined_after_exec_process";
+        const CHILD: &str = "PEAPOD_EXEC_PROCESS_TEST_CHILD";
+        if let Ok(role) = std::env::var(CHILD) {
+            let uid = if role == "nobody" { 65534 } else { 0 };
+            let process = ProcessSpec {
+                args: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status".into(),
+                ],
+                env: vec!["PATH=/usr/bin:/bin".into()],
+                uid,
+                gid: uid,
+                ..init().process
+            };
+            let hardening = Hardening {
+                privileged: role == "privileged",
+                seccomp: true,
+            };
+            let (message, code) = exec_process(&process, hardening);
+            eprintln!("exec_process failed: {message}");
+            std::process::exit(code);
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root (switches uids and drops capabilities)");
+            return;
+        }
+        let run = |role: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+                .env(CHILD, role)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{role}: {:?}\n{text}", out.status);
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|l| l.split_once(key)?.1.strip_prefix(':'))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_else(|| panic!("{role}: no {key} in {text}"))
+            };
+            (
+                field("CapBnd"),
+                field("CapEff"),
+                field("NoNewPrivs"),
+                field("Seccomp"),
+            )
+        };
+        let mask = format!("{:016x}", crate::agent::hardening::default_mask());
+        let (bnd, eff, nnp, seccomp) = run("root");
+        assert_eq!(
+            (bnd.as_str(), nnp.as_str(), seccomp.as_str()),
+            (mask.as_str(), "1", "2")
+        );
+        assert_eq!(
+            u64::from_str_radix(&eff, 16).unwrap() & !crate::agent::hardening::default_mask(),
+            0
+        );
+        let (bnd, eff, _, seccomp) = run("nobody");
+        assert_eq!(
+            (bnd.as_str(), eff.as_str()),
+            (mask.as_str(), "0000000000000000")
+        );
+        assert_eq!(seccomp, "2");
+        let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (bnd, _, nnp, seccomp) = run("privileged");
+        assert!(ours.contains(&format!("CapBnd:\t{bnd}")), "{bnd}");
+        assert_eq!((nnp.as_str(), seccomp.as_str()), ("0", "0"));
+    }
+
+    #[test]
+    fn a_failing_mask_stops_setup_before_the_pivot() {
+        let root = guest().container_dir("web").join("root");
+        let kcore = root.join("proc/kcore");
+        let os = os_with_proc_and_sys(&root)
+            .failing(move |c| matches!(c, Call::Mount { target, .. } if *target == kcore));
+        assert!(setup_container(&os, &init()).is_err());
+        assert!(!os.calls().iter().any(|c| matches!(c, Call::PivotRoot(_))));
     }
 
     #[test]
@@ -1285,6 +1717,7 @@ mod tests {
                 container_pid: 77,
                 cgroup: guest().cgroup_dir("web"),
                 process: init().process,
+                hardening: Hardening::default(),
             },
         )
         .unwrap();

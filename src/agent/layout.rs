@@ -12,7 +12,8 @@
 //!   cgroup, so two pods never share either; the host's hostname, entropy pool and sysctls
 //!   are never touched (each container gets the pod's hostname in its own UTS namespace);
 //!   the network namespace is the one the CNI plugins configured, given, not made; the image
-//!   is a directory (an unpacked image) bound read-only as the overlay's lower layer.
+//!   is a directory (an unpacked image) bound read-only as the overlay's lower layer; and
+//!   containers get docker's seccomp profile, since they share the host's kernel.
 //!
 //! # How the host runtime will use it (the next step of issue #11)
 //!
@@ -34,9 +35,10 @@
 //! * on removal it removes the pod's cgroup ([`PodLayout::cgroup_parent`]) once its
 //!   containers' cgroups are gone.
 //!
-//! The hardening the host needs on top (capability bounding set, `no_new_privs`, seccomp,
-//! masked `/proc` and `/sys` paths) belongs in container setup for both layouts and is not
-//! here: a layout only says *where* and *whether*, never *how*.
+//! The hardening of a container's process (docker's capabilities, `no_new_privs`, masked
+//! `/proc` and `/sys` paths; [`super::hardening`]) is container setup's, the same in both
+//! layouts; a layout only says *whether* the seccomp filter goes on top
+//! ([`PodLayout::seccomp`]), never *how*.
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +96,11 @@ pub struct PodLayout {
     /// `CreateSandbox` writes the pod's sysctls to the agent's `/proc/sys`: the VM's own.
     /// Where this is off a sandbox with sysctls is refused: they would change the host's.
     pub write_sysctls: bool,
+    /// Containers' processes get docker's default seccomp profile
+    /// ([`super::hardening::Hardening::seccomp`]). Off in a pod VM, as Kata's default
+    /// `disable_guest_seccomp = true`: the VM is the boundary, and its capabilities are
+    /// dropped all the same; on for a host pod, whose containers share the host's kernel.
+    pub seccomp: bool,
 }
 
 /// The pod's network namespace file and who makes it.
@@ -174,14 +181,16 @@ impl PodLayout {
             seed_entropy: true,
             configure_network: true,
             write_sysctls: true,
+            seccomp: false,
         }
     }
 
     /// A host pod's layout: its directories under `run_root/<id>` (`run_root` is
     /// [`crate::pod::PodDirs::run`], so they sit beside the supervisor's files), its cgroup
     /// `/sys/fs/cgroup/peapod.slice/pod-<id>`, its CNI network namespace
-    /// `/run/netns/peapod-<id>` given, and no machine-wide step. A pod id is 64 hex digits,
-    /// so it is one plain path component and two pods never share a directory or cgroup.
+    /// `/run/netns/peapod-<id>` given, no machine-wide step, and the seccomp filter on. A
+    /// pod id is 64 hex digits, so it is one plain path component and two pods never share
+    /// a directory or cgroup.
     pub fn host(pod_id: &PodId, run_root: &Path) -> Self {
         use crate::network::netns::{DEFAULT_NETNS_DIR, POD_NETNS_PREFIX};
         let run = run_root.join(pod_id.as_str());
@@ -203,6 +212,7 @@ impl PodLayout {
             seed_entropy: false,
             configure_network: false,
             write_sysctls: false,
+            seccomp: true,
         }
     }
 
@@ -311,6 +321,10 @@ mod tests {
         assert_eq!(g.rootfs, RootfsSource::BlockDevice);
         assert!(g.set_hostname_of_machine && g.seed_entropy);
         assert!(g.configure_network && g.write_sysctls);
+        assert!(
+            !g.seccomp,
+            "the VM is the boundary, as Kata's disable_guest_seccomp"
+        );
         assert_eq!(g.cgroup_levels(), [PathBuf::from("/sys/fs/cgroup/peapod")]);
         assert_eq!(p(&g.cgroup_dir("web")), "/sys/fs/cgroup/peapod/web");
         assert_eq!(p(&g.container_dir("web")), "/run/peapod/containers/web");
@@ -383,6 +397,7 @@ mod tests {
         );
         assert!(!h.set_hostname_of_machine && !h.seed_entropy);
         assert!(!h.configure_network && !h.write_sysctls);
+        assert!(h.seccomp, "host containers share the host's kernel");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! can fork and change namespaces, which the multi-threaded agent cannot safely do.
 
 pub mod container;
+pub mod hardening;
 pub mod init;
 pub mod layout;
 pub mod network;

@@ -54,6 +54,9 @@ pub trait Os: Send + Sync {
         create: Option<u32>,
     ) -> io::Result<()>;
     fn read_to_string(&self, path: &Path) -> io::Result<String>;
+    /// What is at `path`, not following a final symlink; `None` when nothing is (a path
+    /// of another kernel's `/proc` or `/sys` that this one lacks).
+    fn path_kind(&self, path: &Path) -> io::Result<Option<PathKind>>;
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     fn remove_dir(&self, path: &Path) -> io::Result<()>;
     fn chdir(&self, path: &Path) -> io::Result<()>;
@@ -76,6 +79,14 @@ pub trait Os: Send + Sync {
     fn configure_interface(&self, netns: &Path, iface: &NetInterface) -> io::Result<()>;
     /// In the network namespace at `netns`: adds `route` to the main table.
     fn add_route(&self, netns: &Path, route: &NetRoute) -> io::Result<()>;
+}
+
+/// What [`Os::path_kind`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    Directory,
+    /// Anything else: a file, a device node, a symlink.
+    File,
 }
 
 fn nix_io(e: nix::Error) -> io::Error {
@@ -213,6 +224,15 @@ impl Os for RealOs {
         fs::read_to_string(path).map_err(|e| with_path(e, "read", path))
     }
 
+    fn path_kind(&self, path: &Path) -> io::Result<Option<PathKind>> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => Ok(Some(PathKind::Directory)),
+            Ok(_) => Ok(Some(PathKind::File)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(with_path(e, "stat", path)),
+        }
+    }
+
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         std::os::unix::fs::symlink(target, link).map_err(|e| with_path(e, "symlink", link))
     }
@@ -329,6 +349,7 @@ pub enum Call {
         create: Option<u32>,
     },
     ReadToString(PathBuf),
+    PathKind(PathBuf),
     Symlink {
         target: PathBuf,
         link: PathBuf,
@@ -351,11 +372,15 @@ pub enum Call {
 }
 
 /// A fake [`Os`]: records every call; reads return the contents given with
-/// [`RecordingOs::with_file`]; the call for which `fail_on` returns true fails.
+/// [`RecordingOs::with_file`]; [`Os::path_kind`] finds those files and the directories given
+/// with [`RecordingOs::with_dir`], nothing else; the call for which `fail_on` returns true
+/// fails.
 #[derive(Default)]
 pub struct RecordingOs {
     calls: Mutex<Vec<Call>>,
     files: Mutex<Vec<(PathBuf, String)>>,
+    /// The directories [`Os::path_kind`] finds.
+    dirs: Vec<PathBuf>,
     /// The NICs [`Os::link_by_mac`] finds.
     nics: Vec<(MacAddr, u32)>,
     #[allow(clippy::type_complexity)]
@@ -373,6 +398,12 @@ impl RecordingOs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((path.into(), contents.into()));
+        self
+    }
+
+    /// Makes [`Os::path_kind`] find a directory at `path`.
+    pub fn with_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.dirs.push(path.into());
         self
     }
 
@@ -471,6 +502,18 @@ impl Os for RecordingOs {
             .find(|(p, _)| p == path)
             .map(|(_, c)| c.clone())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn path_kind(&self, path: &Path) -> io::Result<Option<PathKind>> {
+        self.record(Call::PathKind(path.into()))?;
+        if self.dirs.iter().any(|d| d == path) {
+            return Ok(Some(PathKind::Directory));
+        }
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(files
+            .iter()
+            .any(|(p, _)| p == path)
+            .then_some(PathKind::File))
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {

@@ -21,6 +21,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use super::container::{self, ContainerInit, ExecInit, HelperEvent, read_event};
+use super::hardening::Hardening;
 use super::layout::{PodLayout, PodNetns};
 use super::os::Os;
 use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
@@ -168,9 +169,24 @@ enum Phase {
 
 struct Container {
     cgroup: PathBuf,
+    /// The container's, for its exec'd processes too.
+    hardening: Hardening,
     phase: Mutex<Phase>,
     main: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
+}
+
+impl Container {
+    /// What `exec-init` gets to run `process` in this container: confined as the
+    /// container's own process.
+    fn exec_init(&self, process: ProcessSpec) -> ExecInit {
+        ExecInit {
+            container_pid: self.main.pid.as_raw(),
+            cgroup: self.cgroup.clone(),
+            process,
+            hardening: self.hardening,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -558,6 +574,7 @@ impl Agent {
                     id,
                     Arc::new(Container {
                         cgroup,
+                        hardening: init.hardening,
                         phase: Mutex::new(Phase::Created { start, events }),
                         main: Proc::new(pid, streams),
                         execs: Mutex::new(HashMap::new()),
@@ -722,11 +739,7 @@ impl Agent {
         .map_err(|e| err(ErrorKind::Setup, format!("exec {exec_id} in {id}: {e}")))?;
         drop((stdio.child, cfg_r, status_w));
         let baseline = container::oom_kills(self.os.as_ref(), &c.cgroup);
-        let config = ExecInit {
-            container_pid: c.main.pid.as_raw(),
-            cgroup: c.cgroup.clone(),
-            process,
-        };
+        let config = c.exec_init(process);
         let sent = serde_json::to_vec(&config)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
@@ -856,6 +869,35 @@ mod tests {
         let a = Arc::clone(&agent);
         std::thread::spawn(move || a.serve_control(&mut guest));
         (agent, Client::handshake(host).unwrap())
+    }
+
+    #[test]
+    fn an_exec_is_confined_as_its_container() {
+        for hardening in [
+            Hardening {
+                privileged: true,
+                seccomp: true,
+            },
+            Hardening {
+                privileged: false,
+                seccomp: true,
+            },
+            Hardening::default(),
+        ] {
+            let c = Container {
+                cgroup: cgroup_dir("web"),
+                hardening,
+                phase: Mutex::new(Phase::Started),
+                main: Proc::new(Pid::from_raw(42), HashMap::new()),
+                execs: Mutex::new(HashMap::new()),
+            };
+            let exec = c.exec_init(sample_container("web").process);
+            assert_eq!(exec.hardening, hardening);
+            assert_eq!(exec.container_pid, 42);
+            // The helper reads it back as sent.
+            let json = serde_json::to_string(&exec).unwrap();
+            assert_eq!(serde_json::from_str::<ExecInit>(&json).unwrap(), exec);
+        }
     }
 
     #[test]
@@ -1250,6 +1292,7 @@ mod tests {
             id.into(),
             Arc::new(Container {
                 cgroup: cgroup_dir(id),
+                hardening: Hardening::default(),
                 phase: Mutex::new(Phase::Started),
                 main,
                 execs: Mutex::new(HashMap::new()),
@@ -1346,6 +1389,7 @@ mod tests {
             "web".into(),
             Arc::new(Container {
                 cgroup: cgroup_dir("web"),
+                hardening: Hardening::default(),
                 phase: Mutex::new(Phase::Started),
                 main: Proc::new(Pid::from_raw(1), streams),
                 execs: Mutex::new(HashMap::new()),

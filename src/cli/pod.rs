@@ -305,5 +305,6 @@ fn container(
         secret_env: c.secret_env.clone(),
         ports: c.ports.clone(),
         read_only_root: c.read_only_root,
+        privileged: c.privileged,
     })
 }

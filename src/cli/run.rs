@@ -101,6 +101,10 @@ pub struct RunArgs {
         value_name = "[IP:]HOST:CONTAINER[/PROTO]"
     )]
     publish: Vec<PublishArg>,
+    /// Give the container every capability, no seccomp filter and an unmasked /proc and
+    /// writable /sys, as docker run --privileged
+    #[arg(long)]
+    privileged: bool,
     /// The command and its arguments (replaces the image's Cmd)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -383,6 +387,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             secret_env: Vec::new(),
             ports: args.publish.iter().map(PublishArg::port_spec).collect(),
             read_only_root: false,
+            privileged: args.privileged,
         }],
         auto_remove: args.rm,
         init_containers: Vec::new(),

@@ -267,6 +267,10 @@ pub struct ContainerConfig {
     /// The root filesystem is read-only (no writable overlay).
     #[serde(default)]
     pub read_only_root: bool,
+    /// `--privileged`, `securityContext.privileged`: every capability, no seccomp filter,
+    /// nothing masked ([`crate::protocol::ContainerSpec::privileged`]).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// A host directory given to a container as a snapshot on a block image.
@@ -412,6 +416,7 @@ pub(crate) mod tests {
             secret_env: vec![],
             ports: vec![],
             read_only_root: false,
+            privileged: false,
         }
     }
 

@@ -311,6 +311,12 @@ pub struct ContainerSpec {
     pub process: ProcessSpec,
     #[serde(default)]
     pub resources: Resources,
+    /// `docker run --privileged` (Kubernetes' `securityContext.privileged`): the process
+    /// keeps every capability and gets no seccomp filter and no `no_new_privs`; the
+    /// container's `/sys` is writable and nothing in `/proc` is masked (see
+    /// [`crate::agent::hardening`]). Since version 4; default false.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 /// The container image, a read-only filesystem on a guest block device; writes go to a
@@ -911,7 +917,7 @@ impl ContainerSpec {
     /// [`ContainerSpec::validate`], but the rootfs `device` names an unpacked image's
     /// directory (absolute, plain): how the host runtime's pod layout reads it
     /// ([`crate::agent::layout::RootfsSource::HostDirectory`]). Such a spec never goes
-    /// over the wire, which stays as version 3 has it.
+    /// over the wire, which reads `device` as a block device in every version.
     pub fn validate_with_image_dir(&self) -> Result<(), WireError> {
         self.validate_rootfs_as(true)
     }
@@ -1080,6 +1086,7 @@ pub(crate) mod tests {
                 }),
                 pids_max: Some(128),
             },
+            privileged: false,
         }
     }
 
@@ -1301,7 +1308,22 @@ pub(crate) mod tests {
         assert_eq!(spec.process.cwd, Path::new("/"));
         assert!(spec.mounts.is_empty());
         assert_eq!(spec.resources, Resources::default());
+        assert!(!spec.privileged, "a version 3 spec is not privileged");
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn privileged_travels_as_a_plain_flag() {
+        let spec = ContainerSpec {
+            privileged: true,
+            ..sample_container("a")
+        };
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.ends_with(r#","privileged":true}"#), "{json}");
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&json).unwrap(), spec);
+        assert!(
+            serde_json::from_str::<ContainerSpec>(&json.replace("true}", r#""yes"}"#)).is_err()
+        );
     }
 
     #[test]

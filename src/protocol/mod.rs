@@ -62,6 +62,11 @@
 //!   into the pod's network namespace and configures it there, then adds the routes; the
 //!   pod's `/etc/hosts` maps its first address to its hostname. A version 2 agent would
 //!   refuse the field.
+//! * 4: container hardening. [`ContainerSpec::privileged`] (default false) keeps every
+//!   capability, no seccomp filter and an unmasked `/proc` and writable `/sys`; without it
+//!   a container's process gets docker's default capabilities, `no_new_privs` and (where
+//!   the pod's layout says so) docker's seccomp profile. A version 3 agent would refuse the
+//!   field, and would run containers with every capability.
 //!
 //! # Restarting a container
 //!
@@ -104,7 +109,7 @@ pub use frame::{FrameError, MAX_FRAME_LEN, decode_frame, encode_frame, read_fram
 pub use message::*;
 
 /// Version of this protocol; see the module docs on versioning.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// vsock port of the agent's control connections.
 pub const CONTROL_PORT: u32 = 1024;

@@ -229,6 +229,7 @@ pub fn run_container_io(run: &RunContainer, io: RunIo<'_>) -> Result<RunOutcome,
         mounts: Vec::new(),
         process: run.process.clone(),
         resources: run.resources.clone(),
+        privileged: false,
     };
     vm.client()
         .create_container(&spec)

@@ -400,6 +400,7 @@ impl RunningPod {
                 mounts,
                 process: with_secret_env(c, &secrets)?,
                 resources: c.resources.clone(),
+                privileged: c.privileged,
             });
         }
         let mut volumes = Vec::new();

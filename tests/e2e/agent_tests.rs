@@ -341,6 +341,7 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
             pids_max: Some(64),
             ..Default::default()
         },
+        privileged: false,
     };
     // a: writes a file in its overlay and stays up.
     c.create_container(&spec(
@@ -538,6 +539,7 @@ fn pod_volumes_read_only_root_and_restart() -> Result<(), Failed> {
              echo x > /secret/key 2>/dev/null && echo secret-writable || echo secret-ro",
         ]),
         resources: Resources::default(),
+        privileged: false,
     };
     let w = ProcessRef::container("w");
     let mut outputs = Vec::new();

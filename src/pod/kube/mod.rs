@@ -169,6 +169,8 @@ pub struct KubeContainer {
     /// The container's `securityContext.runAsGroup`, else the pod's.
     pub run_as_group: Option<u32>,
     pub read_only_root: bool,
+    /// `securityContext.privileged` (a container's only; Kubernetes has no pod-level one).
+    pub privileged: bool,
     pub volume_mounts: Vec<VolumeMount>,
 }
 

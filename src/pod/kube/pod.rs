@@ -158,7 +158,7 @@ const CONTAINER_SECURITY: Table = &[
     ("runAsUser", Supported),
     ("runAsGroup", Supported),
     ("readOnlyRootFilesystem", Supported),
-    ("privileged", HarmlessIf(is_false, "false")),
+    ("privileged", Supported),
     ("allowPrivilegeEscalation", Unsupported),
     ("capabilities", Unsupported),
     ("runAsNonRoot", Unsupported),
@@ -683,7 +683,7 @@ fn container(
     }
 
     let (mut run_as_user, mut run_as_group) = (pod_security.run_as_user, pod_security.run_as_group);
-    let mut read_only_root = false;
+    let (mut read_only_root, mut privileged) = (false, false);
     if let Some(s) = c.get("securityContext") {
         if s.is_empty_map() {
             ctx.harmless.push(s.path.clone());
@@ -692,6 +692,7 @@ fn container(
             run_as_user = id(ctx, &s, "runAsUser")?.or(run_as_user);
             run_as_group = id(ctx, &s, "runAsGroup")?.or(run_as_group);
             read_only_root = s.bool(ctx, "readOnlyRootFilesystem")?.unwrap_or(false);
+            privileged = s.bool(ctx, "privileged")?.unwrap_or(false);
         }
     }
 
@@ -756,6 +757,7 @@ fn container(
         run_as_user,
         run_as_group,
         read_only_root,
+        privileged,
         volume_mounts,
     })
 }

@@ -42,9 +42,27 @@ fn bad_documents_are_refused_naming_the_field() {
             &["line 6", "spec.hostNetwork: not supported by peapod"],
         ),
         (
-            "privileged",
-            pod("securityContext:\n  privileged: true", ""),
-            &["spec.containers[0].securityContext.privileged: not supported"],
+            "privileged as a string",
+            pod("securityContext:\n  privileged: \"yes\"", ""),
+            &["spec.containers[0].securityContext.privileged: expected true or false"],
+        ),
+        (
+            "unknown securityContext key",
+            pod("securityContext:\n  priviliged: true", ""),
+            &[
+                "spec.containers[0].securityContext.priviliged: unknown field",
+                "did you mean privileged?",
+            ],
+        ),
+        (
+            "capabilities",
+            pod("securityContext:\n  capabilities: {add: [NET_ADMIN]}", ""),
+            &["spec.containers[0].securityContext.capabilities: not supported by peapod"],
+        ),
+        (
+            "pod-level privileged",
+            pod("", "securityContext:\n  privileged: true"),
+            &["spec.securityContext.privileged: unknown field"],
         ),
         (
             "pvc volume",
@@ -504,8 +522,37 @@ fn container(cpu: Option<u64>, memory_mib: Option<u64>) -> KubeContainer {
         run_as_user: None,
         run_as_group: None,
         read_only_root: false,
+        privileged: false,
         volume_mounts: vec![],
     }
+}
+
+#[test]
+fn privileged_is_a_containers_own_and_false_unless_written() {
+    let cases: &[(&str, &str, bool)] = &[
+        ("absent", "", false),
+        ("true", "securityContext:\n  privileged: true", true),
+        ("false", "securityContext:\n  privileged: false", false),
+        (
+            "beside other keys",
+            "securityContext:\n  runAsUser: 0\n  privileged: true\n  readOnlyRootFilesystem: true",
+            true,
+        ),
+        ("empty context", "securityContext: {}", false),
+    ];
+    for (what, extra, want) in cases {
+        let docs = parse_documents(&pod(extra, "")).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(docs.pods[0].containers[0].privileged, *want, "{what}");
+    }
+    // An init container may be privileged too, on its own.
+    let yaml = pod(
+        "",
+        "initContainers:\n- name: setup\n  image: alpine\n  securityContext: {privileged: true}",
+    );
+    let docs = parse_documents(&yaml).unwrap();
+    let p = &docs.pods[0];
+    assert!(p.init_containers[0].privileged);
+    assert!(!p.containers[0].privileged);
 }
 
 #[test]
