@@ -90,6 +90,50 @@ fn kernels_side_by_side() -> Result<(), Failed> {
     if guest.trim() == host || guest.trim().is_empty() {
         return Err(format!("the pod VM saw kernel {guest:?}, the host's is {host:?}").into());
     }
+    // Both models drop to docker's capabilities; only the container on the host's kernel
+    // gets docker's seccomp filter (the VM is the boundary, as in Kata's default); a
+    // privileged container keeps every capability and no filter.
+    let confinement = "grep -E '^(CapBnd|Seccomp|NoNewPrivs):' /proc/self/status | tr -d ' \\t'";
+    let fields = |text: &str| -> Vec<String> { text.lines().map(str::to_string).collect() };
+    let contained = fields(&containers.ok(&["run", "--rm", IMAGE, "sh", "-c", confinement])?);
+    let in_vm = fields(&vms.ok(&["run", "--rm", IMAGE, "sh", "-c", confinement])?);
+    let privileged = fields(&containers.ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        IMAGE,
+        "sh",
+        "-c",
+        confinement,
+    ])?);
+    let want = |bnd: &str, nnp: &str, seccomp: &str| {
+        vec![
+            format!("NoNewPrivs:{nnp}"),
+            format!("Seccomp:{seccomp}"),
+            format!("CapBnd:{bnd}"),
+        ]
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort_by_key(|l| match l.split(':').next() {
+            Some("NoNewPrivs") => 0,
+            Some("Seccomp") => 1,
+            _ => 2,
+        });
+        v
+    };
+    let docker = "00000000a80425fb";
+    if sorted(contained.clone()) != want(docker, "1", "2") {
+        return Err(format!("a default container is confined as {contained:?}").into());
+    }
+    if sorted(in_vm.clone()) != want(docker, "1", "0") {
+        return Err(format!("a pod VM's container is confined as {in_vm:?}").into());
+    }
+    if privileged
+        .iter()
+        .any(|l| l == &format!("CapBnd:{docker}") || l == "Seccomp:2")
+    {
+        return Err(format!("a privileged container is confined as {privileged:?}").into());
+    }
     // Exit codes come through as with a VM.
     let out = containers.run(&["run", "--rm", IMAGE, "sh", "-c", "exit 7"])?;
     check(
