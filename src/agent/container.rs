@@ -433,14 +433,15 @@ fn mount_extra(os: &dyn Os, root: &Path, mount: &InitMount) -> io::Result<()> {
     // namespace, and the old root is detached at the pivot.
     let m = &mount.spec;
     let target = inside(root, &m.destination);
-    if let MountSource::PodVolume { name, .. } = &m.source {
-        let Some(bind) = &mount.bind else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("pod volume {name} was not resolved by the agent"),
-            ));
-        };
+    // Pod volumes, and a host pod's host directories: resolved to binds by the agent.
+    if let Some(bind) = &mount.bind {
         return bind_volume(os, &target, bind, m.read_only);
+    }
+    if let MountSource::PodVolume { name, .. } = &m.source {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("pod volume {name} was not resolved by the agent"),
+        ));
     }
     os.mkdir_all(&target, 0o755)?;
     let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
@@ -464,7 +465,8 @@ fn mount_extra(os: &dyn Os, root: &Path, mount: &InitMount) -> io::Result<()> {
         MountSource::Block { device, fs_type } => {
             os.mount(Some(device), &target, Some(fs_type.as_str()), flags, None)
         }
-        MountSource::PodVolume { .. } => unreachable!("bound above"),
+        // Refused above: a pod volume is always a bind.
+        MountSource::PodVolume { .. } => Ok(()),
     }
 }
 

@@ -129,9 +129,10 @@ pub enum RootfsSource {
     BlockDevice,
     /// [`RootfsSpec::device`] is a directory (an unpacked image on the host), bound
     /// read-only; `fs_type` is not used. Only a layout says so, never the wire: a guest
-    /// agent keeps reading `device` as a device, so protocol v3 is unchanged. The
-    /// machine's block devices are not the pod's here, so a container's
-    /// [`crate::protocol::MountSource::Block`] mount is refused.
+    /// agent keeps reading `device` as a device. The machine's block devices are not the
+    /// pod's here, so a container's [`crate::protocol::MountSource::Block`] mount names a
+    /// host directory instead (`-v`, `hostPath`), bound read-only; one under `/dev` is
+    /// refused.
     HostDirectory,
 }
 
@@ -154,8 +155,9 @@ pub enum LayoutError {
     )]
     RelativeImageDir(PathBuf),
     #[error(
-        "the container mounts block device {device} on {destination}: a host pod's block \
-         devices would be the host's; use a pod volume, or run the pod in a VM"
+        "the container mounts {device} on {destination}: a host pod's block devices would be \
+         the host's, so its host mounts name a directory by its absolute path, bound \
+         read-only; use a host directory or a pod volume, or run the pod in a VM"
     )]
     HostBlockMount {
         device: PathBuf,
@@ -269,10 +271,14 @@ impl PodLayout {
     }
 
     /// Refuses a mount the layout cannot give a container: a block device where the
-    /// machine's devices are not the pod's ([`RootfsSource::HostDirectory`]).
+    /// machine's devices are not the pod's ([`RootfsSource::HostDirectory`]). There a
+    /// [`MountSource::Block`] names a host directory (`-v`, `hostPath`), bound read-only
+    /// ([`super::volume::resolve_mounts`]): an absolute path outside `/dev`.
     pub fn check_mount(&self, mount: &MountSpec) -> Result<(), LayoutError> {
         match (&mount.source, self.rootfs) {
-            (MountSource::Block { device, .. }, RootfsSource::HostDirectory) => {
+            (MountSource::Block { device, .. }, RootfsSource::HostDirectory)
+                if !device.is_absolute() || device.starts_with("/dev") =>
+            {
                 Err(LayoutError::HostBlockMount {
                     device: device.clone(),
                     destination: mount.destination.clone(),
@@ -475,6 +481,17 @@ mod tests {
             ..block
         };
         assert!(host.check_mount(&tmpfs).is_ok());
+        // On the host a Block mount is a host directory, bound read-only.
+        let dir = |device: &str| MountSpec {
+            source: MountSource::Block {
+                device: device.into(),
+                fs_type: FsType::Erofs,
+            },
+            ..tmpfs.clone()
+        };
+        assert!(host.check_mount(&dir("/srv/site")).is_ok());
+        assert!(host.check_mount(&dir("srv/site")).is_err());
+        assert!(host.check_mount(&dir("/dev/vdb")).is_err());
     }
 
     #[test]

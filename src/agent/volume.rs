@@ -122,11 +122,30 @@ pub fn resolve_mounts(
     mounts
         .iter()
         .map(|m| {
-            let MountSource::PodVolume { name, sub_path } = &m.source else {
-                return Ok(InitMount {
-                    spec: m.clone(),
-                    bind: None,
-                });
+            let (name, sub_path) = match &m.source {
+                MountSource::PodVolume { name, sub_path } => (name, sub_path),
+                // A host pod's host directory (`-v`, `hostPath`): bound, read-only.
+                MountSource::Block { device, .. }
+                    if layout.rootfs == super::layout::RootfsSource::HostDirectory =>
+                {
+                    let mut spec = m.clone();
+                    spec.read_only = true;
+                    return Ok(InitMount {
+                        spec,
+                        bind: Some(VolumeBind {
+                            dir: device.clone(),
+                            sub_path: None,
+                            file: false,
+                            create: false,
+                        }),
+                    });
+                }
+                _ => {
+                    return Ok(InitMount {
+                        spec: m.clone(),
+                        bind: None,
+                    });
+                }
             };
             let volume = volumes
                 .iter()
@@ -288,6 +307,33 @@ mod tests {
             resolve_mounts(&PodLayout::guest(), &volumes, &[missing]),
             Err(VolumeError::NoSuchFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_host_pods_host_directory_is_bound_read_only_and_a_guests_block_mount_is_mounted() {
+        let mount = MountSpec {
+            destination: "/site".into(),
+            source: MountSource::Block {
+                device: "/srv/site".into(),
+                fs_type: crate::protocol::FsType::Erofs,
+            },
+            read_only: false,
+        };
+        let id = crate::pod::PodId::parse(&"9".repeat(64)).unwrap();
+        let host = PodLayout::host(&id, Path::new("/run/peapod"));
+        let resolved = resolve_mounts(&host, &[], std::slice::from_ref(&mount)).unwrap();
+        assert!(resolved[0].spec.read_only);
+        assert_eq!(
+            resolved[0].bind,
+            Some(VolumeBind {
+                dir: "/srv/site".into(),
+                sub_path: None,
+                file: false,
+                create: false,
+            })
+        );
+        let guest = resolve_mounts(&PodLayout::guest(), &[], &[mount]).unwrap();
+        assert_eq!(guest[0].bind, None);
     }
 
     #[test]

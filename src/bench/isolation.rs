@@ -3,15 +3,15 @@
 //!
 //! The same static `peapod-probe` ([`super::probe`]) runs in every column:
 //! - **host** (the reference): the probe run directly on this host, as root;
-//! - **container**: a plain container on the host's kernel, with its default config and
-//!   `--privileged` where the model has one. Until `peapod run --runtime container` exists
-//!   this is Debian's `crun` with its default spec on the unpacked `peapod/busybox` image (the
+//! - **container**: a plain container on the host's kernel, default and `--privileged`:
+//!   `peapod run --runtime container` (the probe bound read-only at /bench), and as a peer
+//!   Debian's `crun` with its default spec on the unpacked `peapod/busybox` image (its
 //!   privileged config: every capability, no masked or read-only paths, rw /sys, all devices
-//!   allowed and the host's block devices created), the probe bind-mounted at /bench and the
-//!   marker at /marker; swapping in peapod's container runtime is the one line in
-//!   [`Model::runner`];
+//!   allowed and the host's block devices created; the marker at /marker);
 //! - **VM pod**: `peapod run --rm --network none -v DIR:/bench:ro peapod/busybox:latest
-//!   /bench/peapod-probe`, in a private `PEAPOD_ROOT` ([`BenchPods`]).
+//!   /bench/peapod-probe`, default and `--privileged`, in a private `PEAPOD_ROOT`
+//!   ([`BenchPods`]). A pod VM's `--privileged` container holds every capability of the
+//!   guest kernel, never of the host's.
 //!
 //! Each column gets a marker directory of its own (for the VM pod, one inside the
 //! container), the only place a probe writes; the bench checks that nothing is left mounted
@@ -61,22 +61,25 @@ block device behind / again with its own ro/rw state, lists it, unmounts it";
 pub enum Model {
     /// The probe on the host itself: the reference.
     Host,
-    /// A plain container on the host's kernel.
+    /// A plain container on the host's kernel: peapod's container runtime.
     Container,
+    /// The same model from Debian's crun with its default spec: a peer.
+    Crun,
     /// A pod VM: the container on the guest kernel.
     Vm,
 }
 
 impl Model {
-    pub const ALL: [Model; 3] = [Model::Host, Model::Container, Model::Vm];
+    pub const ALL: [Model; 4] = [Model::Host, Model::Container, Model::Crun, Model::Vm];
 
     /// Who runs the probe for this model.
     pub fn runner(self) -> Box<dyn Runner> {
         match self {
             Model::Host => Box::new(HostRunner),
-            // when `peapod run --runtime container` exists:
-            // Model::Container => Box::new(PeapodRunner { runtime: Some("container") }),
-            Model::Container => Box::new(CrunRunner),
+            Model::Container => Box::new(PeapodRunner {
+                runtime: Some("container"),
+            }),
+            Model::Crun => Box::new(CrunRunner),
             Model::Vm => Box::new(PeapodRunner { runtime: None }),
         }
     }
@@ -85,6 +88,7 @@ impl Model {
         match self {
             Model::Host => "host",
             Model::Container => "container",
+            Model::Crun => "container",
             Model::Vm => "VM pod",
         }
     }
@@ -392,13 +396,12 @@ impl Runner for PeapodRunner {
     fn name(&self) -> &'static str {
         match self.runtime {
             None => "peapod run",
-            Some(_) => "peapod run --runtime",
+            Some(_) => "peapod run --runtime container",
         }
     }
 
-    fn supports(&self, privilege: Privilege) -> bool {
-        // `peapod run` has no --privileged yet
-        privilege == Privilege::Default
+    fn supports(&self, _: Privilege) -> bool {
+        true
     }
 
     fn run(&self, run: &ProbeRun) -> anyhow::Result<String> {
@@ -417,6 +420,9 @@ impl Runner for PeapodRunner {
         let mut args = vec!["--rm", "--network", "none", "-v", &volume];
         if let Some(runtime) = self.runtime {
             args.extend(["--runtime", runtime]);
+        }
+        if run.privilege == Privilege::Privileged {
+            args.push("--privileged");
         }
         args.extend([IMAGE, &probe, "--marker", VM_MARKER]);
         output_of(pods.run(&args), "peapod run of the probe")

@@ -177,7 +177,11 @@ pub fn launch(
             PodVolumeSource::HostSnapshot { source, disk } => Some((source, disk)),
             _ => None,
         });
-        for (source, disk) in container_snapshots.chain(pod_snapshots) {
+        // A pod VM gets its host directories as snapshots on block images; a host pod binds
+        // them (read-only) as they are.
+        let snapshots = container_snapshots.chain(pod_snapshots);
+        let snapshots = snapshots.filter(|_| record.spec.runtime == RuntimeKind::Vm);
+        for (source, disk) in snapshots {
             let out = store_dir.join(disk);
             if let Some(parent) = out.parent() {
                 std::fs::create_dir_all(parent)

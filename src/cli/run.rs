@@ -16,7 +16,6 @@ use crate::pod::spec::{
     VmSize, VolumeMount, VolumeSnapshot,
 };
 use crate::protocol::Resources;
-use crate::runtime::RuntimeKind;
 use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
 
 /// The container's name in a pod made by `peapod run`.
@@ -68,8 +67,8 @@ pub struct RunArgs {
     /// vCPUs of the pod VM, 1 to 32
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
-    /// A host directory in the container: SRC:DST:ro, a read-only snapshot taken at start.
-    /// Repeatable.
+    /// A host directory in the container: SRC:DST:ro, read-only (a pod VM gets a snapshot
+    /// taken at start; --runtime container binds the directory itself). Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST:ro")]
     volumes: Vec<VolumeArg>,
     /// A stored secret (peapod secret create) as files in /run/secrets/NAME/, read-only.
@@ -326,12 +325,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = args.guest.runtime;
     let artifacts = args.guest.prepare_runtime(runtime)?;
-    if runtime == RuntimeKind::Container && !args.volumes.is_empty() {
-        bail!(
-            "-v: host-directory volumes are snapshots on block images for a pod VM; the \
-             container runtime does not take them yet: drop -v, or use --runtime vm"
-        );
-    }
 
     // The image: pulled first when the store lacks it, then its block image.
     let store = args.guest.open_store()?;

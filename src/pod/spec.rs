@@ -337,29 +337,6 @@ impl PodSpec {
         let published = crate::network::ports::published_ports(self)
             .map_err(|e| PodError::spec(e.to_string()))?;
         check_ports(&self.network, &published)?;
-        if self.runtime == crate::runtime::RuntimeKind::Container {
-            self.check_container_runtime()?;
-        }
-        Ok(())
-    }
-
-    /// What the container runtime cannot give: host-directory snapshots (a pod VM's block
-    /// images; a host pod would bind the directory itself, which is not built yet).
-    fn check_container_runtime(&self) -> Result<(), PodError> {
-        let snapshot = self
-            .init_containers
-            .iter()
-            .chain(&self.containers)
-            .any(|c| !c.volumes.is_empty())
-            || self
-                .volumes
-                .iter()
-                .any(|v| matches!(v.source, PodVolumeSource::HostSnapshot { .. }));
-        if snapshot {
-            return Err(PodError::spec(
-                "host-directory volumes (-v, hostPath) are snapshots on block images for a pod                  VM; the container runtime does not take them yet: drop them, or use                  --runtime vm",
-            ));
-        }
         Ok(())
     }
 }
@@ -429,10 +406,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_container_runtime_pod_without_snapshots_passes() {
+    fn a_container_runtime_pod_passes_and_old_records_are_vm_pods() {
         let mut s = spec("web");
         s.runtime = crate::runtime::RuntimeKind::Container;
-        s.containers[0].volumes.clear();
         s.validate().unwrap();
         // Records from before the container runtime are VM pods.
         let mut v = serde_json::to_value(spec("old")).unwrap();
@@ -522,11 +498,6 @@ pub(crate) mod tests {
                     s.containers[0].ports = vec![p];
                 },
                 "\"localhost\" is not an IP address",
-            ),
-            (
-                "a host-directory snapshot in the container runtime",
-                |s| s.runtime = crate::runtime::RuntimeKind::Container,
-                "--runtime vm",
             ),
         ];
         for (what, edit, want) in cases {

@@ -949,6 +949,11 @@ impl ContainerSpec {
                     )));
                 }
                 MountSource::Tmpfs { .. } => {}
+                // Where the image is a host directory, so is a Block mount's device (the
+                // layout binds it read-only and refuses /dev).
+                MountSource::Block { device, .. } if image_dir => {
+                    validate_abs_path("volume host directory", device)?
+                }
                 MountSource::Block { device, .. } => validate_device("volume device", device)?,
                 MountSource::PodVolume { name, sub_path } => {
                     validate_id("pod volume name", name)?;

@@ -324,8 +324,11 @@ impl RunningPod {
         let mut specs = Vec::new();
         let mut snapshot_devices = std::collections::BTreeMap::new();
         for v in &self.spec.volumes {
-            if let PodVolumeSource::HostSnapshot { disk, .. } = &v.source {
-                snapshot_devices.insert(v.name.clone(), (disk.clone(), None::<String>));
+            if let PodVolumeSource::HostSnapshot { disk, source } = &v.source {
+                // A host pod binds the directory itself, read-only.
+                let device =
+                    (runtime == RuntimeKind::Container).then(|| source.display().to_string());
+                snapshot_devices.insert(v.name.clone(), (disk.clone(), device));
             }
         }
         let mut roots = Vec::new();
@@ -341,22 +344,31 @@ impl RunningPod {
             }
             let mut mounts = Vec::new();
             for v in &c.volumes {
+                let device = match runtime {
+                    RuntimeKind::Vm => {
+                        // Snapshot disks are named relative to the pod's store directory.
+                        disks.push((self.store_dir.join(&v.disk), true));
+                        device_name(disks.len() - 1).into()
+                    }
+                    // A host pod binds the directory itself, read-only.
+                    RuntimeKind::Container => v.source.clone(),
+                };
                 mounts.push(MountSpec {
                     destination: v.destination.clone(),
                     source: MountSource::Block {
-                        device: device_name(disks.len()).into(),
+                        device,
                         fs_type: FsType::Erofs,
                     },
                     read_only: true,
                 });
-                // Snapshot disks are named relative to the pod's store directory.
-                disks.push((self.store_dir.join(&v.disk), true));
             }
             specs.push(mounts);
         }
         for (disk, device) in snapshot_devices.values_mut() {
-            *device = Some(device_name(disks.len()));
-            disks.push((self.store_dir.join(&*disk), true));
+            if device.is_none() {
+                *device = Some(device_name(disks.len()));
+                disks.push((self.store_dir.join(&*disk), true));
+            }
         }
         if disks.len() > MAX_DISKS {
             return Err(PodRunError::TooManyDisks(disks.len()));
