@@ -418,9 +418,9 @@ impl Runner for PeapodRunner {
         let volume = format!("{}:/bench:ro", run.bench_dir.display());
         let probe = format!("/bench/{PROBE_BINARY_NAME}");
         let mut args = vec!["--rm", "--network", "none", "-v", &volume];
-        if let Some(runtime) = self.runtime {
-            args.extend(["--runtime", runtime]);
-        }
+        // Named even for the default, so that a PEAPOD_RUNTIME of the caller's does not
+        // swap the columns.
+        args.extend(["--runtime", self.runtime.unwrap_or("vm")]);
         if run.privilege == Privilege::Privileged {
             args.push("--privileged");
         }

@@ -36,6 +36,10 @@ pub fn cases() -> Vec<Case> {
             "container_runtime_killed_supervisor_takes_its_containers",
             killed_supervisor,
         ),
+        kvm(
+            "bench_isolation_sets_the_two_models_apart",
+            isolation_matrix,
+        ),
     ]
 }
 
@@ -305,4 +309,65 @@ fn killed_supervisor() -> Result<(), Failed> {
     }
     pods.ok(&["rm", "k"])?;
     nothing_left(&pods, &id)
+}
+
+/// `peapod bench isolation --output json` in this machine: the container sees the host's
+/// kernel and its own seccomp filter, the pod VM sees neither; the release_agent pattern
+/// works from a privileged container on the host's kernel, and from a privileged pod VM only
+/// on the guest's.
+fn isolation_matrix() -> Result<(), Failed> {
+    let pods = Pods::new()?;
+    let out = pods.ok(&["bench", "isolation", "--output", "json"])?;
+    let json: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("bench isolation JSON ({e}): {out}"))?;
+    let columns = json["columns"].as_array().ok_or("no columns")?;
+    let probe = |model: &str, privilege: &str, name: &str| -> Result<(String, String), Failed> {
+        let column = columns
+            .iter()
+            .find(|c| c["model"] == model && c["privilege"] == privilege)
+            .ok_or_else(|| format!("no {model} {privilege} column: {out}"))?;
+        let line = column["probes"]
+            .as_array()
+            .and_then(|p| p.iter().find(|l| l["probe"] == name))
+            .ok_or_else(|| format!("{model} {privilege}: no {name} probe: {column}"))?;
+        let text = |k: &str| line[k].as_str().unwrap_or("").to_string();
+        Ok((text("outcome"), text("evidence")))
+    };
+    let release = |e: &str| e.split(';').next().unwrap_or("").to_string();
+    let host_kernel = release(&probe("host", "default", "kernel")?.1);
+    let container_kernel = release(&probe("container", "default", "kernel")?.1);
+    let vm_kernel = release(&probe("vm", "default", "kernel")?.1);
+    if container_kernel != host_kernel || vm_kernel == host_kernel || host_kernel.is_empty() {
+        return Err(format!(
+            "kernels: host {host_kernel:?}, container {container_kernel:?}, VM {vm_kernel:?}"
+        )
+        .into());
+    }
+    let container_seccomp = probe("container", "default", "seccomp")?;
+    let vm_seccomp = probe("vm", "default", "seccomp")?;
+    if container_seccomp.0 != "confined" || vm_seccomp.0 == "confined" {
+        return Err(format!("seccomp: container {container_seccomp:?}, VM {vm_seccomp:?}").into());
+    }
+    for (model, want) in [("container", "refused"), ("vm", "refused")] {
+        let got = probe(model, "default", "release_agent")?;
+        if got.0 != want {
+            return Err(format!("release_agent in a default {model}: {got:?}").into());
+        }
+    }
+    // Privileged: the pattern gets through in both, and only the container is on the host's
+    // kernel.
+    let container_privileged = probe("container", "privileged", "release_agent")?;
+    let vm_privileged = probe("vm", "privileged", "release_agent")?;
+    let vm_privileged_kernel = release(&probe("vm", "privileged", "kernel")?.1);
+    if container_privileged.0 != "allowed"
+        || vm_privileged.0 != "allowed"
+        || vm_privileged_kernel == host_kernel
+    {
+        return Err(format!(
+            "privileged release_agent: container {container_privileged:?}, VM \
+             {vm_privileged:?} on {vm_privileged_kernel:?}"
+        )
+        .into());
+    }
+    Ok(())
 }

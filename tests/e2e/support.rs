@@ -148,7 +148,13 @@ pub fn guest_artifacts() -> Vec<(&'static str, Result<PathBuf, String>)> {
                 .map(|l1| l1.kernel)
                 .map_err(|e| e.to_string())
         });
+    // The static probe of `peapod bench isolation` (scripts/setup builds it).
+    let probe = std::env::var_os(peapod::bench::isolation::PROBE_ENV)
+        .map(PathBuf::from)
+        .map(Ok)
+        .unwrap_or_else(|| peapod::bench::isolation::find_probe().map_err(|e| format!("{e:#}")));
     vec![
+        (peapod::bench::isolation::PROBE_ENV, probe),
         (GUEST_KERNEL_ENV, kernel),
         (TEST_INITRAMFS_ENV, initramfs),
         (AGENT_INITRAMFS_ENV, agent),
