@@ -15,25 +15,27 @@
 //!   is a directory (an unpacked image) bound read-only as the overlay's lower layer; and
 //!   containers get docker's seccomp profile, since they share the host's kernel.
 //!
-//! # How the host runtime will use it (the next step of issue #11)
+//! # How the host runtime uses it
 //!
-//! The host runtime (`runtime/host.rs`, behind the runtime trait beside `runtime/vm.rs`)
-//! runs the agent's [`super::server::Agent`] in the pod's supervisor, built with
-//! `PodLayout::host(&id, &dirs.run)`, and hands it the same [`crate::protocol::Request`]s
-//! the VM runtime sends over vsock (`Agent::handle`), with [`crate::protocol::RootfsSpec`]'s
+//! The container runtime ([`crate::runtime::container`]) runs the agent's
+//! [`super::server::Agent`] in `peapod host-agent`, one process per pod, built with
+//! `PodLayout::host(&id, &dirs.run)`, and sends it the same [`crate::protocol::Request`]s the
+//! VM runtime sends over vsock, on Unix sockets, with [`crate::protocol::RootfsSpec`]'s
 //! `device` naming the unpacked image directory. Before that:
 //!
-//! * it attaches the pod's CNI network ([`crate::network`]) so that [`PodNetns::Given`]
-//!   exists, or makes a loopback-only namespace there for a pod without a network;
-//! * it calls [`super::init::prepare_pod`] (cgroup parents with their controllers, the
-//!   pod's directories), never [`super::init::mount_system`], which is the guest's;
-//! * it runs the agent in a mount namespace of its own (`unshare(CLONE_NEWNS)` and a
-//!   recursive `MS_PRIVATE` on `/`, before any thread starts), so that the pod's volumes
-//!   (tmpfs mounts) never show in the host's mount table and vanish with the pod;
-//! * `/proc/self/exe` must dispatch the `container-init` and `exec-init` helper verbs, as
-//!   `peapod-agent` does (see [`super::main`]);
-//! * on removal it removes the pod's cgroup ([`PodLayout::cgroup_parent`]) once its
-//!   containers' cgroups are gone.
+//! * the supervisor attaches the pod's CNI network ([`crate::network`]), so that
+//!   [`PodNetns::Given`] exists; a pod without a network gets [`PodNetns::Make`] in its own
+//!   directory instead;
+//! * the host agent calls [`super::init::prepare_pod`] (cgroup parents with their
+//!   controllers, the pod's directories), never [`super::init::mount_system`], which is the
+//!   guest's;
+//! * it runs in a mount namespace of its own (`unshare(CLONE_NEWNS)` and a recursive
+//!   `MS_PRIVATE` on `/`, before any thread starts), so that the pod's volumes (tmpfs mounts)
+//!   never show in the host's mount table and vanish with the pod;
+//! * `/proc/self/exe` (the peapod binary) dispatches the `container-init` and `exec-init`
+//!   helper verbs, as `peapod-agent` does ([`super::helper_main`]);
+//! * when the pod ends its cgroup ([`PodLayout::cgroup_parent`]) is killed and removed with
+//!   its directories ([`crate::runtime::container::leftovers`]).
 //!
 //! The hardening of a container's process (docker's capabilities, `no_new_privs`, masked
 //! `/proc` and `/sys` paths; [`super::hardening`]) is container setup's, the same in both

@@ -97,6 +97,15 @@ pub fn run(_args: DoctorArgs) -> anyhow::Result<ExitCode> {
         },
     });
     checks.extend(network_checks());
+    let container = crate::runtime::container::check_host();
+    checks.push(Check {
+        what: "container runtime",
+        ok: container.is_ok(),
+        detail: match container {
+            Ok(()) => "root and cgroup v2: `--runtime container` pods run on this kernel".into(),
+            Err(why) => why.to_string(),
+        },
+    });
 
     for check in &checks {
         let mark = if check.ok { "ok " } else { "-- " };

@@ -278,10 +278,28 @@ pub fn run(
         MachineError::Timeout { .. } | MachineError::Stalled { .. } | MachineError::Failed { .. },
     ) = result
     {
-        // keep the logs the error names
+        // keep the logs the error names, and only them: the initramfs is hundreds of MB
+        keep_logs_only(run_dir.path());
         let _ = run_dir.keep();
     }
     result
+}
+
+/// Removes everything in a failed L1's run directory but its `*.log` files.
+fn keep_logs_only(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            continue;
+        }
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
+        };
+    }
 }
 
 /// Where the default guest artifacts land inside the L1.
@@ -541,6 +559,21 @@ fn failure_tail(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_l1_keeps_its_logs_and_not_its_initramfs() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["console.log", "qemu.log", "initrd.cpio", "link.sock"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
+        }
+        keep_logs_only(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["console.log", "qemu.log"]);
+    }
 
     fn config(stall_timeout: Option<Duration>) -> MachineConfig {
         MachineConfig {

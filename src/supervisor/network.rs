@@ -2,9 +2,10 @@
 //! 1. the published host ports are bound ([`BoundPorts`]): a taken port fails the pod
 //!    before anything else of it exists;
 //! 2. CNI ADD attaches a network namespace with a veth `eth0` ([`crate::network::attach`]);
-//! 3. a tap `tap0` joins the veth in that namespace with tc redirects both ways
+//! 3. for a pod VM, a tap `tap0` joins the veth in that namespace with tc redirects both ways
 //!    ([`redirect_tap_and_veth`]); the VMM gets the tap's fd and the veth's MAC, so the
-//!    guest's NIC takes the veth's place on the network;
+//!    guest's NIC takes the veth's place on the network (a container-runtime pod's
+//!    containers join the namespace and use the veth itself);
 //! 4. once the agent has the pod's address, the ports forward to it.
 //!
 //! Undone in reverse by [`PodNetwork::tear_down`] when the pod ends, and by
