@@ -764,6 +764,22 @@ pub fn container_init_main() -> i32 {
         write_event(&mut status, &HelperEvent::SetupFailed { message });
         return 1;
     }
+    // container-init holds no capability its container's processes lack: they may then
+    // reach their PID 1 through /proc (`echo hi > /proc/1/fd/1`, `readlink /proc/1/ns/pid`),
+    // which the kernel allows only to a process whose capabilities cover the target's, as
+    // they may under docker, where PID 1 is the container's own process.
+    if let Err(e) = init.hardening.prepare().and_then(|hardening| {
+        hardening.limit_bounding_set()?;
+        hardening.set_capabilities()
+    }) {
+        write_event(
+            &mut status,
+            &HelperEvent::SetupFailed {
+                message: format!("confining container-init: {e}"),
+            },
+        );
+        return 1;
+    }
     write_event(&mut status, &HelperEvent::Ready);
     let mut byte = [0u8; 1];
     if !matches!(start.read(&mut byte), Ok(1)) {

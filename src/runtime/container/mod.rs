@@ -169,11 +169,10 @@ impl HostPod {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|source| HostPodError::Spawn {
+        let mut child = cmd.spawn().map_err(|source| HostPodError::Spawn {
             program: config.program.clone(),
             source,
         })?;
-        let mut child = child;
         let endpoint = AgentEndpoint::Unix { dir };
         match wait_for_agent(&mut child, &endpoint, &log, config.agent_timeout) {
             Ok(client) => Ok(HostPod {
