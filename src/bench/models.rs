@@ -562,6 +562,8 @@ fn crun_name(what: &str, run: usize) -> String {
 
 /// A subject's function for [`interleave`]: one value per run, or why not.
 type Runner<'a> = Box<dyn FnMut(usize) -> Result<f64, String> + 'a>;
+/// A subject's function for [`measure_rows`]: a value per row per run, or why not.
+type RowsRunner<'a, const N: usize> = Box<dyn FnMut(usize) -> Result<[f64; N], String> + 'a>;
 
 /// A metric of `cells` (subject, outcome).
 fn metric(
@@ -595,23 +597,50 @@ fn metric(
 
 /// Runs `subjects` interleaved and pairs each with its outcome.
 fn measure<'a>(runs: usize, subjects: Vec<(&'a str, Runner<'_>)>) -> Vec<(&'a str, Outcome)> {
-    let (names, mut fns): (Vec<&str>, Vec<Runner>) = subjects.into_iter().unzip();
+    let (names, fns): (Vec<&str>, Vec<Runner>) = subjects.into_iter().unzip();
+    let mut fns: Vec<Runner> = names
+        .iter()
+        .zip(fns)
+        .map(|(name, f)| said(name, f))
+        .collect();
     let mut refs: Vec<&mut dyn FnMut(usize) -> Result<f64, String>> =
         fns.iter_mut().map(|f| f.as_mut() as _).collect();
     let outcomes = interleave(runs, &mut refs);
     names.into_iter().zip(outcomes).collect()
 }
 
+/// `f`, saying on stderr what each of its runs gave and how long it took.
+fn said<'f, T: std::fmt::Debug + 'f>(
+    name: &str,
+    mut f: Box<dyn FnMut(usize) -> Result<T, String> + 'f>,
+) -> Box<dyn FnMut(usize) -> Result<T, String> + 'f> {
+    let name = name.to_string();
+    Box::new(move |run| {
+        let started = Instant::now();
+        let result = f(run);
+        if let Ok(value) = &result {
+            eprintln!(
+                "bench models: run {}: {name}: {value:.1?} ({:.1} s)",
+                run + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        result
+    })
+}
+
 /// Runs that return several values per run (one per row), interleaved: per subject, per
 /// row, the outcome.
 fn measure_rows<'a, const N: usize>(
     runs: usize,
-    subjects: Vec<(
-        &'a str,
-        Box<dyn FnMut(usize) -> Result<[f64; N], String> + '_>,
-    )>,
+    subjects: Vec<(&'a str, RowsRunner<'_, N>)>,
 ) -> [Vec<(&'a str, Outcome)>; N] {
-    let (names, mut fns): (Vec<&str>, Vec<_>) = subjects.into_iter().unzip();
+    let (names, fns): (Vec<&str>, Vec<_>) = subjects.into_iter().unzip();
+    let mut fns: Vec<_> = names
+        .iter()
+        .zip(fns)
+        .map(|(name, f)| said(name, f))
+        .collect();
     let mut refs: Vec<&mut dyn FnMut(usize) -> Result<[f64; N], String>> =
         fns.iter_mut().map(|f| f.as_mut() as _).collect();
     let results = super::report::interleave_with(runs, &mut refs);
@@ -773,7 +802,7 @@ struct VmmMemory {
 fn memory(world: &World, runs: usize) -> Vec<Metric> {
     // per model: [pss, vmm overhead, guest touched] (NaN where the pod has no VMM)
     let vmm_why: std::cell::RefCell<BTreeMap<&str, String>> = Default::default();
-    let mut subjects: Vec<(&str, Box<dyn FnMut(usize) -> Result<[f64; 3], String>>)> = Vec::new();
+    let mut subjects: Vec<(&str, RowsRunner<3>)> = Vec::new();
     for model in Model::BOTH {
         let vmm_why = &vmm_why;
         subjects.push((
@@ -1046,7 +1075,7 @@ fn syscalls(world: &World, runs: usize) -> Vec<Metric> {
         let cost: SyscallCost = super::workload::parse_line(stdout)?;
         Ok([cost.getpid_ns, cost.clock_gettime_ns])
     };
-    let mut subjects: Vec<(&str, Box<dyn FnMut(usize) -> Result<[f64; 2], String>>)> = Vec::new();
+    let mut subjects: Vec<(&str, RowsRunner<2>)> = Vec::new();
     for model in Model::BOTH {
         subjects.push((
             model.name(),
@@ -1204,7 +1233,7 @@ fn crun_fileio(world: &World, crun: &Crun, run: usize) -> anyhow::Result<[f64; 8
 // ---- network ----
 
 fn network(world: &World, runs: usize) -> Vec<Metric> {
-    let mut subjects: Vec<(&str, Box<dyn FnMut(usize) -> Result<[f64; 3], String>>)> = Vec::new();
+    let mut subjects: Vec<(&str, RowsRunner<3>)> = Vec::new();
     let mut servers = Vec::new();
     for model in Model::BOTH {
         let name = format!("net-{}", model.name());
@@ -1267,7 +1296,7 @@ fn net_server(world: &World, model: Model, name: &str) -> anyhow::Result<std::ne
 // ---- density ----
 
 fn density(world: &World, runs: usize, pods: usize) -> Vec<Metric> {
-    let mut subjects: Vec<(&str, Box<dyn FnMut(usize) -> Result<[f64; 2], String>>)> = Vec::new();
+    let mut subjects: Vec<(&str, RowsRunner<2>)> = Vec::new();
     for model in Model::BOTH {
         subjects.push((
             model.name(),
