@@ -917,8 +917,15 @@ fn pod_memory(world: &World, model: Model, run: usize) -> anyhow::Result<PodMemo
 fn crun_memory(crun: &Crun, run: usize) -> anyhow::Result<f64> {
     let name = crun_name("mem", run);
     let result = (|| {
-        let command = crun.command(&name, &["sleep", "100000"], false, None, true)?;
-        exit_once(command).context("crun run --detach")?;
+        // the container keeps crun's stdio: pipes would stay open as long as it runs
+        let status = crun
+            .command(&name, &["sleep", "100000"], false, None, true)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("crun run --detach")?;
+        anyhow::ensure!(status.success(), "crun run --detach failed ({status})");
         std::thread::sleep(SETTLE);
         let (_, state) = exit_once({
             let mut c = Command::new(&crun.program);
