@@ -201,7 +201,17 @@ fn counters_table(ours: &[Sample], theirs: &[Sample]) -> String {
 }
 
 /// Starts a VMM, waits for the init marker on its stdout, measures, kills it.
-pub(super) fn boot_once(mut command: Command, memory_mib: u32) -> anyhow::Result<Sample> {
+pub(super) fn boot_once(command: Command, memory_mib: u32) -> anyhow::Result<Sample> {
+    boot_until(command, memory_mib, INIT_MARKER)
+}
+
+/// [`boot_once`] up to the first console line that contains `marker` (an init's marker, the
+/// agent's ready line).
+pub(super) fn boot_until(
+    mut command: Command,
+    memory_mib: u32,
+    marker: &'static str,
+) -> anyhow::Result<Sample> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())
@@ -213,7 +223,7 @@ pub(super) fn boot_once(mut command: Command, memory_mib: u32) -> anyhow::Result
     std::thread::spawn(move || {
         let mut tail = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains(INIT_MARKER) {
+            if line.contains(marker) {
                 let _ = tx.send(Ok(Instant::now()));
                 return;
             }

@@ -5,12 +5,14 @@ pub mod image;
 pub mod isolation;
 pub mod kvmstat;
 pub mod machine;
+pub mod models;
 pub mod net;
 pub mod netperf;
 pub mod pod;
 pub mod probe;
 pub mod report;
 pub mod stats;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

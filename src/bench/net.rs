@@ -86,10 +86,10 @@ pub struct NetBench {
 
 /// One run of one peer.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Sample {
-    gbit_per_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+pub(super) struct Sample {
+    pub(super) gbit_per_s: f64,
+    pub(super) p50_us: f64,
+    pub(super) p99_us: f64,
 }
 
 /// Set when SIGINT, SIGTERM or SIGHUP reaches the bench: it stops at the next step and
@@ -179,7 +179,7 @@ fn peer_run(
 ) -> Result<Sample, String> {
     let (ns, addr) = at.map_err(String::clone)?;
     not_interrupted().map_err(|e| e.to_string())?;
-    match measure(netbench, ns, addr, bench) {
+    match measure(netbench, ns, addr, bench.seconds, bench.count) {
         Ok(s) => {
             eprintln!(
                 "run {}: {what} {:.3} Gbit/s, p50 {:.1} µs, p99 {:.1} µs",
@@ -258,11 +258,12 @@ fn report(
 
 /// One run against the server at `addr`: a stream, then the request/responses, each by a
 /// `peapod-netbench client` process (in the network namespace `ns`, if given).
-fn measure(
+pub(super) fn measure(
     netbench: &Path,
     ns: Option<&OwnedFd>,
     addr: SocketAddr,
-    bench: &NetBench,
+    seconds: u32,
+    count: usize,
 ) -> anyhow::Result<Sample> {
     let addr = addr.to_string();
     let stream = client(
@@ -274,7 +275,7 @@ fn measure(
             "--mode",
             "stream",
             "--seconds",
-            &bench.seconds.to_string(),
+            &seconds.to_string(),
         ],
     )?;
     let rr = client(
@@ -286,7 +287,7 @@ fn measure(
             "--mode",
             "rr",
             "--count",
-            &bench.count.to_string(),
+            &count.to_string(),
             "--size",
             &RR_SIZE.to_string(),
         ],
@@ -434,7 +435,7 @@ impl Drop for VmPeer {
 
 /// What `peapod inspect` says of a pod's address.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum PodAddress {
+pub(super) enum PodAddress {
     Assigned(Ipv4Addr),
     /// Created: its network may come with its start.
     Starting,
@@ -445,7 +446,7 @@ enum PodAddress {
 /// From `peapod inspect NAME`'s JSON (`[0].state.network.addresses[0]`, like
 /// `10.88.0.5/16`): the pod's IPv4 address, or why there is none yet; an error once the pod
 /// has stopped without one.
-fn pod_address(inspect: &str) -> anyhow::Result<PodAddress> {
+pub(super) fn pod_address(inspect: &str) -> anyhow::Result<PodAddress> {
     let pods: serde_json::Value =
         serde_json::from_str(inspect).context("peapod inspect printed no JSON")?;
     let state = &pods[0]["state"];
@@ -686,7 +687,7 @@ fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
 
 /// The report [`Report::json`] printed in `stdout` (from its first line `{` to the end), if
 /// any.
-fn report_in(stdout: &str) -> Option<Result<Report, super::report::ReportError>> {
+pub(super) fn report_in(stdout: &str) -> Option<Result<Report, super::report::ReportError>> {
     let start = stdout
         .match_indices('{')
         .map(|(at, _)| at)
@@ -945,7 +946,14 @@ mod tests {
             count: 50,
             ..bench()
         };
-        let s = measure(netbench, Some(&peer.client_ns), peer.addr(), &bench).unwrap();
+        let s = measure(
+            netbench,
+            Some(&peer.client_ns),
+            peer.addr(),
+            bench.seconds,
+            bench.count,
+        )
+        .unwrap();
         assert!(s.gbit_per_s > 0.0, "{s:?}");
         assert!(0.0 < s.p50_us && s.p50_us <= s.p99_us, "{s:?}");
         // nothing in the host's namespace: the pair lives in the bench's namespaces only

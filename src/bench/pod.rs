@@ -49,7 +49,7 @@ use crate::pod::layout::PodDirs;
 use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 
 /// What the container prints.
-const POD_MARKER: &str = "PEAPOD_POD_OUTPUT";
+pub(super) const POD_MARKER: &str = "PEAPOD_POD_OUTPUT";
 const IMAGE: &str = "peapod/busybox:latest";
 /// Timed `peapod ps` runs for each ps row.
 const PS_RUNS: usize = 20;
@@ -73,9 +73,9 @@ pub struct PodBench {
 
 /// One pod start, in ms from spawning `peapod vm run-container`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct PodSample {
+pub(super) struct PodSample {
     /// Measured here: spawn → the first byte of the container's stdout.
-    first_output: Duration,
+    pub(super) first_output: Duration,
     /// From the command's `--timing` line (ms from the VMM's spawn): the agent's boot signal
     /// (the kernel has booted and run init), when the guest sent one.
     kernel_booted_ms: Option<f64>,
@@ -503,7 +503,7 @@ fn time_ps(pods: &BenchPods) -> anyhow::Result<Spread> {
 
 /// How many pods `ps --format json` lists as Running: one object per line, whose `status`
 /// is the serialized `PodStatus` (`"running"`; `{"exited":{"code":0}}` for an exited pod).
-fn running_in_ps_json(text: &str) -> anyhow::Result<usize> {
+pub(super) fn running_in_ps_json(text: &str) -> anyhow::Result<usize> {
     let mut running = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let pod: serde_json::Value = serde_json::from_str(line)
@@ -590,7 +590,7 @@ impl BenchPods {
     }
 
     /// `rm -f` of every pod here, running or not; how many there were.
-    fn remove_all(&self) -> anyhow::Result<usize> {
+    pub(super) fn remove_all(&self) -> anyhow::Result<usize> {
         let listed = self.output(&["ps", "-aq"])?;
         let ids: Vec<&str> = listed.split_whitespace().collect();
         if !ids.is_empty() {
@@ -681,7 +681,7 @@ fn crun_bundles(peapod: &Path, store: &Path) -> anyhow::Result<CrunBundles> {
 
 /// crun's default spec with no terminal, `args` as the process, and `root` as its root
 /// (default: the bundle's `rootfs`).
-fn crun_spec(
+pub(super) fn crun_spec(
     mut spec: serde_json::Value,
     args: &[&str],
     root: Option<&Path>,
@@ -708,7 +708,7 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs `command` to its exit: the time from spawning it to its exit (its output is read to
 /// the end on threads, not timed), and its stdout. It must succeed.
-fn exit_once(mut command: Command) -> anyhow::Result<(Duration, String)> {
+pub(super) fn exit_once(mut command: Command) -> anyhow::Result<(Duration, String)> {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -736,7 +736,7 @@ fn exit_once(mut command: Command) -> anyhow::Result<(Duration, String)> {
 
 /// Runs one pod; returns when its command has exited.
 /// `timed`: the command is peapod's, with a `--timing` line to parse.
-fn pod_once(mut command: Command, timed: bool) -> anyhow::Result<PodSample> {
+pub(super) fn pod_once(mut command: Command, timed: bool) -> anyhow::Result<PodSample> {
     let started = Instant::now();
     let mut child = command
         .stdin(Stdio::null())

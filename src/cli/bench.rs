@@ -107,6 +107,37 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE.svg")]
         plot: Option<PathBuf>,
     },
+    /// The two isolation models side by side on the same image: `peapod run --runtime vm`
+    /// and `--runtime container`, with crun on the same root and QEMU -M microvm on the same
+    /// kernel and agent initramfs as peers, runs interleaved: start, host memory per idle pod,
+    /// syscall cost, file I/O on the root and an emptyDir, pod network, density. Median
+    /// (min–max) per row; a row the machine cannot fill says why. The static peapod-probe
+    /// [$PEAPOD_PROBE] and peapod-netbench [$PEAPOD_NETBENCH] go into the image. Needs root;
+    /// runs in the test bed where the host has no hardware KVM.
+    Models {
+        /// Runs of each subject (interleaved: vm, container, crun, vm, ...).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Pods started at once in the density rows.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        pods: usize,
+        /// Run only these parts [default: all].
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<crate::bench::models::Part>,
+        /// The pods' guest kernel (default: the one kernel/build.sh built).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// The pods' agent initramfs [default: $PEAPOD_AGENT_INITRAMFS, else the one
+        /// rootfs/build-agent-initramfs.sh built].
+        #[arg(long)]
+        agent_initrd: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Markdown)]
+        output: OutputFormat,
+        /// Also draw the report as a chart into FILE (SVG): a panel per row, a bar per
+        /// subject at its median, whiskers over min–max.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<PathBuf>,
+    },
     /// Isolation: what a process in a container sees of and can do to the kernel under it,
     /// per model: the host itself (reference), a plain container on the host kernel (crun,
     /// default and privileged) and a pod VM (`peapod run`); the static peapod-probe
@@ -228,6 +259,27 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 runs,
                 seconds,
                 count,
+                kernel,
+                agent_initrd,
+                output,
+                plot,
+            })?;
+        }
+        BenchCommand::Models {
+            runs,
+            pods,
+            only,
+            kernel,
+            agent_initrd,
+            output,
+            plot,
+        } => {
+            anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+            anyhow::ensure!((1..=64).contains(&pods), "--pods must be 1 to 64");
+            crate::bench::models::run(&crate::bench::models::ModelsBench {
+                runs,
+                pods,
+                only,
                 kernel,
                 agent_initrd,
                 output,
