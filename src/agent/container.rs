@@ -862,17 +862,18 @@ fn run_container_process(process: &ProcessSpec, hardening: Hardening, mut status
 /// `/proc` is).
 pub fn join_container(os: &dyn Os, exec: &ExecInit) -> io::Result<()> {
     os.write_file(&exec.cgroup.join("cgroup.procs"), b"0")?;
-    let ns = Path::new("/proc")
-        .join(exec.container_pid.to_string())
-        .join("ns");
+    let proc = Path::new("/proc").join(exec.container_pid.to_string());
+    let ns = proc.join("ns");
     for (name, kind) in [
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
         ("net", CloneFlags::CLONE_NEWNET),
-        ("mnt", CloneFlags::CLONE_NEWNS),
     ] {
         os.setns(&ns.join(name), kind)?;
     }
+    // The container's root is its init's (after its pivot_root), wherever the namespace's
+    // first mount is.
+    os.join_mount_namespace(&ns.join("mnt"), &proc.join("root"))?;
     os.chdir(Path::new("/"))
 }
 
@@ -1743,7 +1744,10 @@ mod tests {
         assert!(matches!(&calls[0], Call::WriteFile(p, _) if p.ends_with("web/cgroup.procs")));
         assert_eq!(
             calls[4],
-            Call::Setns("/proc/77/ns/mnt".into(), CloneFlags::CLONE_NEWNS)
+            Call::JoinMountNamespace {
+                ns: "/proc/77/ns/mnt".into(),
+                root: "/proc/77/root".into(),
+            }
         );
         assert_eq!(calls[5], Call::Chdir("/".into()));
     }

@@ -69,6 +69,12 @@ pub trait Os: Send + Sync {
     fn unshare(&self, flags: CloneFlags) -> io::Result<()>;
     /// Joins the namespace the file `ns` refers to (`/proc/PID/ns/net`, a bind mount of one).
     fn setns(&self, ns: &Path, kind: CloneFlags) -> io::Result<()>;
+    /// Joins the mount namespace at `ns` and makes the directory `root` (opened first, in
+    /// the caller's namespace: `/proc/PID/root`) this process's root and working directory.
+    /// Joining a mount namespace alone puts a process at the namespace's first mount, which
+    /// is not where the container's `pivot_root` left its root when the agent's own `/` was
+    /// not the top mount (a host whose root is its initramfs).
+    fn join_mount_namespace(&self, ns: &Path, root: &Path) -> io::Result<()>;
     /// The index of the network interface with hardware address `mac` in the agent's own
     /// network namespace, if there is one.
     fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>>;
@@ -274,6 +280,13 @@ impl Os for RealOs {
         nix::sched::setns(file.as_fd(), kind).map_err(|e| with_path(nix_io(e), "setns", ns))
     }
 
+    fn join_mount_namespace(&self, ns: &Path, root: &Path) -> io::Result<()> {
+        let root_dir = fs::File::open(root).map_err(|e| with_path(e, "open the root", root))?;
+        self.setns(ns, CloneFlags::CLONE_NEWNS)?;
+        nix::unistd::fchdir(&root_dir).map_err(|e| with_path(nix_io(e), "fchdir", root))?;
+        nix::unistd::chroot(".").map_err(|e| with_path(nix_io(e), "chroot", root))
+    }
+
     fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>> {
         Ok(Netlink::open()?.link_by_mac(mac)?.map(|l| l.index))
     }
@@ -362,6 +375,10 @@ pub enum Call {
     SeedEntropy(usize),
     Unshare(CloneFlags),
     Setns(PathBuf, CloneFlags),
+    JoinMountNamespace {
+        ns: PathBuf,
+        root: PathBuf,
+    },
     LinkByMac(MacAddr),
     MoveLink {
         index: u32,
@@ -549,6 +566,13 @@ impl Os for RecordingOs {
 
     fn setns(&self, ns: &Path, kind: CloneFlags) -> io::Result<()> {
         self.record(Call::Setns(ns.into(), kind))
+    }
+
+    fn join_mount_namespace(&self, ns: &Path, root: &Path) -> io::Result<()> {
+        self.record(Call::JoinMountNamespace {
+            ns: ns.into(),
+            root: root.into(),
+        })
     }
 
     fn link_by_mac(&self, mac: MacAddr) -> io::Result<Option<u32>> {

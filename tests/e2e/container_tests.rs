@@ -168,8 +168,20 @@ fn detached_lifecycle() -> Result<(), Failed> {
     if pods.inspect("web")?["spec"]["runtime"] != "container" {
         return Err("inspect does not say the pod runs in the container runtime".into());
     }
-    let exec = pods.ok(&["exec", "web", "--", "sh", "-c", "echo $((6 * 7)); hostname"])?;
-    if exec.lines().next() != Some("42") || exec.lines().nth(1) != Some("web") {
+    // exec runs in the container's root (its file), UTS namespace and PID namespace.
+    let exec = pods.ok(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo $((6 * 7)); hostname; cat /tmp/index.html; cat /proc/1/cmdline | tr '\\0' ' '",
+    ])?;
+    let lines: Vec<&str> = exec.lines().collect();
+    if lines.len() < 4
+        || lines[..3] != ["42", "web", "served"]
+        || !lines[3].contains("container-init")
+    {
         return Err(format!("exec printed {exec:?}").into());
     }
     let body = http_body("127.0.0.1:18090", Duration::from_secs(20))?;
