@@ -11,7 +11,7 @@
 # (see fuzz/README.md), run again.
 #
 # Environment: FUZZ_TARGET_DIR (cargo's target dir, default fuzz/target), FUZZ_NICE (niceness,
-# default 10: the fuzzers share the machine), FUZZ_JOBS (parallel jobs per target, default 1).
+# default 10: the fuzzers share the machine). Two run.sh with disjoint targets may run at once.
 set -euo pipefail
 
 secs=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
@@ -19,7 +19,6 @@ shift
 cd "$(dirname "$0")"
 target_dir=${FUZZ_TARGET_DIR:-target}
 niceness=${FUZZ_NICE:-10}
-jobs=${FUZZ_JOBS:-1}
 
 if (($# > 0)); then
     targets=("$@")
@@ -29,6 +28,30 @@ fi
 
 # One build of every target first, so that the time limits below are spent fuzzing.
 nice -n "$niceness" cargo +nightly fuzz build --target-dir "$target_dir"
+
+# Seeds for the archive targets, whose inputs libFuzzer would take long to find from nothing:
+# one small layer tar (a directory, a file, a symlink, a hard link, a whiteout).
+seed_tar() {
+    local d
+    d=$(mktemp -d)
+    mkdir -p "$d/etc" "$d/usr/bin"
+    echo root:x:0:0 >"$d/etc/passwd"
+    ln -s ../etc/passwd "$d/usr/bin/link"
+    ln "$d/etc/passwd" "$d/etc/hard"
+    touch "$d/etc/.wh.gone"
+    tar -C "$d" --owner=0 --group=0 -cf - etc usr
+    rm -rf "$d"
+}
+for t in "${targets[@]}"; do
+    case $t in
+    image_unpack)
+        mkdir -p corpus/$t
+        [[ -e corpus/$t/seed ]] || { printf '\377'; seed_tar; } >corpus/$t/seed ;;
+    image_import)
+        mkdir -p corpus/$t
+        [[ -e corpus/$t/seed ]] || seed_tar >corpus/$t/seed ;;
+    esac
+done
 
 mkdir -p logs
 results=()
@@ -43,15 +66,14 @@ for t in "${targets[@]}"; do
     # as a crash with a timeout-* artifact.
     nice -n "$niceness" cargo +nightly fuzz run --target-dir "$target_dir" "$t" \
         "corpus/$t" -- -max_total_time="$secs" -timeout=10 -max_len="$max_len" \
-        -jobs="$jobs" -workers="$jobs" -print_final_stats=1 >"logs/$t.log" 2>&1 || status=$?
-    execs=$(grep -ho 'stat::number_of_executed_units: [0-9]*' "logs/$t.log" fuzz-*.log 2>/dev/null |
+        -print_final_stats=1 >"logs/$t.log" 2>&1 || status=$?
+    execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "logs/$t.log" |
         awk '{n += $2} END {print n + 0}')
     if [[ $execs == 0 ]]; then
         # Stopped by a crash: no final stats, take the last status line.
         execs=$(grep -o '^#[0-9]*' "logs/$t.log" | tail -1 | tr -d '#')
         execs=${execs:-0}
     fi
-    rm -f fuzz-*.log
     new=$(comm -13 <(echo "$before") <(find "artifacts/$t" -type f | sort) | grep . || true)
     crashes=$(echo -n "$new" | grep -c . || true)
     results+=("$(printf '%-16s %12s execs  %s crash(es)  exit %s' "$t" "$execs" "$crashes" "$status")")
