@@ -27,7 +27,7 @@
 //! - **network**: host → pod TCP stream and 1-byte request/response with peapod-netbench
 //!   ([`super::net::measure`]), a pod per model on the peapod network.
 //! - **density**: `--pods N` detached pods started at once: time until `ps` lists all of
-//!   them running, and the host's MemAvailable before less after.
+//!   them running, and the PSS of all their host processes (shared pages counted once).
 //!
 //! A cell the machine cannot fill says why. Like the other VM benches it runs itself in the
 //! test bed where the host has no hardware KVM.
@@ -880,16 +880,7 @@ fn pod_memory(world: &World, model: Model, run: usize) -> anyhow::Result<PodMemo
         world.wait_running(&names)?;
         std::thread::sleep(SETTLE);
         let pod = world.inspect(&name)?;
-        let id = pod["id"].as_str().context("inspect shows no id")?;
-        let state = &pod["state"];
-        let supervisor = state["supervisor_pid"]
-            .as_u64()
-            .context("inspect shows no supervisor_pid")? as u32;
-        let sandbox = state["vmm_pid"].as_u64().map(|p| p as u32);
-        let cgroup = PathBuf::from(format!("/sys/fs/cgroup/peapod.slice/pod-{id}"));
-        let mut pids = descendants(&[supervisor], &process_parents());
-        pids.extend(sandbox);
-        pids.extend(cgroup_pids(&cgroup));
+        let (pids, sandbox) = pod_pids(&pod, &process_parents())?;
         let pss_kib: u64 = pids.iter().filter_map(|&p| pss_kib(p)).sum();
         anyhow::ensure!(pss_kib > 0, "no PSS read for the pod's processes {pids:?}");
         let vmm = match (model, sandbox) {
@@ -911,6 +902,26 @@ fn pod_memory(world: &World, model: Model, run: usize) -> anyhow::Result<PodMemo
     })();
     world.remove(&names);
     result
+}
+
+/// The host processes of the pod `inspect` shows: its supervisor and what it started, its
+/// VMM or host agent, and the processes in its cgroup (a host pod's containers); and the
+/// sandbox's pid.
+fn pod_pids(
+    pod: &serde_json::Value,
+    parents: &BTreeMap<u32, u32>,
+) -> anyhow::Result<(BTreeSet<u32>, Option<u32>)> {
+    let id = pod["id"].as_str().context("inspect shows no id")?;
+    let state = &pod["state"];
+    let supervisor = state["supervisor_pid"]
+        .as_u64()
+        .context("inspect shows no supervisor_pid")? as u32;
+    let sandbox = state["vmm_pid"].as_u64().map(|p| p as u32);
+    let cgroup = PathBuf::from(format!("/sys/fs/cgroup/peapod.slice/pod-{id}"));
+    let mut pids = descendants(&[supervisor], parents);
+    pids.extend(sandbox);
+    pids.extend(cgroup_pids(&cgroup));
+    Ok((pids, sandbox))
 }
 
 /// A detached crun container's PSS (its processes), in MiB.
@@ -1323,7 +1334,7 @@ fn density(world: &World, runs: usize, pods: usize) -> Vec<Metric> {
             up,
         ),
         metric(
-            &format!("density: host memory used by {pods} idle pods"),
+            &format!("density: host memory (PSS) of {pods} idle pods"),
             "MiB",
             true,
             0,
@@ -1332,13 +1343,12 @@ fn density(world: &World, runs: usize, pods: usize) -> Vec<Metric> {
     ]
 }
 
-/// Starts `n` detached pods at once; seconds until all are running, and the MiB of
-/// MemAvailable they took (read after they settle).
+/// Starts `n` detached pods at once; seconds until all are running, and the MiB of PSS of
+/// all their host processes (read after they settle).
 fn density_once(world: &World, model: Model, run: usize, n: usize) -> anyhow::Result<[f64; 2]> {
     let names: Vec<String> = (0..n)
         .map(|i| format!("dens-{}-{run}-{i}", model.name()))
         .collect();
-    let before = mem_available_kib()?;
     let started = Instant::now();
     let result = (|| {
         let children: Vec<_> = names
@@ -1375,16 +1385,19 @@ fn density_once(world: &World, model: Model, run: usize, n: usize) -> anyhow::Re
         world.wait_running(&names)?;
         let up = started.elapsed().as_secs_f64();
         std::thread::sleep(SETTLE);
-        let after = mem_available_kib()?;
-        Ok([up, before.saturating_sub(after) as f64 / 1024.0])
+        // PSS over all the pods' processes: what they share (the peapod binary, the VMM's
+        // code) is counted once, as the host pays for it once.
+        let parents = process_parents();
+        let mut pids = BTreeSet::new();
+        for name in &names {
+            pids.extend(pod_pids(&world.inspect(name)?, &parents)?.0);
+        }
+        let pss_kib: u64 = pids.iter().filter_map(|&p| pss_kib(p)).sum();
+        anyhow::ensure!(pss_kib > 0, "no PSS read for the pods' processes {pids:?}");
+        Ok([up, pss_kib as f64 / 1024.0])
     })();
     world.remove(&names);
     result
-}
-
-fn mem_available_kib() -> anyhow::Result<u64> {
-    let text = fs::read_to_string("/proc/meminfo")?;
-    kib_field(&text, "MemAvailable:").context("no MemAvailable in /proc/meminfo")
 }
 
 /// Each pod's name and status word (`running`, `created`, `exited`, ...) from `ps --format

@@ -42,13 +42,15 @@ pub enum AssetError {
 
 /// The kernel modules pods need in the L1 beyond KVM's, by name; their dependencies come
 /// from `modules.dep`. The cloud kernel builds these as modules (its config says `=m`):
-/// overlay for the roots of `--runtime container` pods; veth and bridge for the CNI bridge plugin; tun for the VMM's tap; sch_ingress, the
+/// overlay for the roots of `--runtime container` pods; vhost_vsock for the QEMU peer of the
+/// benchmarks (its guest's agent answers over vsock); veth and bridge for the CNI bridge plugin; tun for the VMM's tap; sch_ingress, the
 /// classifiers and act_mirred for the tc redirect that joins tap and veth; nf_tables with
 /// nft_compat, the nat chain and the xt matches/targets for the bridge plugin's `ipMasq`
 /// through Debian's iptables-nft. (IPv6, NF_TABLES_IPV4/INET and NF_NAT_MASQUERADE are
 /// built in.) A name the kernel lacks is skipped: networking then fails where it is used.
 pub const NET_MODULES: &[&str] = &[
     "overlay",
+    "vhost_vsock",
     "tun",
     "veth",
     "bridge",
