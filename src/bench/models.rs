@@ -88,16 +88,18 @@ pub enum Part {
     Fileio,
     Network,
     Density,
+    Surface,
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Start,
         Part::Memory,
         Part::Syscalls,
         Part::Fileio,
         Part::Network,
         Part::Density,
+        Part::Surface,
     ];
 
     fn as_str(self) -> &'static str {
@@ -108,6 +110,7 @@ impl Part {
             Part::Fileio => "fileio",
             Part::Network => "network",
             Part::Density => "density",
+            Part::Surface => "surface",
         }
     }
 }
@@ -257,6 +260,7 @@ pub fn run(bench: &ModelsBench) -> anyhow::Result<()> {
             Part::Fileio => file_io(&world, bench.runs),
             Part::Network => network(&world, bench.runs),
             Part::Density => density(&world, bench.runs, bench.pods),
+            Part::Surface => surface(&world, bench.runs),
         };
         report.metrics.extend(metrics);
     }
@@ -1248,6 +1252,143 @@ fn crun_fileio(world: &World, crun: &Crun, run: usize) -> anyhow::Result<[f64; 8
     Ok(fileio_values(&root, &scratch))
 }
 
+// ---- host kernel surface ----
+
+/// How much of the host's kernel each model puts in a pod's reach: the distinct syscalls the
+/// pod's host processes make while a workload runs (`strace -f -c` of `run --rm` of the file
+/// I/O workload: the CLI, supervisor, VMM or host agent, and for the container runtime and
+/// crun the workload's own processes, which run on the host's kernel; a pod VM's guest makes
+/// its syscalls to the guest's kernel), and how many syscalls the pod's confinement lets
+/// through at all (the VMM's seccomp allow-lists, all threads; docker's profile for the
+/// container runtime's containers; crun's default spec has no filter).
+fn surface(world: &World, runs: usize) -> Vec<Metric> {
+    let strace = crate::machine::assets::find_in_path("strace")
+        .ok_or_else(|| "no strace here (apt-get install strace)".to_string());
+    let args = fileio_args("/tmp");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut subjects: Vec<(&str, RowsRunner<2>)> = Vec::new();
+    let vmm_allowed = vmm_allow_list_size() as f64;
+    let docker_allowed = crate::agent::hardening::allowed_names().count() as f64;
+    for (model, allowed) in [(Model::Vm, vmm_allowed), (Model::Container, docker_allowed)] {
+        let (strace, args) = (strace.clone(), args.clone());
+        subjects.push((
+            model.name(),
+            Box::new(move |run| {
+                not_interrupted()?;
+                world.probe()?;
+                let strace = strace.as_ref().map_err(Clone::clone)?;
+                traced_syscalls(strace, world.run_rm(model, &args), &world.work, run)
+                    .map(|made| [made as f64, allowed])
+                    .map_err(|e| failed(model.name(), run, e))
+            }),
+        ));
+    }
+    subjects.push((
+        CRUN,
+        Box::new(move |run| {
+            let crun = world.crun.as_ref().map_err(Clone::clone)?;
+            world.probe()?;
+            let strace = strace.as_ref().map_err(Clone::clone)?;
+            let name = crun_name("surface", run);
+            let result = crun
+                .command(&name, &args, true, None, false)
+                .and_then(|command| traced_syscalls(strace, command, &world.work, run));
+            crun.delete(&name);
+            // crun's default spec installs no seccomp filter (its second row says so).
+            result
+                .map(|made| [made as f64, 0.0])
+                .map_err(|e| failed(CRUN, run, e))
+        }),
+    ));
+    let [made, allowed] = measure_rows(runs, subjects);
+    let allowed = allowed
+        .into_iter()
+        .map(|(name, outcome)| match name {
+            CRUN => (
+                name,
+                Outcome::not_run("no limit: crun's default spec has no seccomp filter"),
+            ),
+            _ => (name, outcome),
+        })
+        .collect();
+    vec![
+        metric(
+            "host kernel surface: distinct host syscalls of `run --rm` of the file I/O \
+             workload (strace -f)",
+            "syscalls",
+            true,
+            0,
+            made,
+        ),
+        metric(
+            "host kernel surface: syscalls the confinement allows (VMM seccomp, all threads; \
+             docker's profile)",
+            "syscalls",
+            true,
+            0,
+            allowed,
+        ),
+    ]
+}
+
+/// Distinct syscall numbers the VMM's threads may make, all thread kinds together.
+fn vmm_allow_list_size() -> usize {
+    use crate::vmm::seccomp::{ThreadKind, allowed};
+    [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::Main]
+        .into_iter()
+        .flat_map(|kind| allowed(kind, libc::SIGRTMIN()))
+        .map(|a| a.nr)
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// Runs `command` under `strace -f -c` (it and every process it starts, until all have
+/// exited); the number of distinct syscalls they made.
+fn traced_syscalls(
+    strace: &Path,
+    command: Command,
+    work: &Path,
+    run: usize,
+) -> anyhow::Result<usize> {
+    let summary = work.join(format!("strace-{}-{run}.txt", std::process::id()));
+    let mut traced = Command::new(strace);
+    traced
+        .args(["-f", "-qq", "-c", "-o"])
+        .arg(&summary)
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => traced.env(key, value),
+            None => traced.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        traced.current_dir(dir);
+    }
+    exit_once(traced)?;
+    let text = fs::read_to_string(&summary).context("reading strace's summary")?;
+    let _ = fs::remove_file(&summary);
+    let names = strace_summary_syscalls(&text);
+    anyhow::ensure!(!names.is_empty(), "strace counted no syscalls: {text}");
+    Ok(names.len())
+}
+
+/// The syscall names of a `strace -c` summary table (its rows between the dashed lines,
+/// the `total` row left out).
+fn strace_summary_syscalls(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('%') && !l.starts_with('-'))
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|name| {
+            *name != "total" && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 // ---- network ----
 
 fn network(world: &World, runs: usize) -> Vec<Metric> {
@@ -1443,6 +1584,10 @@ fn run_in_machine(
     if let Some(crun) = &crun {
         copies.push((crun, "/usr/bin/crun"));
     }
+    let strace = crate::machine::assets::find_in_path("strace");
+    if let Some(strace) = &strace {
+        copies.push((strace, "/usr/bin/strace"));
+    }
     if let Some(qemu) = &qemu {
         copies.push((qemu, "/usr/bin/qemu-system-x86_64"));
         copies.push((Path::new("/usr/share/qemu"), "/usr/share/qemu"));
@@ -1488,6 +1633,27 @@ fn run_in_machine(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strace_summary_gives_its_distinct_syscalls() {
+        let text = "% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.000040           4        10           read
+ 30.00    0.000030           3        10         2 openat
+ 30.00    0.000030          30         1           clone3
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.000100           4        21         2 total
+";
+        let names: Vec<String> = strace_summary_syscalls(text).into_iter().collect();
+        assert_eq!(names, ["clone3", "openat", "read"]);
+        assert!(strace_summary_syscalls("").is_empty());
+    }
+
+    #[test]
+    fn the_vmm_allows_some_tens_of_syscalls() {
+        let n = vmm_allow_list_size();
+        assert!((10..200).contains(&n), "{n}");
+    }
 
     fn measured(values: &[f64]) -> Outcome {
         Outcome::Measured(Samples::from_values(values.iter().copied()).unwrap())
