@@ -231,6 +231,14 @@ pub fn base_archive(
     if let Some(mkfs) = assets::find_in_path("mkfs.erofs") {
         plan.add_binary(GUEST_MKFS_EROFS, &mkfs)?;
     }
+    // The benchmarks' peer (crun, a plain container) and tracer (strace, the host kernel
+    // surface), where the host has them, so that the benches and the e2e tests find them in
+    // every L1.
+    for (tool, guest) in [("crun", "/usr/bin/crun"), ("strace", "/usr/bin/strace")] {
+        if let Some(path) = assets::find_in_path(tool) {
+            plan.add_binary(guest, &path)?;
+        }
+    }
     plan.files.insert(
         "/init".into(),
         (0o755, Content::Bytes(INIT_SCRIPT.as_bytes().to_vec())),
