@@ -793,7 +793,7 @@ impl RunningPod {
         let mut client = match client {
             Some(Ok(client)) => client,
             Some(Err(e)) => return Err((e.to_string(), None)),
-            None => return Err(("the pod VM is gone".into(), None)),
+            None => return Err(("the pod's sandbox is gone".into(), None)),
         };
         let status = client
             .wait(&ProcessRef::container(&c.name))
@@ -1020,7 +1020,7 @@ impl RunningPod {
         let _ = self.signal(None, libc::SIGKILL);
         if !self.wait_down(Some(KILL_GRACE)) {
             self.finish(Some(
-                "the pod did not stop after SIGKILL; its VM was killed".into(),
+                "the pod did not stop after SIGKILL; its VM (or host agent) was killed".into(),
             ));
         }
     }
