@@ -28,6 +28,11 @@
 //!   ([`super::net::measure`]), a pod per model on the peapod network.
 //! - **density**: `--pods N` detached pods started at once: time until `ps` lists all of
 //!   them running, and the PSS of all their host processes (shared pages counted once).
+//! - **surface**: the distinct host syscalls of `run --rm` of the file I/O workload under
+//!   `strace -f`, and how many syscalls each model's confinement lets through.
+//! - **neighbour**: `exec POD true` of an idle pod with no other pod busy, then while another
+//!   pod of the same model forks 200 processes, holds 128 MiB and spins two CPUs; and the
+//!   host's own `/bin/true` meanwhile.
 //!
 //! A cell the machine cannot fill says why. Like the other VM benches it runs itself in the
 //! test bed where the host has no hardware KVM.
@@ -89,10 +94,11 @@ pub enum Part {
     Network,
     Density,
     Surface,
+    Neighbour,
 }
 
 impl Part {
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::Start,
         Part::Memory,
         Part::Syscalls,
@@ -100,6 +106,7 @@ impl Part {
         Part::Network,
         Part::Density,
         Part::Surface,
+        Part::Neighbour,
     ];
 
     fn as_str(self) -> &'static str {
@@ -111,6 +118,7 @@ impl Part {
             Part::Network => "network",
             Part::Density => "density",
             Part::Surface => "surface",
+            Part::Neighbour => "neighbour",
         }
     }
 }
@@ -261,6 +269,7 @@ pub fn run(bench: &ModelsBench) -> anyhow::Result<()> {
             Part::Network => network(&world, bench.runs),
             Part::Density => density(&world, bench.runs, bench.pods),
             Part::Surface => surface(&world, bench.runs),
+            Part::Neighbour => neighbour(&world, bench.runs),
         };
         report.metrics.extend(metrics);
     }
@@ -1387,6 +1396,101 @@ fn strace_summary_syscalls(text: &str) -> BTreeSet<String> {
         })
         .map(str::to_string)
         .collect()
+}
+
+// ---- a noisy neighbour ----
+
+/// What the noisy pod does: forks [`NOISY_PROCESSES`] sleeping processes, holds 128 MiB
+/// (`tail -c` keeps what it reads) and spins two CPUs, until it is removed. Bounded on
+/// purpose: the bench shows how far each model's confinement reaches, never by exhausting
+/// the host.
+const NOISY_SCRIPT: &str = "i=0; while [ $i -lt 200 ]; do sleep 100000 & i=$((i+1)); done; \
+     head -c 134217728 /dev/zero | tail -c 134217727 > /dev/null & \
+     while :; do :; done & while :; do :; done & wait";
+/// The noisy pod's sleeping processes.
+const NOISY_PROCESSES: usize = 200;
+/// Timed `exec ... true` of the neighbour per phase (the median is kept).
+const NEIGHBOUR_PROBES: usize = 3;
+
+/// Does a pod's neighbour (and the host) keep working while another pod of the same model
+/// forks, allocates and spins? The median time of `peapod exec NEIGHBOUR -- true` with the
+/// noisy pod absent and present, and of the host's own `/bin/true` while it runs.
+fn neighbour(world: &World, runs: usize) -> Vec<Metric> {
+    let mut subjects: Vec<(&str, RowsRunner<3>)> = Vec::new();
+    for model in Model::BOTH {
+        subjects.push((
+            model.name(),
+            Box::new(move |run| {
+                not_interrupted()?;
+                neighbour_once(world, model, run).map_err(|e| failed(model.name(), run, e))
+            }),
+        ));
+    }
+    let [idle, loaded, host] = measure_rows(runs, subjects);
+    let load =
+        format!("another pod forks {NOISY_PROCESSES} processes, holds 128 MiB and spins 2 CPUs");
+    vec![
+        metric(
+            "neighbour: `exec POD true` of an idle pod, no other pod busy",
+            "ms",
+            true,
+            0,
+            idle,
+        ),
+        metric(
+            &format!("neighbour: the same while {load}"),
+            "ms",
+            true,
+            0,
+            loaded,
+        ),
+        metric(
+            &format!("neighbour: the host's /bin/true while {load}"),
+            "ms",
+            true,
+            1,
+            host,
+        ),
+    ]
+}
+
+fn neighbour_once(world: &World, model: Model, run: usize) -> anyhow::Result<[f64; 3]> {
+    let quiet = format!("nb-{}-{run}", model.name());
+    let noisy = format!("noisy-{}-{run}", model.name());
+    let names = [quiet.clone(), noisy.clone()];
+    let result = (|| {
+        world.run_detached(model, "none", &quiet, &["sleep", "100000"])?;
+        world.wait_running(&names[..1])?;
+        let exec_ms = || -> anyhow::Result<f64> {
+            let mut times = Vec::new();
+            for _ in 0..NEIGHBOUR_PROBES {
+                let (took, _) = exit_once(world.pods.peapod(&["exec", &quiet, "--", "true"]))?;
+                times.push(ms(took));
+            }
+            median_of(times)
+        };
+        let idle = exec_ms()?;
+        world.run_detached(model, "none", &noisy, &["sh", "-c", NOISY_SCRIPT])?;
+        world.wait_running(&names[1..])?;
+        std::thread::sleep(SETTLE);
+        let loaded = exec_ms()?;
+        let mut host = Vec::new();
+        for _ in 0..NEIGHBOUR_PROBES {
+            let (took, _) = exit_once(Command::new("true"))?;
+            host.push(ms(took));
+        }
+        Ok([idle, loaded, median_of(host)?])
+    })();
+    world.remove(&names);
+    result
+}
+
+/// The median of a few timings.
+fn median_of(values: Vec<f64>) -> anyhow::Result<f64> {
+    Samples::from_values(values)
+        .ok()
+        .and_then(|s| s.median())
+        .context("no timings")
 }
 
 // ---- network ----

@@ -235,6 +235,7 @@ pub fn run(
         interrupt: interrupt.clone(),
         deadline: started + config.timeout,
         stall: StallWatch::new(config.stall_timeout, boot_started),
+        console: ConsoleWatch::new(run_dir.path().join("console.log")),
     };
 
     let outcome = l1_vm.serve(&listener, stdout, stderr);
@@ -364,6 +365,53 @@ fn write_initrd(
     Ok(())
 }
 
+/// Reads what the L1's console log gained, now and then, for the line of a wedged kernel: a
+/// soft lockup, which the test bed's emulated KVM has been seen to enter and never leave
+/// (`kvm_apic_local_deliver`, README, Tests). Its init keeps sending heartbeats then, so the
+/// stall watch does not see it; without this the run waits out its whole `--timeout`.
+struct ConsoleWatch {
+    path: PathBuf,
+    /// Bytes of the log already read.
+    offset: u64,
+    next_check: Option<Instant>,
+}
+
+impl ConsoleWatch {
+    /// How often the log is read.
+    const PERIOD: Duration = Duration::from_secs(1);
+    /// At most this much of the log is read per check.
+    const MAX_READ: u64 = 1 << 20;
+    /// The kernel's line for a CPU stuck in the kernel for over 20 s.
+    const WEDGED: &'static str = "soft lockup";
+
+    fn new(path: PathBuf) -> Self {
+        ConsoleWatch {
+            path,
+            offset: 0,
+            next_check: None,
+        }
+    }
+
+    /// The console's line saying the kernel is wedged, once it has appeared.
+    fn wedged(&mut self, now: Instant) -> Option<String> {
+        if self.next_check.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next_check = Some(now + Self::PERIOD);
+        let mut file = File::open(&self.path).ok()?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(self.offset)).ok()?;
+        let mut text = Vec::new();
+        file.take(Self::MAX_READ).read_to_end(&mut text).ok()?;
+        // A line cut at the end is read again whole next time.
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        self.offset += whole as u64;
+        String::from_utf8_lossy(&text[..whole])
+            .lines()
+            .find(|l| l.contains(Self::WEDGED))
+            .map(|l| l.trim().to_string())
+    }
+}
+
 /// Why serving the link stopped without an exit status.
 enum Stop {
     Timeout,
@@ -386,6 +434,7 @@ struct L1Process {
     /// When the run's --timeout is up.
     deadline: Instant,
     stall: StallWatch,
+    console: ConsoleWatch,
 }
 
 impl L1Process {
@@ -446,14 +495,21 @@ impl L1Process {
         }
     }
 
-    /// Why the run must stop now, if it must: a signal, a silent link, or the timeout.
-    fn should_stop(&self) -> Result<(), Stop> {
+    /// Why the run must stop now, if it must: a signal, a silent link, a wedged L1 kernel,
+    /// or the timeout.
+    fn should_stop(&mut self) -> Result<(), Stop> {
         let now = Instant::now();
         if let Some(signal) = self.interrupt.raised() {
             return Err(Stop::Interrupted(signal));
         }
         if let Some(silent) = self.stall.stalled(now) {
             return Err(Stop::Stalled(silent));
+        }
+        if let Some(line) = self.console.wedged(now) {
+            return Err(Stop::Failed(format!(
+                "the L1's kernel is wedged (its console says `{line}`; its init may still \
+                 answer, but KVM inside it does not come back)"
+            )));
         }
         if now >= self.deadline {
             return Err(Stop::Timeout);
@@ -559,6 +615,34 @@ fn failure_tail(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soft_lockup_on_the_console_is_a_wedged_l1() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut watch = ConsoleWatch::new(log.clone());
+        let t0 = Instant::now();
+        // No log yet, then a quiet one.
+        assert_eq!(watch.wedged(t0), None);
+        std::fs::write(
+            &log,
+            "[ 1.0] kvm: Nested Virtualization enabled\n[ 2.0] watchdog: BUG: soft lo",
+        )
+        .unwrap();
+        assert_eq!(watch.wedged(t0 + Duration::from_secs(1)), None);
+        // Not read again within the period; the cut line is read whole later.
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"ckup - CPU#0 stuck for 22s! [vcpu0:116]\n").unwrap();
+        assert_eq!(
+            watch.wedged(t0 + Duration::from_millis(1500)),
+            None,
+            "checked within the period"
+        );
+        assert_eq!(
+            watch.wedged(t0 + Duration::from_secs(3)).as_deref(),
+            Some("[ 2.0] watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [vcpu0:116]")
+        );
+    }
 
     #[test]
     fn a_failed_l1_keeps_its_logs_and_not_its_initramfs() {
