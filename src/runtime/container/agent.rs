@@ -11,8 +11,9 @@
 //! container still gets `pivot_root` rather than a chroot it could leave.
 //!
 //! When the supervisor asks it to shut down, or it gets SIGTERM (as it does when its
-//! supervisor dies), it kills the pod's processes, removes the pod's cgroup and directories
-//! ([`super::leftovers`]) and exits.
+//! supervisor dies), it kills the pod's processes, removes the pod's cgroup
+//! ([`super::leftovers`]) and exits; the pod's directories are its supervisor's (or `rm`'s)
+//! to remove.
 
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -155,9 +156,11 @@ pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
     end(&layout)
 }
 
-/// Removes the pod's processes, cgroup and directories, then exits.
+/// Kills the pod's processes and removes its cgroup, then exits. The pod's directories are
+/// left to the supervisor (or `rm`), which sees them from the host's mount namespace: here
+/// the pod's volumes are still mounted on them.
 fn end(layout: &PodLayout) -> ! {
-    let code = match leftovers::remove(layout) {
+    let code = match leftovers::remove_cgroup(&layout.cgroup_parent) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("peapod host-agent: {e}");
