@@ -740,14 +740,11 @@ pub fn find_probe() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Re-runs this benchmark inside `peapod machine run`, with the static probe and crun (and
+/// Re-runs this benchmark inside `peapod machine run`, with the static probe (and
 /// the kernel and agent initramfs, where named) copied in.
 fn run_in_machine(bench: &IsolationBench, probe: &Path) -> anyhow::Result<()> {
-    let crun = crate::machine::assets::find_in_path("crun");
+    // crun: every L1 carries it where this host has it.
     let mut copies: Vec<(&Path, &str)> = vec![(probe, MACHINE_PROBE)];
-    if let Some(crun) = &crun {
-        copies.push((crun, "/usr/bin/crun"));
-    }
     let mut env = vec![format!("{PROBE_ENV}={MACHINE_PROBE}")];
     let output = match bench.output {
         OutputFormat::Markdown => "markdown",

@@ -108,6 +108,56 @@ pub fn carry_guest_artifacts<'a>(
     }
 }
 
+/// Writes the chart (`--plot`) and prints the report as `--output` asks; `bench` names the
+/// benchmark in the chart's line.
+pub fn emit_report(
+    bench: &str,
+    report: &report::Report,
+    output: isolation::OutputFormat,
+    plot: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = plot {
+        report.write_svg(path)?;
+        eprintln!("bench {bench}: chart written to {}", path.display());
+    }
+    match output {
+        isolation::OutputFormat::Markdown => print!("{}", report.markdown()?),
+        isolation::OutputFormat::Json => println!("{}", report.json()?),
+    }
+    Ok(())
+}
+
+/// Runs a report-printing benchmark (`args`) inside `peapod machine run`. For `--output json`
+/// or `--plot` it asks for JSON inside and renders the report here, so that the chart lands
+/// on the host.
+pub fn report_from_machine(
+    bench: &str,
+    copies: &[(&Path, &str)],
+    env: &[String],
+    mut args: Vec<String>,
+    output: isolation::OutputFormat,
+    plot: Option<&Path>,
+) -> anyhow::Result<()> {
+    if output == isolation::OutputFormat::Markdown && plot.is_none() {
+        return run_inside_machine(copies, env, &args);
+    }
+    args.extend(["--output".to_string(), "json".to_string()]);
+    let (stdout, status) = run_inside_machine_output(copies, env, &args)?;
+    let report = match net::report_in(&stdout) {
+        Some(report) => report?,
+        None => {
+            // no report: the bench failed before its table; say what it printed
+            print!("{stdout}");
+            status.map_err(anyhow::Error::msg)?;
+            anyhow::bail!("the benchmark inside the test bed printed no report");
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    emit_report(bench, &report, output, plot)?;
+    status.map_err(anyhow::Error::msg)
+}
+
 pub fn run_inside_machine(
     copies: &[(&Path, &str)],
     env: &[String],

@@ -39,7 +39,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -280,15 +279,7 @@ pub fn run(bench: &ModelsBench) -> anyhow::Result<()> {
 
 /// Writes the chart (`--plot`) and prints the report as `--output` asks.
 fn emit(bench: &ModelsBench, report: &Report) -> anyhow::Result<()> {
-    if let Some(path) = &bench.plot {
-        report.write_svg(path)?;
-        eprintln!("bench models: chart written to {}", path.display());
-    }
-    match bench.output {
-        OutputFormat::Markdown => print!("{}", report.markdown()?),
-        OutputFormat::Json => println!("{}", report.json()?),
-    }
-    Ok(())
+    super::emit_report("models", report, bench.output, bench.plot.as_deref())
 }
 
 /// What every part uses: the pod world, the crun peer, the static programs.
@@ -1665,7 +1656,7 @@ fn pod_states(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
 
 // ---- the test bed ----
 
-/// Re-runs this benchmark inside `peapod machine run` with the static programs, crun and
+/// Re-runs this benchmark inside `peapod machine run` with the static programs and
 /// QEMU copied in; for `--output json` or `--plot` it asks for JSON inside and renders the
 /// report here, so that the chart lands on the host.
 fn run_in_machine(
@@ -1673,7 +1664,6 @@ fn run_in_machine(
     probe: Option<&Path>,
     netbench: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let crun = crate::machine::assets::find_in_path("crun");
     let qemu = crate::machine::assets::find_qemu().ok();
     let mut copies: Vec<(&Path, &str)> = Vec::new();
     let mut env = Vec::new();
@@ -1685,13 +1675,7 @@ fn run_in_machine(
         copies.push((netbench, MACHINE_NETBENCH));
         env.push(format!("{}={MACHINE_NETBENCH}", super::net::NETBENCH_ENV));
     }
-    if let Some(crun) = &crun {
-        copies.push((crun, "/usr/bin/crun"));
-    }
-    let strace = crate::machine::assets::find_in_path("strace");
-    if let Some(strace) = &strace {
-        copies.push((strace, "/usr/bin/strace"));
-    }
+    // crun and strace: every L1 carries them where this host has them.
     if let Some(qemu) = &qemu {
         copies.push((qemu, "/usr/bin/qemu-system-x86_64"));
         copies.push((Path::new("/usr/share/qemu"), "/usr/share/qemu"));
@@ -1716,22 +1700,14 @@ fn run_in_machine(
         &mut env,
         &mut args,
     );
-    if bench.output == OutputFormat::Markdown && bench.plot.is_none() {
-        return super::run_inside_machine(&copies, &env, &args);
-    }
-    args.extend(["--output".to_string(), "json".to_string()]);
-    let (stdout, status) = super::run_inside_machine_output(&copies, &env, &args)?;
-    let report = match super::net::report_in(&stdout) {
-        Some(report) => report?,
-        None => {
-            print!("{stdout}");
-            status.map_err(anyhow::Error::msg)?;
-            anyhow::bail!("the benchmark inside the test bed printed no report");
-        }
-    };
-    let _ = std::io::stdout().flush();
-    emit(bench, &report)?;
-    status.map_err(anyhow::Error::msg)
+    super::report_from_machine(
+        "models",
+        &copies,
+        &env,
+        args,
+        bench.output,
+        bench.plot.as_deref(),
+    )
 }
 
 #[cfg(test)]

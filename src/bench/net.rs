@@ -106,15 +106,7 @@ fn not_interrupted() -> anyhow::Result<()> {
 
 /// Writes the chart (`--plot`) and prints the report as `--output` asks.
 fn emit(bench: &NetBench, report: &Report) -> anyhow::Result<()> {
-    if let Some(path) = &bench.plot {
-        report.write_svg(path)?;
-        eprintln!("bench net: chart written to {}", path.display());
-    }
-    match bench.output {
-        OutputFormat::Markdown => print!("{}", report.markdown()?),
-        OutputFormat::Json => println!("{}", report.json()?),
-    }
-    Ok(())
+    super::emit_report("net", report, bench.output, bench.plot.as_deref())
 }
 
 pub fn run(bench: &NetBench) -> anyhow::Result<()> {
@@ -667,22 +659,14 @@ fn run_in_machine(bench: &NetBench, netbench: &Path) -> anyhow::Result<()> {
         &mut env,
         &mut args,
     );
-    if bench.output == OutputFormat::Markdown && bench.plot.is_none() {
-        return super::run_inside_machine(&copies, &env, &args);
-    }
-    args.extend(["--output".to_string(), "json".to_string()]);
-    let (stdout, status) = super::run_inside_machine_output(&copies, &env, &args)?;
-    let report = match report_in(&stdout) {
-        Some(report) => report?,
-        None => {
-            // no report: the bench failed before its table; say what it printed
-            print!("{stdout}");
-            status.map_err(anyhow::Error::msg)?;
-            anyhow::bail!("the benchmark inside the test bed printed no report");
-        }
-    };
-    emit(bench, &report)?;
-    status.map_err(anyhow::Error::msg)
+    super::report_from_machine(
+        "net",
+        &copies,
+        &env,
+        args,
+        bench.output,
+        bench.plot.as_deref(),
+    )
 }
 
 /// The report [`Report::json`] printed in `stdout` (from its first line `{` to the end), if
