@@ -14,6 +14,7 @@ use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 use crate::vmm::builder::{self, DEFAULT_MEMORY_MIB, DiskConfig, VsockConfig};
 use crate::vmm::config::{ConsoleConfig, VmmConfig};
 use crate::vmm::events::{EventSink, VmmEvent};
+use crate::vmm::jail::JailConfig;
 use crate::vmm::program::VmmProgram;
 use crate::vmm::vcpu::VcpuStop;
 use crate::vmm::virtio::net::NetConfig;
@@ -110,6 +111,11 @@ pub struct BootArgs {
     /// syscall outside a thread's list kills the VMM with SIGSYS
     #[arg(long)]
     no_seccomp: bool,
+    /// Run the VMM outside its jail (for debugging only; see vmm::jail); also for a
+    /// --config file. Without it the VMM, once its VM is built, moves into namespaces and
+    /// an empty root of its own and drops root for a uid of its own: it must start as root
+    #[arg(long)]
+    no_jail: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -183,6 +189,9 @@ impl BootArgs {
         if let Some(path) = &self.config {
             let mut config = VmmConfig::from_file(path)?;
             config.seccomp &= !self.no_seccomp;
+            if self.no_jail {
+                config.jail = None;
+            }
             return Ok(config);
         }
         let kernel = match &self.kernel {
@@ -212,6 +221,7 @@ impl BootArgs {
                 mtu: self.net_mtu,
             }),
             seccomp: !self.no_seccomp,
+            jail: (!self.no_jail).then(JailConfig::default),
         };
         config.validate()?;
         Ok(config)
@@ -423,6 +433,8 @@ fn run_container(args: RunContainerArgs) -> anyhow::Result<ExitCode> {
             agent_timeout: runtime::oneshot::agent_timeout_from_env(),
             dir: None,
             net: None,
+            jail: true,
+            cgroup: None,
         },
         rootfs,
         fs_type: None,
@@ -586,8 +598,11 @@ mod tests {
                 }),
                 net: None,
                 seccomp: true,
+                jail: Some(JailConfig::default()),
             }
         );
+        let unjailed = boot_args(&["--kernel", "/k", "--no-jail"]).unwrap();
+        assert_eq!(unjailed.vmm_config().unwrap().jail, None);
         let off = boot_args(&["--kernel", "/k", "--no-seccomp"]).unwrap();
         assert!(!off.vmm_config().unwrap().seccomp);
         let bad = boot_args(&["--kernel", "/k", "--cpus", "0"]).unwrap();

@@ -15,6 +15,7 @@
 //! [`oneshot`] is `peapod vm run-container`: one container in its own pod VM, its stdio
 //! streamed, callable from other code.
 
+pub mod cgroup;
 pub mod container;
 pub mod endpoint;
 pub mod oneshot;

@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::cgroup::{CgroupError, VmmCgroup};
 use super::endpoint::{AgentEndpoint, ProcessHandle};
 use crate::protocol::client::{Client, ClientError};
 use crate::protocol::{CONTROL_PORT, ProcessRef, StreamKind};
@@ -35,6 +36,7 @@ use crate::vmm::boot::linux::DEFAULT_CMDLINE;
 use crate::vmm::builder::{DiskConfig, VsockConfig};
 use crate::vmm::config::{ConfigError, ConsoleConfig, VmmConfig};
 use crate::vmm::events::{VmmEvent, read_events};
+use crate::vmm::jail::JailConfig;
 use crate::vmm::program::VmmProgram;
 use crate::vmm::virtio::vsock::{ConnectError, DEFAULT_GUEST_CID, connect_to_guest};
 
@@ -116,6 +118,8 @@ pub enum PodVmError {
     Wait(#[source] std::io::Error),
     #[error("cannot hand the pod's tap to the VMM: {0}")]
     Tap(#[source] std::io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
 }
 
 /// What a pod VM boots.
@@ -137,6 +141,11 @@ pub struct PodVmConfig {
     pub dir: Option<PathBuf>,
     /// The pod's NIC: a tap the VMM serves as virtio-net.
     pub net: Option<PodVmNet>,
+    /// Run the VMM in its jail ([`crate::vmm::jail`]) and as PID 1 of a PID namespace of
+    /// its own; `false` only for debugging and for tests' stand-in VMMs.
+    pub jail: bool,
+    /// The cgroup the VMM runs in ([`super::cgroup`]), made here; `None`: its starter's.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A pod VM's network interface: the tap (made by the caller in the pod's network
@@ -183,6 +192,7 @@ impl PodVmConfig {
                     mtu: n.mtu,
                 }),
             seccomp: true,
+            jail: self.jail.then(JailConfig::default),
         }
     }
 }
@@ -413,6 +423,12 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
         None => None,
     };
     let tap_raw = tap_copy.as_ref().map(|fd| fd.as_raw_fd());
+    let cgroup = config
+        .cgroup
+        .as_deref()
+        .map(|path| VmmCgroup::create(path, config.memory_mib.saturating_mul(1 << 20)))
+        .transpose()?;
+    let procs_raw = cgroup.as_ref().map(|c| c.procs.as_raw_fd());
     let mut cmd = config.vmm.command();
     cmd.arg("--config")
         .arg(&config_path)
@@ -450,13 +466,25 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
             {
                 return Err(std::io::Error::last_os_error());
             }
+            // Into the VM's cgroup before the VMM maps guest RAM ("0": this process).
+            if let Some(procs) = procs_raw
+                && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|source| PodVmError::Spawn {
+    let spawned = if config.jail {
+        spawn_in_new_pid_namespace(&mut cmd)
+    } else {
+        cmd.spawn()
+    };
+    let child = spawned.map_err(|source| PodVmError::Spawn {
         binary: config.vmm.path.clone(),
         source,
     })?;
+    drop(cgroup);
     // Only the VMM may hold the write end, or the reader never sees the end of the pipe.
     drop(write_end);
     drop(tap_copy);
@@ -470,6 +498,27 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
         }
     };
     Ok(Vmm { child, events })
+}
+
+/// Spawns `cmd` as PID 1 of a new PID namespace: this thread's children go there from
+/// `unshare` until `setns` puts them back in its own, right after the fork. (Not from a
+/// thread of its own: the VMM's parent-death signal follows the thread that forked it.)
+fn spawn_in_new_pid_namespace(cmd: &mut std::process::Command) -> std::io::Result<Child> {
+    let own = File::open("/proc/thread-self/ns/pid")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)?;
+    let spawned = cmd.spawn();
+    let back = nix::sched::setns(&own, nix::sched::CloneFlags::CLONE_NEWPID);
+    match (spawned, back) {
+        (Ok(child), Ok(())) => Ok(child),
+        (Ok(mut child), Err(e)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(std::io::Error::other(format!(
+                "cannot return to this process's PID namespace after starting the VMM: {e}"
+            )))
+        }
+        (Err(e), _) => Err(e),
+    }
 }
 
 impl PodVm {
@@ -891,6 +940,8 @@ mod tests {
             agent_timeout,
             dir: None,
             net: None,
+            jail: false,
+            cgroup: None,
         }
     }
 

@@ -126,6 +126,12 @@ impl SupervisorConfig {
                     agent_timeout,
                     dir: Some(dirs.run_dir(id)),
                     net: None,
+                    jail: true,
+                    cgroup: crate::runtime::cgroup::available().then(|| {
+                        crate::agent::layout::PodLayout::host(id, &dirs.run)
+                            .cgroup_parent
+                            .join("vmm")
+                    }),
                 }))
             }
             RuntimeKind::Container => Ok(SandboxConfig::Container(HostPodConfig {

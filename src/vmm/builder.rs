@@ -61,6 +61,7 @@ use crate::vmm::devices::i8042::{I8042, I8042_WINDOW};
 use crate::vmm::devices::serial::SerialDevice;
 use crate::vmm::events::{EventSink, VmmEvent};
 use crate::vmm::hello::{self, HelloError};
+use crate::vmm::jail::{self, JailConfig, JailError, JailPaths};
 use crate::vmm::kvm::{Kvm, KvmError};
 use crate::vmm::layout::{
     BOOT_SIGNAL_ADDRESS, BOOT_SIGNAL_SIZE, HIMEM_START, I8042_DATA_PORT, IRQ_LAST, PVH_START_INFO,
@@ -175,6 +176,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
     #[error("cannot start the vCPU {id} thread: {source}")]
     Thread {
         id: u64,
@@ -343,6 +346,9 @@ pub struct LinuxVmConfig {
     /// Confine each VMM thread to its syscall allow-list once the guest can run (see
     /// [`crate::vmm::seccomp`]); off only for debugging.
     pub seccomp: bool,
+    /// Confine this process before the guest runs (see [`crate::vmm::jail`]); `None` only
+    /// for debugging, or where the caller is not a VMM process of its own.
+    pub jail: Option<JailConfig>,
 }
 
 impl LinuxVmConfig {
@@ -361,6 +367,7 @@ impl LinuxVmConfig {
             vsock: None,
             net: None,
             seccomp: true,
+            jail: None,
         }
     }
 
@@ -665,7 +672,21 @@ pub fn boot_linux(
         .map(|id| create_linux_vcpu(&vm, &plan, id))
         .collect::<Result<Vec<_>, _>>()?;
 
-    // 7: run, each thread under its seccomp filter once the guest can reach it.
+    // 7: the jail, while this is the only thread; then run, each thread under its seccomp
+    // filter once the guest can reach it.
+    if let Some(jail) = &config.jail {
+        let paths = JailPaths {
+            keep: config
+                .vsock
+                .as_ref()
+                .and_then(|v| jail::keep_for_vsock(&v.uds_path))
+                .into_iter()
+                .collect(),
+            guest_ram: mem_size,
+        };
+        let jailed = jail::enter(jail, &paths)?;
+        tracing::info!("jailed as uid {} gid {}", jailed.uid, jailed.gid);
+    }
     let filters = config
         .seccomp
         .then(|| ThreadFilters::new(kick_signal()))

@@ -21,7 +21,8 @@
 //!   "rng": true,
 //!   "vsock": { "uds_path": "/run/peapod/pod1/vsock.sock", "guest_cid": 3 },
 //!   "net": { "tap_fd": 3, "mac": "02:00:00:00:00:01", "mtu": 1500 },
-//!   "seccomp": true
+//!   "seccomp": true,
+//!   "jail": { "uid": 2000000123, "gid": 2000000123 }
 //! }
 //! ```
 //!
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::vmm::boot::mptable;
 use crate::vmm::builder::{Console, DEFAULT_MEMORY_MIB, DiskConfig, LinuxVmConfig, VsockConfig};
+use crate::vmm::jail::JailConfig;
 use crate::vmm::layout::{IRQ_LAST, VIRTIO_IRQ_FIRST};
 use crate::vmm::virtio::net::{NetConfig, NetConfigError};
 
@@ -135,10 +137,18 @@ pub struct VmmConfig {
     /// `false` only for debugging (`--no-seccomp`).
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// Confine the VMM process once its VM is built (see [`crate::vmm::jail`]): on unless
+    /// `null` (`--no-jail`, for debugging only).
+    #[serde(default = "jailed")]
+    pub jail: Option<JailConfig>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn jailed() -> Option<JailConfig> {
+    Some(JailConfig::default())
 }
 
 fn one_cpu() -> u8 {
@@ -165,6 +175,7 @@ impl VmmConfig {
             vsock: None,
             net: None,
             seccomp: true,
+            jail: jailed(),
         }
     }
 
@@ -231,6 +242,7 @@ impl From<VmmConfig> for LinuxVmConfig {
             vsock: c.vsock,
             net: c.net,
             seccomp: c.seccomp,
+            jail: c.jail,
         }
     }
 }
@@ -320,6 +332,10 @@ mod tests {
             }),
             net: None,
             seccomp: true,
+            jail: Some(JailConfig {
+                uid: Some(2_000_000_001),
+                gid: None,
+            }),
         }
     }
 
@@ -347,6 +363,16 @@ mod tests {
         let c = VmmConfig::from_json(br#"{"kernel": "/vmlinux"}"#, Path::new("x")).unwrap();
         assert_eq!(c, VmmConfig::new("/vmlinux".into()));
         assert!(c.seccomp, "seccomp is on unless turned off");
+        assert_eq!(
+            c.jail,
+            Some(JailConfig::default()),
+            "the jail is on unless turned off"
+        );
+        let unjailed = br#"{"kernel": "/vmlinux", "jail": null}"#;
+        assert_eq!(
+            VmmConfig::from_json(unjailed, Path::new("x")).unwrap().jail,
+            None
+        );
         let off = br#"{"kernel": "/vmlinux", "seccomp": false}"#;
         assert!(!VmmConfig::from_json(off, Path::new("x")).unwrap().seccomp);
         assert_eq!(c.validate().unwrap(), DEFAULT_MEMORY_MIB << 20);

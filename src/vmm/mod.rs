@@ -18,6 +18,7 @@
 //! - [`events`]: what a VMM process reports while it runs (started, running, boot signal,
 //!   exited, failed) as JSON lines on `--events-fd`, and the reader for the host side.
 //! - [`seccomp`]: the syscall allow-list of each VMM thread (vCPU, device, main).
+//! - [`jail`]: what the VMM process gives up before the guest runs (namespaces, root, uid).
 //! - [`ratelimit`]: rate limits for log lines a guest can cause again and again.
 //! - [`program`]: which executable runs a VM as its own process (`peapod-vmm`).
 
@@ -29,6 +30,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod events;
 pub mod hello;
+pub mod jail;
 pub mod kvm;
 pub mod layout;
 pub mod memory;

@@ -319,6 +319,8 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
         agent_timeout: Duration::from_secs(120),
         dir: None,
         net: None,
+        jail: true,
+        cgroup: None,
     })
     .map_err(|e| e.to_string())?;
     let c = vm.client();
@@ -487,6 +489,8 @@ fn pod_volumes_read_only_root_and_restart() -> Result<(), Failed> {
         agent_timeout: Duration::from_secs(120),
         dir: None,
         net: None,
+        jail: true,
+        cgroup: None,
     })
     .map_err(|e| e.to_string())?;
     vm.client()

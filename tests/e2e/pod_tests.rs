@@ -404,6 +404,7 @@ fn detached_lifecycle() -> Result<(), Failed> {
     if inspect["id"] != id.as_str() || inspect["vm"]["vmm_pid"].as_u64().is_none() {
         return Err(format!("inspect: {inspect}").into());
     }
+    vmm_is_jailed(inspect["vm"]["vmm_pid"].as_u64().unwrap_or(0), &id)?;
     // stop: SIGTERM ends the container (143), or SIGKILL after the 2 s grace period (137)
     // when its PID 1 ignores SIGTERM.
     let start = Instant::now();
@@ -435,8 +436,86 @@ fn detached_lifecycle() -> Result<(), Failed> {
     }
     pods.ok(&["rm", "w1"])?;
     pods.nothing_left_of(&id)?;
+    let cgroup = Path::new(VMM_CGROUP_SLICE).join(format!("pod-{id}"));
+    if cgroup.exists() {
+        return Err(format!("the pod's cgroup {} is left", cgroup.display()).into());
+    }
     if pods.ps_entry("w1")?.is_some() {
         return Err("w1 is still listed after rm".into());
+    }
+    Ok(())
+}
+
+const VMM_CGROUP_SLICE: &str = "/sys/fs/cgroup/peapod.slice";
+
+/// The jail of a running pod's VMM (vmm::jail, runtime::cgroup): not root, no capability
+/// left, under its seccomp filters, PID 1 of its own PID namespace, a root and mount,
+/// network, IPC and UTS namespaces of its own, in the pod's cgroup with guest RAM plus the
+/// overhead as its memory limit.
+fn vmm_is_jailed(pid: u64, id: &str) -> Result<(), Failed> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let status = std::fs::read_to_string(proc.join("status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let uids = field("Uid");
+    if uids.is_empty() || uids.contains(&"0") {
+        return Err(format!("the VMM runs as uid {uids:?}: {status}").into());
+    }
+    if field("Gid").contains(&"0") {
+        return Err(format!("the VMM runs with gid 0: {status}").into());
+    }
+    for caps in ["CapPrm", "CapEff", "CapBnd"] {
+        if field(caps) != ["0000000000000000"] {
+            return Err(format!("the VMM holds capabilities ({caps}): {status}").into());
+        }
+    }
+    if field("Seccomp") != ["2"] || field("NoNewPrivs") != ["1"] {
+        return Err(format!("the VMM is not under a seccomp filter: {status}").into());
+    }
+    if field("NSpid").last() != Some(&"1") {
+        return Err(format!("the VMM is not PID 1 of a PID namespace of its own: {status}").into());
+    }
+    for ns in ["mnt", "net", "ipc", "uts", "pid"] {
+        let vmm = std::fs::read_link(proc.join("ns").join(ns))?;
+        let ours = std::fs::read_link(Path::new("/proc/self/ns").join(ns))?;
+        if vmm == ours {
+            return Err(format!("the VMM shares our {ns} namespace ({vmm:?})").into());
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let (root, host) = (
+        std::fs::metadata(proc.join("root"))?,
+        std::fs::metadata("/")?,
+    );
+    if (root.dev(), root.ino()) == (host.dev(), host.ino()) {
+        return Err("the VMM's root is the host's".into());
+    }
+    if std::fs::read_dir(proc.join("root"))?.count() != 1 {
+        return Err(format!(
+            "the VMM's root holds more than the directory of its socket: {:?}",
+            std::fs::read_dir(proc.join("root"))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Vec<_>>()
+        )
+        .into());
+    }
+    let cgroup = std::fs::read_to_string(proc.join("cgroup"))?;
+    let expected = format!("0::/peapod.slice/pod-{id}/vmm");
+    if cgroup.trim() != expected {
+        return Err(format!("the VMM's cgroup is {cgroup:?}, not {expected}").into());
+    }
+    let max = std::fs::read_to_string(
+        Path::new(VMM_CGROUP_SLICE).join(format!("pod-{id}/vmm/memory.max")),
+    )?;
+    let want = (peapod::vmm::builder::DEFAULT_MEMORY_MIB << 20)
+        + peapod::runtime::cgroup::VMM_MEMORY_OVERHEAD;
+    if max.trim() != want.to_string() {
+        return Err(format!("the VMM's memory.max is {max:?}, not {want}").into());
     }
     Ok(())
 }
