@@ -3,7 +3,7 @@
 //! Our pages ([`Dma`]): three queues of three pages each ([`QA`], [`QB`], [`QC`]: descriptor
 //! table, available ring, used ring), then request headers and vsock tx packets ([`HDR`]),
 //! data ([`DATA`]), status bytes ([`STAT`]) and vsock rx buffers ([`RX`] on: 256 bytes each,
-//! 16 to a page).
+//! 16 to a page, and one whole-page buffer at `RX + 8`).
 
 use std::time::Duration;
 
@@ -173,6 +173,12 @@ pub const CASES: &[Case] = &[
         "vsock_device_readable_rx_buffer",
         ID_VSOCK,
         vsock_readable_rx,
+    ),
+    case("vsock_rx_buffer_outside_ram", ID_VSOCK, vsock_rx_outside),
+    case(
+        "vsock_tx_before_driver_ok",
+        ID_VSOCK,
+        vsock_tx_before_driver_ok,
     ),
     case("vsock_tx_short_header", ID_VSOCK, |d, m| {
         vsock_bad_tx(d, m, 10, 0)
@@ -720,10 +726,20 @@ struct Hdr {
 
 impl<'a> Vsock<'a> {
     fn start(dev: &'a Device, dma: &'a Dma) -> Result<Self, String> {
+        let v = Self::set_up(dev, dma)?;
+        dev.driver_ok()?;
+        Ok(v)
+    }
+
+    /// Everything up to DRIVER_OK: features, then the rx, tx and event queues.
+    fn set_up(dev: &'a Device, dma: &'a Dma) -> Result<Self, String> {
         let rx = Virtq::new(dma, QA, VQ);
         let tx = Virtq::new(dma, QB, VQ);
         let event = Virtq::new(dma, QC, VQ);
-        dev.start(dma, &[&rx, &tx, &event])?;
+        dev.negotiate()?;
+        for (i, q) in [&rx, &tx, &event].into_iter().enumerate() {
+            dev.setup(i as u32, q, dma);
+        }
         let cid = u64::from(dev.win.r32(CONFIG)) | (u64::from(dev.win.r32(CONFIG + 4)) << 32);
         Ok(Vsock {
             dev,
@@ -927,6 +943,44 @@ fn vsock_readable_rx(dev: &Device, dma: &Dma) -> Result<(), String> {
     v.post_rx(1, 256, F_WRITE);
     dev.notify(0);
     v.expect_rst(42000)
+}
+
+fn vsock_rx_outside(dev: &Device, dma: &Dma) -> Result<(), String> {
+    let mut v = Vsock::start(dev, dma)?;
+    v.rx.set_desc(dma, 0, 1 << 40, 256, F_WRITE, 0);
+    v.rx.publish(dma, 0);
+    dev.notify(0);
+    v.send(&v.hdr(48000, 1, OP_REQUEST), HDR_LEN, 0)?;
+    let (_, used) = v.rx.wait_used(dma, SLOW)?;
+    ensure(used == 0, || {
+        format!("an rx buffer outside guest RAM came back with {used} bytes")
+    })?;
+    v.post_rx(1, 256, F_WRITE);
+    dev.notify(0);
+    v.expect_rst(48000)
+}
+
+/// A packet queued and kicked before DRIVER_OK is not served then, and served exactly
+/// once when the driver starts the device.
+fn vsock_tx_before_driver_ok(dev: &Device, dma: &Dma) -> Result<(), String> {
+    let mut v = Vsock::set_up(dev, dma)?;
+    for i in 0..2 {
+        v.post_rx(i, 256, F_WRITE);
+    }
+    v.queue_tx(&v.hdr(49000, 1, OP_REQUEST), HDR_LEN, 0);
+    dev.notify(1);
+    dev.notify(0);
+    std::thread::sleep(QUIET);
+    ensure(v.tx.used_idx(dma) == 0 && v.rx.used_idx(dma) == 0, || {
+        "the device served its queues before DRIVER_OK".into()
+    })?;
+    dev.driver_ok()?;
+    v.expect_rst(49000)?;
+    std::thread::sleep(QUIET);
+    let (tx_used, rx_used) = (v.tx.used_idx(dma), v.rx.used_idx(dma));
+    ensure(tx_used == 1 && rx_used == 1, || {
+        format!("one early request gave {tx_used} tx and {rx_used} rx buffers used")
+    })
 }
 
 fn vsock_bad_tx(dev: &Device, dma: &Dma, len: u32, flags: u16) -> Result<(), String> {
