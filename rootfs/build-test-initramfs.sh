@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the test initramfs: Debian's static busybox as /bin/busybox,
-# peapod-vsock-probe (built by scripts/build-guest-bins) as /bin/peapod-vsock-probe
+# peapod-vsock-probe and peapod-hostile (built by scripts/build-guest-bins) in /bin,
 # and rootfs/test-init.sh as /init (a stand-in until the peapod guest agent).
 #
 #   rootfs/build-test-initramfs.sh [--output FILE]
@@ -23,14 +23,27 @@ fi
 
 # The vsock probe of the e2e tests (`peapod.test=e2e`, see test-init.sh), a static binary of
 # this package; PEAPOD_VSOCK_PROBE names a prebuilt one.
+# The hostile guest (`peapod.test=hostile`, src/bin/peapod-hostile/): PEAPOD_HOSTILE names a
+# prebuilt one. Both are built in one cargo run when neither is given.
 probe=${PEAPOD_VSOCK_PROBE:-}
-if [[ -z $probe ]]; then
+hostile=${PEAPOD_HOSTILE:-}
+if [[ -z $probe && -z $hostile ]]; then
+    mapfile -t built < <("$script_dir/../scripts/build-guest-bins" peapod-vsock-probe peapod-hostile | tail -n 2)
+    probe=${built[0]:-}
+    hostile=${built[1]:-}
+elif [[ -z $probe ]]; then
     probe=$("$script_dir/../scripts/build-guest-bins" peapod-vsock-probe | tail -n 1)
+elif [[ -z $hostile ]]; then
+    hostile=$("$script_dir/../scripts/build-guest-bins" peapod-hostile | tail -n 1)
 fi
 if [[ ! -x $probe ]]; then
     printf 'peapod-rootfs: error: vsock probe %s not found\n  fix: scripts/build-guest-bins peapod-vsock-probe\n' "$probe" >&2
     exit 1
 fi
+if [[ ! -x $hostile ]]; then
+    printf 'peapod-rootfs: error: hostile guest %s not found\n  fix: scripts/build-guest-bins peapod-hostile\n' "$hostile" >&2
+    exit 1
+fi
 
 exec "$script_dir/build.sh" --init "$script_dir/test-init.sh" --add "$busybox:/bin/busybox" \
-    --add "$probe:/bin/peapod-vsock-probe" "$@"
+    --add "$probe:/bin/peapod-vsock-probe" --add "$hostile:/bin/peapod-hostile" "$@"

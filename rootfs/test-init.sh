@@ -52,6 +52,19 @@ e2e)
     echo "PEAPOD_GUEST_INIT_DONE"
     reboot -f
     ;;
+hostile)
+    # peapod's hostile-guest test (tests/e2e/kvm_tests.rs, hostile_guest_cannot_hurt_the_vmm):
+    # the guest's own virtio drivers let go of every device, then peapod-hostile drives them
+    # by hand through /dev/mem with malformed state, one line per case.
+    echo "PEAPOD_GUEST_INIT_OK"
+    for dev in /sys/bus/platform/drivers/virtio-mmio/*; do
+        [ -L "$dev" ] && echo "${dev##*/}" > /sys/bus/platform/drivers/virtio-mmio/unbind
+    done
+    peapod-hostile
+    echo "PEAPOD_HOSTILE_EXIT $?"
+    echo "PEAPOD_GUEST_INIT_DONE"
+    reboot -f
+    ;;
 esac
 
 echo "PEAPOD_GUEST_INIT_OK"

@@ -36,7 +36,7 @@ use virtio_bindings::virtio_config::{
 use virtio_bindings::virtio_mmio as reg;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Activation, DeviceError, VirtioDevice};
@@ -549,13 +549,31 @@ impl MmioTransport {
         queue
             .try_set_used_ring_address(GuestAddress(regs.used))
             .map_err(|_| bad_address("used ring", regs.used))?;
-        queue.set_event_idx(event_idx);
-        queue.set_ready(true);
-        if !queue.is_valid(&self.mem) {
+        // Our own check, not `queue.is_valid`: that one writes an error line of its own
+        // (target virtio_queue::queue, not rate-limited) for every bad ring, so a driver
+        // looping "rings outside memory, reset" would flood vmm.log around `limited!`.
+        if !rings_in_memory(&self.mem, queue.size(), regs.desc, regs.avail, regs.used) {
             return Err(MmioError::QueueOutsideMemory { device, index });
         }
+        queue.set_event_idx(event_idx);
+        queue.set_ready(true);
         Ok(Some(queue))
     }
+}
+
+/// Whether a split queue of `size` entries with its rings at these addresses lies in guest
+/// memory: the checks of virtio-queue's `is_valid` (virtio 1.2 §2.7: 16 bytes per
+/// descriptor, 6 + 2 per entry of the available ring, 6 + 8 per entry of the used ring,
+/// event-index fields included), without its logging.
+fn rings_in_memory(mem: &GuestMemory, size: u16, desc: u64, avail: u64, used: u64) -> bool {
+    let size = usize::from(size);
+    [
+        (desc, 16 * size),
+        (avail, 6 + 2 * size),
+        (used, 6 + 8 * size),
+    ]
+    .into_iter()
+    .all(|(addr, len)| GuestMemoryBackend::check_range(mem, GuestAddress(addr), len))
 }
 
 fn write_queue_reg(q: &mut QueueRegs, offset: u32, value: u32) {
@@ -892,6 +910,52 @@ mod tests {
         ] {
             assert_needs_reset(&bring_up_with(tweak));
         }
+    }
+
+    /// Found by the hostile guest (tests/e2e, `blk_rings_outside_ram`): rings outside guest
+    /// memory cost two lines in vmm.log, ours (rate-limited) and one that virtio-queue's
+    /// `Queue::is_valid` logs itself on every call, which no limit covered. Each bad
+    /// activation must cost at most our one line, and a driver looping on it no more than
+    /// the limit.
+    #[test]
+    fn rings_outside_memory_log_only_our_limited_line() {
+        // virtio-queue logs through `log`: route its records into tracing, where
+        // `capture_logs` sees them (another test may have done it already).
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::TRACE)
+            .try_init();
+        let text = crate::vmm::ratelimit::capture_logs(|| {
+            let set = |offset, value| move |t: &mut MmioTransport| reg_write(t, offset, value);
+            for tweak in [
+                set(reg::VIRTIO_MMIO_QUEUE_DESC_LOW, MEM_SIZE as u32),
+                set(reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 1),
+                set(reg::VIRTIO_MMIO_QUEUE_USED_LOW, MEM_SIZE as u32 - 0x40),
+            ] {
+                assert_needs_reset(&bring_up_with(tweak));
+            }
+        });
+        // Ours may be fewer than three: other tests share its call site's limit.
+        assert!(
+            !text.contains("virtio_queue") && text.lines().count() <= 3,
+            "lines beyond our one limited warning per bad activation:\n{text}"
+        );
+    }
+
+    #[test]
+    fn rings_in_memory_counts_every_ring_byte() {
+        let mem = guest_memory();
+        let (desc, avail, used) = (0x1000, 0x2000, 0x3000);
+        assert!(rings_in_memory(&mem, 16, desc, avail, used));
+        // Each ring exactly at the end of memory fits; one byte further does not.
+        for (ring, len) in [(0, 16 * 16), (1, 6 + 2 * 16), (2, 6 + 8 * 16)] {
+            let mut addrs = [desc, avail, used];
+            addrs[ring] = MEM_SIZE - len;
+            assert!(rings_in_memory(&mem, 16, addrs[0], addrs[1], addrs[2]));
+            addrs[ring] += 2;
+            assert!(!rings_in_memory(&mem, 16, addrs[0], addrs[1], addrs[2]));
+        }
+        assert!(!rings_in_memory(&mem, 16, u64::MAX - 8, avail, used));
     }
 
     #[test]
