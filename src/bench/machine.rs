@@ -154,6 +154,7 @@ fn bare_boot(
         initrd: initrd.to_path_buf(),
         console_log: console.clone(),
         link_socket: None,
+        l1_huge_pages: crate::machine::qemu::huge_pages_hold_up(&l1.qemu, accel),
     };
     let started = Instant::now();
     let mut child = launch

@@ -215,6 +215,7 @@ pub fn run(
         initrd,
         console_log: run_dir.path().join("console.log"),
         link_socket: Some(run_dir.path().join("link.sock")),
+        l1_huge_pages: crate::machine::qemu::huge_pages_hold_up(&l1.qemu, accel),
     };
     let listener = UnixListener::bind(run_dir.path().join("link.sock"))
         .map_err(MachineError::io("listening on the link socket"))?;

@@ -1,7 +1,7 @@
 //! The QEMU command line that boots the L1, and the choice of accelerator.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::host::{HostVirt, KvmUnusable};
@@ -80,6 +80,39 @@ pub struct QemuLaunch {
     /// ttyS1: the link; peapod listens on this Unix socket and QEMU connects.
     /// `None` for an L1 without peapod's init (the bare peer in benchmarks).
     pub link_socket: Option<PathBuf>,
+    /// Whether the L1 may back its guests' RAM with transparent huge pages
+    /// ([`huge_pages_hold_up`]); without, its kernel gets `transparent_hugepage=never`.
+    pub l1_huge_pages: bool,
+}
+
+/// The first QEMU whose TCG runs an L1 whose KVM maps its guests with 2 MiB nested page
+/// entries: QEMU 7.2's stalls the whole L1 within a few pod boots once guest RAM is 2 MiB
+/// aligned (docs/testbed.md); 10.0 (bookworm-backports) does not.
+pub const TCG_HUGE_PAGES_SINCE: u32 = 10;
+
+/// Whether an L1 of `qemu` under `accel` may use transparent huge pages for its guests: with
+/// KVM always; with TCG from QEMU [`TCG_HUGE_PAGES_SINCE`] on (an unknown version: no).
+pub fn huge_pages_hold_up(qemu: &Path, accel: Accel) -> bool {
+    match accel {
+        Accel::Kvm => true,
+        Accel::Tcg => version_major(qemu).is_some_and(|major| major >= TCG_HUGE_PAGES_SINCE),
+    }
+}
+
+/// The major version `qemu --version` prints ("QEMU emulator version 7.2.19 (Debian ...)").
+pub fn version_major(qemu: &Path) -> Option<u32> {
+    let out = std::process::Command::new(qemu)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    parse_version_major(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_version_major(text: &str) -> Option<u32> {
+    let rest = text.split("version ").nth(1)?;
+    rest.split('.').next()?.trim().parse().ok()
 }
 
 /// The L1 kernel command line: console on ttyS0, power off instead of hanging on panic.
@@ -118,7 +151,11 @@ impl QemuLaunch {
             "-initrd".into(),
             self.initrd.display().to_string(),
             "-append".into(),
-            L1_CMDLINE.into(),
+            if self.l1_huge_pages {
+                L1_CMDLINE.to_string()
+            } else {
+                format!("{L1_CMDLINE} transparent_hugepage=never")
+            },
             "-chardev".into(),
             format!("file,id=console,path={}", self.console_log.display()),
             "-serial".into(),
@@ -210,6 +247,19 @@ mod tests {
     }
 
     #[test]
+    fn qemu_versions_are_read_from_its_banner() {
+        let banner = "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright";
+        assert_eq!(parse_version_major(banner), Some(7));
+        assert_eq!(
+            parse_version_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"),
+            Some(10)
+        );
+        assert_eq!(parse_version_major("not qemu"), None);
+        assert!(huge_pages_hold_up(Path::new("/no/such/qemu"), Accel::Kvm));
+        assert!(!huge_pages_hold_up(Path::new("/no/such/qemu"), Accel::Tcg));
+    }
+
+    #[test]
     fn tcg_command_line_emulates_amd_v_and_splits_console_from_link() {
         let launch = QemuLaunch {
             qemu: "qemu-system-x86_64".into(),
@@ -220,8 +270,21 @@ mod tests {
             initrd: "/tmp/r/initrd.cpio".into(),
             console_log: "/tmp/r/console.log".into(),
             link_socket: Some("/tmp/r/link.sock".into()),
+            l1_huge_pages: true,
         };
         let args = launch.args().join(" ");
+        assert!(!args.contains("transparent_hugepage"), "{args}");
+        let old = QemuLaunch {
+            l1_huge_pages: false,
+            ..launch.clone()
+        };
+        assert!(
+            old.args()
+                .join(" ")
+                .contains("mitigations=off transparent_hugepage=never"),
+            "{:?}",
+            old.args()
+        );
         assert!(
             args.contains("-accel tcg,thread=multi -cpu EPYC,+svm,+npt"),
             "{args}"

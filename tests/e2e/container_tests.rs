@@ -409,12 +409,19 @@ fn models_bench() -> Result<(), Failed> {
         "--pods",
         "2",
         "--only",
-        "start,memory,syscalls,fileio,density,surface",
+        "start,memory,syscalls,fileio,density,surface,neighbour",
         "--output",
         "json",
     ])?;
     let report = Report::from_json(out.trim()).map_err(|e| format!("{e}: {out}"))?;
-    if report.metrics.len() < 15 {
+    if !report
+        .metrics
+        .iter()
+        .any(|m| m.name.starts_with("neighbour:"))
+    {
+        return Err(format!("no neighbour rows: {out}").into());
+    }
+    if report.metrics.len() < 18 {
         return Err(format!("only {} rows: {out}", report.metrics.len()).into());
     }
     for metric in &report.metrics {
