@@ -178,8 +178,7 @@ fn caps_error(what: &'static str) -> impl FnOnce(caps::errors::CapsError) -> Jai
     }
 }
 
-/// Threads of this process, from `/proc/self/task` (1 if it cannot be read: the kernel
-/// then refuses what needs a single thread anyway).
+/// Threads of this process, from `/proc/self/task` (taken as 1 without a /proc to read).
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count())
 }
@@ -192,7 +191,7 @@ fn limit(resource: Resource, value: u64) -> Result<(), JailError> {
     setrlimit(resource, value, value).map_err(sys(format!("limit {resource:?} to {value}")))
 }
 
-/// Steps 2 of the module docs: an empty read-only tmpfs root with `keep` bound into it.
+/// Step 2 of the module docs: an empty read-only tmpfs root with `keep` bound into it.
 fn new_root(keep: &[PathBuf]) -> Result<(), JailError> {
     let none: Option<&str> = None;
     nix::mount::mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
