@@ -211,8 +211,8 @@ const TEST_BED_ATTEMPTS: u32 = 8;
 /// 2026-12-02 while passing in every other run. A bug of ours fails in every L1.
 const TEST_FAILURES_TO_FAIL: usize = 3;
 
-/// How long one L1 may run the KVM tests. They take about 15 minutes in the emulated L1 on a
-/// 2-core host (852 s on 2026-12-02; the two benchmark tests about half of it), so 900 s
+/// How long one L1 may run the KVM tests. They take 6 minutes in the emulated L1 on a quiet
+/// 2-core host and about 15 beside other work (362 s and 852 s on 2026-12-02), so 900 s
 /// cut a healthy L1 short once; an L1 that hangs (both vCPUs busy, nothing on its console)
 /// is caught sooner by `machine run`'s stall detector, and a fresh one then does better than
 /// waiting.
