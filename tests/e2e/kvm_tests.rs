@@ -105,15 +105,7 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
     let uds = dir.path().join("vsock.sock");
 
     // Guest → host: the host listens on UDS_5000 and answers with "echo:" + what it got.
-    // The VMM connects from its jail (vmm::jail: not root, the socket's directory bound at
-    // the same path), so the directory and the listener let others in.
-    let listener_path = host_listener_path(&uds, HOST_PORT);
-    let listener = UnixListener::bind(&listener_path)
-        .map_err(|e| format!("cannot listen for the guest: {e}"))?;
-    for (path, mode) in [(dir.path(), 0o755), (listener_path.as_path(), 0o777)] {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    }
+    let listener = listen_for_jailed_vmm(dir.path(), &uds)?;
     let host_side = std::thread::spawn(move || -> Result<Vec<u8>, String> {
         let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(BOOT_TIMEOUT))
@@ -294,6 +286,20 @@ fn linux_guest_boots_with_disk_vsock_and_two_cpus() -> Result<(), Failed> {
     )
 }
 
+/// Listens on host port [`HOST_PORT`] of the VM whose vsock socket is `uds` in `dir`. The
+/// VMM connects from its jail (vmm::jail: not root, the socket's directory bound at the
+/// same path), so the directory and the listener let others in.
+fn listen_for_jailed_vmm(dir: &Path, uds: &Path) -> Result<UnixListener, Failed> {
+    let listener_path = host_listener_path(uds, HOST_PORT);
+    let listener = UnixListener::bind(&listener_path)
+        .map_err(|e| format!("cannot listen for the guest: {e}"))?;
+    for (path, mode) in [(dir, 0o755), (listener_path.as_path(), 0o777)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    }
+    Ok(listener)
+}
+
 /// Sends `data` to the guest's echo listener while reading the echo back.
 fn echo_bulk(uds: &Path, data: &[u8]) -> Result<Vec<u8>, String> {
     let mut s = connect_to_guest(uds, GUEST_ECHO_PORT, BOOT_TIMEOUT).map_err(|e| e.to_string())?;
@@ -408,15 +414,8 @@ fn hostile_guest_cannot_hurt_the_vmm() -> Result<(), Failed> {
     let neighbour_disk = write_disk("neighbour.raw")?;
     let uds = dir.path().join("hostile.vsock");
 
-    // Host port 5000 of the hostile VM: greet every stream and hold it. The jailed VMM
-    // (not root) connects to it: the directory and the listener let others in.
-    let listener_path = host_listener_path(&uds, HOST_PORT);
-    let listener = UnixListener::bind(&listener_path)
-        .map_err(|e| format!("cannot listen for the guest: {e}"))?;
-    for (path, mode) in [(dir.path(), 0o755), (listener_path.as_path(), 0o777)] {
-        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    }
+    // Host port 5000 of the hostile VM: greet every stream and hold it.
+    let listener = listen_for_jailed_vmm(dir.path(), &uds)?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listener: {e}"))?;
