@@ -70,7 +70,7 @@ use crate::vmm::layout::{
 };
 use crate::vmm::memory::{self, GuestMemory, MemoryError};
 use crate::vmm::seccomp::{self, SeccompError, ThreadKind};
-use crate::vmm::stop::{GuestExit, VmStop};
+use crate::vmm::stop::{FaultReport, GuestExit, VmStop};
 use crate::vmm::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vmm::virtio::block::{Block, BlockError};
 use crate::vmm::virtio::event::HostFdHandler;
@@ -240,6 +240,18 @@ pub fn create_long_mode_vcpu(
 ///
 /// The VM has no in-kernel irqchip, so the guest's `HLT` reaches us as an exit.
 pub fn run_hello<W: Write + Send + 'static>(out: W) -> Result<VcpuStop, BuildError> {
+    let code = hello::program(SERIAL_COM1_PORT, hello::MESSAGE)?;
+    run_code(&code, out).map(|(stop, _)| stop)
+}
+
+/// Runs `code` (64-bit, position-independent, loaded at [`HIMEM_START`] in identity-mapped
+/// memory, a serial port at COM1 writing to `out`) on one vCPU until it stops; with a triple
+/// fault, also what the vCPU reported about it (tests check that report on a guest that
+/// faults at its first instruction).
+pub fn run_code<W: Write + Send + 'static>(
+    code: &[u8],
+    out: W,
+) -> Result<(VcpuStop, Option<FaultReport>), BuildError> {
     let kvm = Kvm::open()?;
     let memory = memory::create_guest_memory(HELLO_MEMORY)?;
     let vm = Vm::new(&kvm, memory)?;
@@ -248,12 +260,13 @@ pub fn run_hello<W: Write + Send + 'static>(out: W) -> Result<VcpuStop, BuildErr
     let mmio = Bus::new();
     attach_serial(&mut pio, out)?;
 
-    let code = hello::program(SERIAL_COM1_PORT, hello::MESSAGE)?;
-    load_bytes(vm.memory(), "built-in guest", HIMEM_START, &code)?;
+    load_bytes(vm.memory(), "built-in guest", HIMEM_START, code)?;
     let entry = LongModeEntry::write(vm.memory(), HIMEM_START)?;
 
     let mut vcpu = create_long_mode_vcpu(&kvm, &vm, 0, &entry, &pio, &mmio)?;
-    Ok(vcpu.run()?)
+    let stop = vcpu.run()?;
+    let fault = (stop == VcpuStop::Shutdown).then(|| vcpu.fault_report());
+    Ok((stop, fault))
 }
 
 /// Where the guest's serial console goes.
@@ -764,11 +777,19 @@ fn kick_signal() -> i32 {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-/// Maps why one vCPU stopped to why the VM ends.
-fn guest_exit(vcpu: u64, stopped: Result<Option<VcpuStop>, VcpuError>) -> Option<GuestExit> {
+/// Maps why one vCPU stopped to why the VM ends; `fault` is the vCPU's report of a triple
+/// fault.
+fn guest_exit(
+    vcpu: u64,
+    stopped: Result<Option<VcpuStop>, VcpuError>,
+    fault: Option<FaultReport>,
+) -> Option<GuestExit> {
     match stopped {
         Ok(None) => None,
-        Ok(Some(VcpuStop::Shutdown)) => Some(GuestExit::TripleFault { vcpu }),
+        Ok(Some(VcpuStop::Shutdown)) => Some(GuestExit::TripleFault {
+            vcpu,
+            fault: fault.unwrap_or_default(),
+        }),
         Ok(Some(VcpuStop::Halted)) => Some(GuestExit::Halted { vcpu }),
         Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_RESET))) => Some(GuestExit::Reboot),
         Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN))) => Some(GuestExit::PowerOff),
@@ -809,7 +830,10 @@ fn run_vcpus(
                     });
                     return;
                 }
-                if let Some(exit) = guest_exit(id, vcpu.run_until(&stop_for_thread)) {
+                let stopped = vcpu.run_until(&stop_for_thread);
+                let fault =
+                    matches!(stopped, Ok(Some(VcpuStop::Shutdown))).then(|| vcpu.fault_report());
+                if let Some(exit) = guest_exit(id, stopped, fault) {
                     stop_for_thread.request(exit);
                 }
             });
@@ -1001,24 +1025,33 @@ mod tests {
 
     #[test]
     fn vcpu_stops_map_to_how_the_vm_ended() {
-        assert_eq!(guest_exit(0, Ok(None)), None);
+        assert_eq!(guest_exit(0, Ok(None), None), None);
+        let fault = FaultReport {
+            vmm_exits: 3,
+            ..FaultReport::default()
+        };
         assert_eq!(
-            guest_exit(1, Ok(Some(VcpuStop::Shutdown))),
-            Some(GuestExit::TripleFault { vcpu: 1 })
+            guest_exit(1, Ok(Some(VcpuStop::Shutdown)), Some(fault.clone())),
+            Some(GuestExit::TripleFault { vcpu: 1, fault })
         );
         assert_eq!(
-            guest_exit(0, Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_RESET)))),
+            guest_exit(
+                0,
+                Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_RESET))),
+                None
+            ),
             Some(GuestExit::Reboot)
         );
         assert_eq!(
             guest_exit(
                 0,
-                Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN)))
+                Ok(Some(VcpuStop::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN))),
+                None
             ),
             Some(GuestExit::PowerOff)
         );
         assert!(matches!(
-            guest_exit(2, Err(VcpuError::InternalError)),
+            guest_exit(2, Err(VcpuError::InternalError), None),
             Some(GuestExit::VcpuFailed { vcpu: 2, .. })
         ));
     }

@@ -292,7 +292,13 @@ mod tests {
                 total_ms: 530.0,
             }
         );
-        let fault = VmmEvent::exited(&GuestExit::TripleFault { vcpu: 1 }, &times);
+        let fault = VmmEvent::exited(
+            &GuestExit::TripleFault {
+                vcpu: 1,
+                fault: Default::default(),
+            },
+            &times,
+        );
         assert!(matches!(fault, VmmEvent::Exited { clean: false, .. }));
     }
 

@@ -11,6 +11,7 @@
 //! - [`devices`]: emulated legacy devices (serial port, i8042, boot signal).
 //! - [`virtio`]: virtio-mmio devices.
 //! - [`stop`]: how a running VM ends and why.
+//! - [`vcpu_stats`]: KVM's per-vCPU exit counters (for a triple fault's report).
 //! - [`hello`]: the built-in guest program.
 //! - [`config`]: one VM's configuration as data ([`config::VmmConfig`], JSON for
 //!   `--config FILE`); `peapod vm boot`'s flags build the same struct.
@@ -39,5 +40,6 @@ pub mod ratelimit;
 pub mod seccomp;
 pub mod stop;
 pub mod vcpu;
+pub mod vcpu_stats;
 pub mod virtio;
 pub mod vm;

@@ -4,7 +4,7 @@
 //!
 //! | thread | installed | allowed syscalls | Firecracker's (x86_64 musl) |
 //! |---|---|---|---|
-//! | vCPU | just before its first `KVM_RUN` | 46 | 21 (`vcpu`) |
+//! | vCPU | just before its first `KVM_RUN` | 47 | 21 (`vcpu`) |
 //! | device (virtio, vsock host sockets, net's tap) | before its event loop | 60 | 38 (`vmm`) |
 //! | main | after it spawned the device and vCPU threads | 37 | 38 (`vmm`) |
 //!
@@ -53,6 +53,10 @@ use seccompiler::{
 
 /// `KVM_RUN`: `_IO(KVMIO, 0x80)` (KVMIO is 0xAE).
 pub const KVM_RUN: u64 = 0xae80;
+/// `KVM_GET_REGS`: `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+pub const KVM_GET_REGS: u64 = 0x8090_ae81;
+/// `KVM_GET_SREGS`: `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+pub const KVM_GET_SREGS: u64 = 0x8138_ae83;
 /// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 
@@ -380,8 +384,14 @@ pub fn allowed(kind: ThreadKind, kick: i32) -> Vec<Allowed> {
                 SYS_ioctl,
                 "ioctl",
                 "KVM_RUN; TUNSETOFFLOAD when the guest driver starts virtio-net (the tap \
-                 gets the offloads the guest accepted)",
-                arg_in(1, &[KVM_RUN, TUNSETOFFLOAD]),
+                 gets the offloads the guest accepted); KVM_GET_REGS and KVM_GET_SREGS for \
+                 a triple fault's report",
+                arg_in(1, &[KVM_RUN, TUNSETOFFLOAD, KVM_GET_REGS, KVM_GET_SREGS]),
+            ));
+            list.push(any(
+                SYS_pread64,
+                "pread64",
+                "a triple fault's report reads the vCPU's KVM statistics",
             ));
         }
         ThreadKind::Device => {

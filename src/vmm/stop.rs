@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use crate::vmm::vcpu_stats::ExitCounts;
+
 /// Why a VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestExit {
@@ -19,7 +21,7 @@ pub enum GuestExit {
     PowerOff,
     /// A vCPU triple-faulted (`KVM_EXIT_SHUTDOWN`): a crash during boot, or a kernel that
     /// rebooted by faulting because nothing answered on the i8042.
-    TripleFault { vcpu: u64 },
+    TripleFault { vcpu: u64, fault: FaultReport },
     /// The guest reported a crash (`KVM_SYSTEM_EVENT_CRASH`) or another system event.
     SystemEvent { vcpu: u64, kind: u32 },
     /// A vCPU ran `HLT` (only guests without an in-kernel irqchip see this).
@@ -40,11 +42,10 @@ impl std::fmt::Display for GuestExit {
         match self {
             GuestExit::Reboot => write!(f, "the guest rebooted"),
             GuestExit::PowerOff => write!(f, "the guest powered off"),
-            GuestExit::TripleFault { vcpu } => write!(
-                f,
-                "vCPU {vcpu} triple-faulted (the guest crashed, or reset without an i8042); \
-                 look at the guest console, or boot with `earlyprintk=ttyS0` in --cmdline"
-            ),
+            GuestExit::TripleFault { vcpu, fault } => {
+                write!(f, "vCPU {vcpu} triple-faulted ")?;
+                fault.describe(f)
+            }
             GuestExit::SystemEvent { vcpu, kind } => {
                 let what = match *kind {
                     kvm_bindings::KVM_SYSTEM_EVENT_CRASH => "a crash",
@@ -54,6 +55,73 @@ impl std::fmt::Display for GuestExit {
             }
             GuestExit::Halted { vcpu } => write!(f, "vCPU {vcpu} halted"),
             GuestExit::VcpuFailed { vcpu, message } => write!(f, "vCPU {vcpu} failed: {message}"),
+        }
+    }
+}
+
+/// What the vCPU knew when the guest triple-faulted: enough to tell a fault at the guest's
+/// first instructions (the boot state the VMM set up, or the host's KVM) from a crash of a
+/// kernel that ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultReport {
+    /// Exits this vCPU brought to the VMM (port and MMIO accesses) before the fault.
+    pub vmm_exits: u64,
+    /// KVM's own counts for this vCPU (every exit, those KVM handled included), where the
+    /// host kernel has per-vCPU statistics.
+    pub kvm: Option<ExitCounts>,
+    /// Milliseconds from the vCPU's first entry to the fault.
+    pub ran_ms: u64,
+    /// The registers after the fault, as KVM reports them (`None`: not read).
+    pub registers: Option<String>,
+}
+
+/// A vCPU that faults with at most this many exits in all never got past its first
+/// instructions: a Linux boot exits thousands of times (CPUID, MSRs, timers) before init.
+pub const FIRST_INSTRUCTIONS_EXITS: u64 = 3;
+
+impl FaultReport {
+    /// Whether the guest died at its first instructions, by KVM's count of this vCPU's exits;
+    /// `None` without that count (exits to the VMM alone cannot tell: a quiet kernel that
+    /// crashes early has made none either).
+    pub fn at_first_instructions(&self) -> Option<bool> {
+        let exits = self.kvm.as_ref().and_then(|k| k.get("exits"))?;
+        Some(exits <= FIRST_INSTRUCTIONS_EXITS)
+    }
+
+    fn describe(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let counts = match &self.kvm {
+            Some(k) => format!("KVM counted {k}; "),
+            None => String::new(),
+        };
+        let facts = format!(
+            "{counts}{} exits to the VMM, {} ms after its first entry",
+            self.vmm_exits, self.ran_ms
+        );
+        let registers = match &self.registers {
+            Some(r) => format!("; registers after the fault: {r}"),
+            None => String::new(),
+        };
+        match self.at_first_instructions() {
+            Some(true) => write!(
+                f,
+                "at the guest's first instructions ({facts}): the boot state the VMM set up \
+                 (registers, page tables, boot data) or the host's KVM, not the guest kernel; \
+                 on a nested or emulated host (the test bed) rerun it, elsewhere report it \
+                 with this line{registers}"
+            ),
+            Some(false) => write!(
+                f,
+                "after the guest ran ({facts}): the guest kernel crashed, or reset without an \
+                 i8042; look at the guest console, or boot with `earlyprintk=ttyS0` in \
+                 --cmdline{registers}"
+            ),
+            None => write!(
+                f,
+                "({facts}; this host kernel has no per-vCPU KVM counts to say whether the \
+                 guest got past its first instructions): the guest crashed, or reset without \
+                 an i8042; look at the guest console, or boot with `earlyprintk=ttyS0` in \
+                 --cmdline{registers}"
+            ),
         }
     }
 }
@@ -121,7 +189,10 @@ mod tests {
         assert!(!stop.is_requested());
         assert_eq!(stop.reason(), None);
         assert!(stop.request(GuestExit::Reboot));
-        assert!(!stop.request(GuestExit::TripleFault { vcpu: 1 }));
+        assert!(!stop.request(GuestExit::TripleFault {
+            vcpu: 1,
+            fault: FaultReport::default()
+        }));
         assert!(stop.is_requested());
         assert_eq!(stop.wait(), GuestExit::Reboot);
     }
@@ -132,14 +203,26 @@ mod tests {
         let s = stop.clone();
         let t = std::thread::spawn(move || s.wait());
         std::thread::sleep(std::time::Duration::from_millis(10));
-        stop.request(GuestExit::TripleFault { vcpu: 0 });
-        assert_eq!(t.join().unwrap(), GuestExit::TripleFault { vcpu: 0 });
+        stop.request(GuestExit::TripleFault {
+            vcpu: 0,
+            fault: FaultReport::default(),
+        });
+        assert_eq!(
+            t.join().unwrap(),
+            GuestExit::TripleFault {
+                vcpu: 0,
+                fault: FaultReport::default()
+            }
+        );
     }
 
     #[test]
     fn only_reboot_and_poweroff_are_clean_and_faults_say_what_to_do() {
         assert!(GuestExit::Reboot.is_clean() && GuestExit::PowerOff.is_clean());
-        let fault = GuestExit::TripleFault { vcpu: 0 };
+        let fault = GuestExit::TripleFault {
+            vcpu: 0,
+            fault: FaultReport::default(),
+        };
         assert!(!fault.is_clean());
         assert!(fault.to_string().contains("earlyprintk"), "{fault}");
         let crash = GuestExit::SystemEvent {
@@ -147,5 +230,66 @@ mod tests {
             kind: kvm_bindings::KVM_SYSTEM_EVENT_CRASH,
         };
         assert!(crash.to_string().contains("crash"), "{crash}");
+    }
+
+    fn counts(exits: u64) -> ExitCounts {
+        let mut counts = ExitCounts::default();
+        counts.values[0] = Some(exits); // "exits"
+        counts
+    }
+
+    #[test]
+    fn a_triple_fault_says_whether_the_guest_got_past_its_first_instructions() {
+        let early = FaultReport {
+            vmm_exits: 0,
+            kvm: Some(counts(1)),
+            ran_ms: 2,
+            registers: Some("rip 0xfff0".into()),
+        };
+        assert_eq!(early.at_first_instructions(), Some(true));
+        let text = GuestExit::TripleFault {
+            vcpu: 0,
+            fault: early,
+        }
+        .to_string();
+        assert!(text.contains("at the guest's first instructions"), "{text}");
+        assert!(
+            text.contains("KVM counted exits 1; 0 exits to the VMM, 2 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("registers after the fault: rip 0xfff0"),
+            "{text}"
+        );
+
+        let late = FaultReport {
+            vmm_exits: 40,
+            kvm: Some(counts(1800)),
+            ran_ms: 245,
+            registers: None,
+        };
+        assert_eq!(late.at_first_instructions(), Some(false));
+        let text = GuestExit::TripleFault {
+            vcpu: 1,
+            fault: late,
+        }
+        .to_string();
+        assert!(
+            text.starts_with("vCPU 1 triple-faulted after the guest ran"),
+            "{text}"
+        );
+        assert!(text.contains("earlyprintk"), "{text}");
+
+        let unknown = FaultReport {
+            vmm_exits: 0,
+            ..FaultReport::default()
+        };
+        assert_eq!(unknown.at_first_instructions(), None);
+        let text = GuestExit::TripleFault {
+            vcpu: 0,
+            fault: unknown,
+        }
+        .to_string();
+        assert!(text.contains("no per-vCPU KVM counts"), "{text}");
     }
 }

@@ -21,7 +21,8 @@ use kvm_ioctls::VcpuFd;
 use crate::vmm::boot::{LongModeEntry, PvhEntry};
 use crate::vmm::bus::{Bus, BusError};
 use crate::vmm::ratelimit::limited;
-use crate::vmm::stop::VmStop;
+use crate::vmm::stop::{FaultReport, VmStop};
+use crate::vmm::vcpu_stats::VcpuStats;
 
 /// Model-specific registers set at boot, and their values (as Firecracker and QEMU do): the
 /// system-call MSRs cleared, the TSC at 0, fast string operations on, MTRRs on with
@@ -275,11 +276,75 @@ pub struct Vcpu {
     fd: VcpuFd,
     pio: Bus,
     mmio: Bus,
+    /// KVM's counters for this vCPU, for a fault report (`None` on kernels without them).
+    stats: Option<VcpuStats>,
+    /// Exits that came to the VMM (port and MMIO accesses, halts, events).
+    vmm_exits: u64,
+    first_entry: Option<std::time::Instant>,
 }
+
+/// The register state KVM gives a vCPU at reset (and, on AMD, after a shutdown: KVM
+/// re-initialises the vCPU, so the registers of the fault are gone).
+const RESET_RIP: u64 = 0xfff0;
+const RESET_CS_BASE: u64 = 0xffff_0000;
 
 impl Vcpu {
     pub fn new(id: u64, fd: VcpuFd, pio: Bus, mmio: Bus) -> Self {
-        Vcpu { id, fd, pio, mmio }
+        let stats = VcpuStats::open(&fd)
+            .map_err(|e| tracing::debug!("vCPU {id}: no KVM statistics: {e}"))
+            .ok();
+        Vcpu {
+            id,
+            fd,
+            pio,
+            mmio,
+            stats,
+            vmm_exits: 0,
+            first_entry: None,
+        }
+    }
+
+    /// What this vCPU can tell about a triple fault it just stopped for: its exit counts
+    /// (KVM's and the VMM's), how long it ran, and its registers as KVM gives them now.
+    pub fn fault_report(&self) -> FaultReport {
+        let kvm = self.stats.as_ref().and_then(|s| {
+            s.read()
+                .map_err(|e| tracing::warn!("vCPU {}: {e}", self.id))
+                .ok()
+        });
+        let ran_ms = self.first_entry.map_or(0, |t| {
+            u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+        });
+        FaultReport {
+            vmm_exits: self.vmm_exits,
+            kvm,
+            ran_ms,
+            registers: self.registers_now(),
+        }
+    }
+
+    fn registers_now(&self) -> Option<String> {
+        let regs = self.fd.get_regs().ok()?;
+        let sregs = self.fd.get_sregs().ok()?;
+        let reset = if regs.rip == RESET_RIP && sregs.cs.base == RESET_CS_BASE {
+            " (the reset state: KVM on AMD re-initialises a vCPU that shut down, so these \
+             say nothing of the fault)"
+        } else {
+            ""
+        };
+        Some(format!(
+            "rip {:#x} rsp {:#x} rflags {:#x} cr0 {:#x} cr2 {:#x} cr3 {:#x} cr4 {:#x} \
+             efer {:#x} cs {:#x}{reset}",
+            regs.rip,
+            regs.rsp,
+            regs.rflags,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer,
+            sregs.cs.selector,
+        ))
     }
 
     pub fn id(&self) -> u64 {
@@ -417,8 +482,12 @@ impl Vcpu {
     }
 
     fn run_once(&mut self) -> Result<Option<VcpuStop>, VcpuError> {
+        self.first_entry.get_or_insert_with(std::time::Instant::now);
         let exit = match self.fd.run() {
-            Ok(exit) => VcpuExit::from(exit),
+            Ok(exit) => {
+                self.vmm_exits += 1;
+                VcpuExit::from(exit)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 VcpuExit::Interrupted
             }

@@ -51,6 +51,14 @@ pub fn cases() -> Vec<Case> {
         ),
         case("bzimage_kernel_boots_to_init", bzimage_kernel_boots_to_init),
         case(
+            "a_triple_fault_at_the_first_instruction_is_told_apart",
+            a_triple_fault_at_the_first_instruction_is_told_apart,
+        ),
+        case(
+            "a_guest_that_ran_and_triple_faulted_says_so",
+            a_guest_that_ran_and_triple_faulted_says_so,
+        ),
+        case(
             "vm_boot_refuses_a_garbage_kernel",
             vm_boot_refuses_a_garbage_kernel,
         ),
@@ -567,6 +575,65 @@ fn bzimage_kernel_boots_to_init() -> Result<(), Failed> {
     check(
         out.status.code() == Some(0),
         "its reboot ends the VMM with 0",
+        &out,
+    )
+}
+
+/// A guest whose first instruction is `ud2`: with the boot IDT empty, the #UD becomes a
+/// triple fault before anything else runs, and the vCPU's report must say so from KVM's
+/// counts (the test bed's rare triple fault at a pod's first instruction is told apart this
+/// way from a guest kernel that crashed).
+fn a_triple_fault_at_the_first_instruction_is_told_apart() -> Result<(), Failed> {
+    const UD2: [u8; 2] = [0x0f, 0x0b];
+    let (stop, fault) = peapod::vmm::builder::run_code(&UD2, std::io::sink())
+        .map_err(|e| format!("the VM did not run: {e}"))?;
+    if stop != peapod::vmm::vcpu::VcpuStop::Shutdown {
+        return Err(format!("the vCPU stopped with {stop:?}, not a triple fault").into());
+    }
+    let fault = fault.ok_or("no fault report")?;
+    let exit = peapod::vmm::stop::GuestExit::TripleFault {
+        vcpu: 0,
+        fault: fault.clone(),
+    };
+    if fault.at_first_instructions() != Some(true) || fault.vmm_exits != 1 {
+        return Err(format!("the report does not say first instructions: {exit}").into());
+    }
+    let text = exit.to_string();
+    if !text.contains("at the guest's first instructions") || !text.contains("KVM counted exits") {
+        return Err(format!("the message: {text}").into());
+    }
+    Ok(())
+}
+
+/// The test init's reboot with `reboot=t` (the kernel reboots by triple-faulting on purpose):
+/// the VMM must end with the guest-failed status and say the guest ran before it faulted.
+fn a_guest_that_ran_and_triple_faulted_says_so() -> Result<(), Failed> {
+    let kernel = artifact(GUEST_KERNEL_ENV)?;
+    let initrd = artifact(TEST_INITRAMFS_ENV)?;
+    let out = Command::new(peapod())
+        .args(["vm", "boot", "--memory", "256", "--console", "stdout"])
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--cmdline", &format!("{DEFAULT_CMDLINE} quiet reboot=t")])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    check(
+        String::from_utf8_lossy(&out.stdout).contains("PEAPOD_GUEST_INIT_OK"),
+        "the guest ran its init",
+        &out,
+    )?;
+    check(
+        out.status.code() == Some(1),
+        "the guest-failed status 1",
+        &out,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check(
+        stderr.contains("triple-faulted after the guest ran (KVM counted exits"),
+        "stderr says the guest ran before it faulted, with KVM's counts",
         &out,
     )
 }

@@ -19,7 +19,7 @@ fn every_filter_compiles_and_has_the_documented_size() {
         assert!(!program.is_empty(), "{kind:?}");
     }
     // Keep the module docs' table in step with these.
-    assert_eq!(allowed_count(ThreadKind::Vcpu, KICK), 46);
+    assert_eq!(allowed_count(ThreadKind::Vcpu, KICK), 47);
     assert_eq!(allowed_count(ThreadKind::Device, KICK), 60);
     assert_eq!(allowed_count(ThreadKind::Main, KICK), 37);
 }
@@ -372,4 +372,17 @@ fn net_tap_calls_run_under_the_vcpu_and_device_filters() {
             assert!(out.contains("vcpu ok\ndevice ok\n"), "{out}");
         }
     }
+}
+
+#[test]
+fn the_register_ioctls_allowed_for_fault_reports_have_kvms_numbers() {
+    let ior = |nr: u64, size: usize| (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr;
+    assert_eq!(
+        KVM_GET_REGS,
+        ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>())
+    );
+    assert_eq!(
+        KVM_GET_SREGS,
+        ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>())
+    );
 }
