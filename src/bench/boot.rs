@@ -34,6 +34,9 @@ pub struct BootBench {
     pub initrd: PathBuf,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Kernel parameters added to both VMMs' command line (`--append`), to measure what one
+    /// costs or saves.
+    pub append: Option<String>,
 }
 
 pub(super) struct Sample {
@@ -56,7 +59,10 @@ pub fn run(bench: &BootBench) -> anyhow::Result<()> {
     // One command line for both: peapod's default (which keeps Linux's i8042 driver from
     // probing for a keyboard and mouse that are not there; microvm has no i8042 at all)
     // plus `quiet`, so that console output costs the same on both.
-    let cmdline = format!("{DEFAULT_CMDLINE} quiet");
+    let cmdline = match &bench.append {
+        Some(extra) => format!("{DEFAULT_CMDLINE} quiet {extra}"),
+        None => format!("{DEFAULT_CMDLINE} quiet"),
+    };
     for i in 0..bench.runs {
         // interleaved, so both see the same machine state
         let mut vm = vmm.command();
@@ -305,7 +311,7 @@ fn run_in_machine(bench: &BootBench) -> anyhow::Result<()> {
         (&bench.kernel, "/opt/peapod-bench/vmlinux"),
         (&bench.initrd, "/opt/peapod-bench/initrd"),
     ];
-    let args = [
+    let mut args = [
         "bench",
         "boot",
         "--kernel",
@@ -319,7 +325,11 @@ fn run_in_machine(bench: &BootBench) -> anyhow::Result<()> {
         "--memory",
         &bench.memory_mib.to_string(),
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    if let Some(extra) = &bench.append {
+        args.extend(["--append".to_string(), extra.clone()]);
+    }
     super::run_inside_machine(&copies, &[], &args)
 }
 

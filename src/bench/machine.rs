@@ -1,15 +1,22 @@
 //! `peapod bench machine`: what the test bed costs. peapod's `machine run -- true` against a
 //! bare QEMU L1 with the same kernel, CPU model and size whose busybox init only loads the KVM
 //! modules and powers off: the least any L1 with a /dev/kvm can do.
+//!
+//! With `--versus-qemu PATH`, also two setups of the test bed against each other: the QEMU
+//! `machine` uses (`$PEAPOD_QEMU`, else the one on PATH; QEMU 10 from bookworm-backports
+//! after `scripts/setup` on Debian 12) and another one (Debian 12's own 7.2, say), each
+//! booting an L1 that runs one pod, interleaved. Each runs as `machine` runs it: an L1 of a
+//! QEMU older than 10 gets `transparent_hugepage=never` (docs/testbed.md says why).
 
 use std::fs::File;
 use std::io::BufWriter;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::cpio::CpioWriter;
 use crate::machine::assets::L1Assets;
-use crate::machine::qemu::{Accel, AccelChoice, QemuLaunch, choose_accel};
+use crate::machine::qemu::{Accel, AccelChoice, QemuLaunch, choose_accel, huge_pages_hold_up};
 use crate::machine::{self, Interrupt, MachineConfig, MachineError};
 
 use super::{median, ratio};
@@ -19,7 +26,20 @@ pub struct MachineBench {
     pub accel: AccelChoice,
     /// Stops the bench (and the L1 running) when raised.
     pub interrupt: Interrupt,
+    /// Another QEMU to compare the test bed's setup with (`--versus-qemu`).
+    pub versus_qemu: Option<PathBuf>,
 }
+
+/// What each setup's L1 runs in the comparison: one pod VM, booted and removed.
+const POD_COMMAND: [&str; 7] = [
+    "peapod",
+    "run",
+    "--rm",
+    "--network",
+    "none",
+    "peapod/busybox:latest",
+    "true",
+];
 
 pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
     let l1 = L1Assets::find()?;
@@ -34,6 +54,7 @@ pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
         env: Vec::new(),
         workdir: "/".into(),
         argv: vec!["true".into()],
+        qemu: None,
     };
     let dir = tempfile::tempdir()?;
     let bare_initrd = dir.path().join("bare.cpio");
@@ -102,7 +123,110 @@ pub fn run(bench: &MachineBench) -> anyhow::Result<()> {
         "| L1 base initramfs, cache hit (hash + lookup) | {} ms | - | - |",
         cache_hit.as_millis()
     );
+    if let Some(versus) = &bench.versus_qemu {
+        compare_setups(bench, &config, &l1.qemu, versus, accel)?;
+    }
     Ok(())
+}
+
+/// One setup's times over the runs.
+#[derive(Debug, Default)]
+struct SetupTimes {
+    boot: Vec<Duration>,
+    after_ready: Vec<Duration>,
+    total: Vec<Duration>,
+}
+
+/// The test bed with `ours` (the QEMU `machine` picks) against `versus`, runs interleaved,
+/// each L1 running [`POD_COMMAND`]; prints a table with ratios ours / versus.
+fn compare_setups(
+    bench: &MachineBench,
+    base: &MachineConfig,
+    ours: &Path,
+    versus: &Path,
+    accel: Accel,
+) -> anyhow::Result<()> {
+    let versus = crate::machine::assets::find_in_path(&versus.to_string_lossy())
+        .ok_or_else(|| anyhow::anyhow!("--versus-qemu {}: no such file", versus.display()))?;
+    let setups = [ours.to_path_buf(), versus];
+    let mut times = [SetupTimes::default(), SetupTimes::default()];
+    for run in 0..bench.runs {
+        for (qemu, t) in setups.iter().zip(times.iter_mut()) {
+            let config = MachineConfig {
+                argv: POD_COMMAND.iter().map(|a| a.to_string()).collect(),
+                qemu: Some(qemu.clone()),
+                ..base.clone()
+            };
+            let mut stderr = Vec::new();
+            let report =
+                machine::run(&config, &bench.interrupt, &mut std::io::sink(), &mut stderr)?;
+            anyhow::ensure!(
+                report.status == 0,
+                "the pod in the L1 of {} gave status {}: {}",
+                qemu.display(),
+                report.status,
+                String::from_utf8_lossy(&stderr)
+            );
+            eprintln!(
+                "run {}: {}: ready after {:.2} s, whole run {:.2} s",
+                run + 1,
+                setup_label(qemu, accel),
+                report.boot.as_secs_f64(),
+                report.total.as_secs_f64()
+            );
+            t.boot.push(report.boot);
+            t.after_ready.push(report.total.saturating_sub(report.boot));
+            t.total.push(report.total);
+        }
+    }
+    let [ours_t, versus_t] = times;
+    println!();
+    println!(
+        "Test-bed setups, {} runs each interleaved, medians; each L1 runs `{}`",
+        bench.runs,
+        POD_COMMAND.join(" ")
+    );
+    println!(
+        "| measure | {} | {} | ratio |",
+        setup_label(&setups[0], accel),
+        setup_label(&setups[1], accel)
+    );
+    println!("|---|---|---|---|");
+    let rows = [
+        (
+            "L1 boot: QEMU start to /dev/kvm ready",
+            ours_t.boot,
+            versus_t.boot,
+        ),
+        (
+            "the pod in the L1 (ready to the L1's exit)",
+            ours_t.after_ready,
+            versus_t.after_ready,
+        ),
+        ("whole `machine run`", ours_t.total, versus_t.total),
+    ];
+    for (name, a, b) in rows {
+        let (a, b) = (median(a), median(b));
+        println!(
+            "| {name} | {:.2} s | {:.2} s | {} |",
+            a.as_secs_f64(),
+            b.as_secs_f64(),
+            ratio(a, b)
+        );
+    }
+    Ok(())
+}
+
+/// "QEMU 10.0.2 (L1 huge pages on)": a setup as the comparison's columns name it.
+fn setup_label(qemu: &Path, accel: Accel) -> String {
+    let version =
+        crate::machine::qemu::version(qemu).unwrap_or_else(|| "of unknown version".into());
+    let pages = if huge_pages_hold_up(qemu, accel) {
+        "L1 huge pages on"
+    } else {
+        "L1 transparent_hugepage=never"
+    };
+    format!("QEMU {version} ({pages})")
 }
 
 /// busybox + the KVM modules + an init that loads them and powers off.

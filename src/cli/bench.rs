@@ -20,6 +20,10 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
         accel: AccelChoice,
+        /// Also compare the test bed's QEMU with this one (e.g. Debian 12's 7.2 against the
+        /// backports' 10), each L1 running one pod.
+        #[arg(long, value_name = "QEMU")]
+        versus_qemu: Option<PathBuf>,
     },
     /// Guest boot: peapod's VMM against QEMU -M microvm, same kernel and initramfs: time to the
     /// init's marker, VMM RSS, and KVM's per boot counters from the host's debugfs (root).
@@ -38,6 +42,10 @@ pub enum BenchCommand {
         cpus: u32,
         #[arg(long, default_value_t = 256, value_name = "MIB")]
         memory: u32,
+        /// Kernel parameters to add to both VMMs' command line (e.g. "no_timer_check"), to
+        /// measure what they cost or save.
+        #[arg(long, value_name = "PARAMS")]
+        append: Option<String>,
     },
     /// Pod start: a bare boot against `vm run-container --image peapod/busybox:latest -- echo`
     /// (command to the container's first output, split into agent ready and container
@@ -163,13 +171,18 @@ pub enum BenchCommand {
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        BenchCommand::Machine { runs, accel } => {
+        BenchCommand::Machine {
+            runs,
+            accel,
+            versus_qemu,
+        } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
             let interrupt = super::machine::stop_on_signals()?;
             let bench = MachineBench {
                 runs,
                 accel,
                 interrupt: interrupt.clone(),
+                versus_qemu,
             };
             if let Err(err) = crate::bench::machine::run(&bench) {
                 // stopped by a signal: its L1s and files are gone; exit as the signal would
@@ -185,6 +198,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
             initrd,
             cpus,
             memory,
+            append,
         } => {
             anyhow::ensure!(runs >= 1, "--runs must be at least 1");
             let kernel = match kernel {
@@ -202,6 +216,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<ExitCode> {
                 initrd,
                 cpus,
                 memory_mib: memory,
+                append,
             })?;
         }
         BenchCommand::Pod {

@@ -1,5 +1,6 @@
 //! `peapod machine ...`: the nested host VM (L1) for hosts without hardware KVM.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,6 +56,9 @@ pub struct RunArgs {
     /// How the L1 runs: hardware KVM (nested) or QEMU's emulator with emulated AMD-V.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     pub accel: AccelChoice,
+    /// The QEMU that runs the L1 [default: $PEAPOD_QEMU, else qemu-system-x86_64 on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -80,6 +84,7 @@ impl RunArgs {
             env: self.env.clone(),
             workdir: self.workdir.clone(),
             argv: self.command.clone(),
+            qemu: self.qemu.clone(),
         }
     }
 }

@@ -175,9 +175,20 @@ pub struct L1Assets {
 impl L1Assets {
     /// Finds every part or says which package is missing.
     pub fn find() -> Result<Self, AssetError> {
+        Self::find_with_qemu(None)
+    }
+
+    /// As [`L1Assets::find`], with the QEMU binary given (a path, or a name on PATH) instead
+    /// of found.
+    pub fn find_with_qemu(qemu: Option<&Path>) -> Result<Self, AssetError> {
+        let qemu = match qemu {
+            Some(q) => find_in_path(&q.to_string_lossy())
+                .ok_or_else(|| AssetError::NoQemu(q.display().to_string()))?,
+            None => find_qemu()?,
+        };
         let (kernel, modules_dir) = find_kernel()?;
         Ok(L1Assets {
-            qemu: find_qemu()?,
+            qemu,
             kernel,
             modules_dir,
             busybox: find_busybox()?,

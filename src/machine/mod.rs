@@ -57,6 +57,8 @@ pub struct MachineConfig {
     pub env: Vec<String>,
     pub workdir: String,
     pub argv: Vec<String>,
+    /// The QEMU that runs the L1; `None`: `$PEAPOD_QEMU`, else `qemu-system-x86_64` on PATH.
+    pub qemu: Option<PathBuf>,
 }
 
 /// How a run went, for the caller and for benchmarks.
@@ -191,7 +193,7 @@ pub fn run(
     }
     let config = &with_guest_artifacts(config);
     let accel = choose_accel(config.accel, &HostVirt::probe())?;
-    let l1 = L1Assets::find()?;
+    let l1 = L1Assets::find_with_qemu(config.qemu.as_deref())?;
     let peapod = std::env::current_exe().map_err(MachineError::io("finding the peapod binary"))?;
     let (base, held) = initramfs::base_archive(&l1, &peapod, &crate::dirs::cache_dir())?;
 
@@ -674,6 +676,7 @@ mod tests {
             env: Vec::new(),
             workdir: "/".into(),
             argv: vec!["true".into()],
+            qemu: None,
         }
     }
 

@@ -99,20 +99,31 @@ pub fn huge_pages_hold_up(qemu: &Path, accel: Accel) -> bool {
     }
 }
 
-/// The major version `qemu --version` prints ("QEMU emulator version 7.2.19 (Debian ...)").
-pub fn version_major(qemu: &Path) -> Option<u32> {
+/// The version `qemu --version` prints ("QEMU emulator version 7.2.19 (Debian ...)" gives
+/// "7.2.19").
+pub fn version(qemu: &Path) -> Option<String> {
     let out = std::process::Command::new(qemu)
         .arg("--version")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
-    parse_version_major(&String::from_utf8_lossy(&out.stdout))
+    parse_version(&String::from_utf8_lossy(&out.stdout))
 }
 
-fn parse_version_major(text: &str) -> Option<u32> {
+/// The major number of [`version`].
+pub fn version_major(qemu: &Path) -> Option<u32> {
+    parse_major(&version(qemu)?)
+}
+
+fn parse_version(text: &str) -> Option<String> {
     let rest = text.split("version ").nth(1)?;
-    rest.split('.').next()?.trim().parse().ok()
+    let version = rest.split_whitespace().next()?;
+    parse_major(version).map(|_| version.to_string())
+}
+
+fn parse_major(version: &str) -> Option<u32> {
+    version.split('.').next()?.trim().parse().ok()
 }
 
 /// The L1 kernel command line: console on ttyS0, power off instead of hanging on panic.
@@ -249,12 +260,11 @@ mod tests {
     #[test]
     fn qemu_versions_are_read_from_its_banner() {
         let banner = "QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright";
-        assert_eq!(parse_version_major(banner), Some(7));
-        assert_eq!(
-            parse_version_major("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"),
-            Some(10)
-        );
-        assert_eq!(parse_version_major("not qemu"), None);
+        assert_eq!(parse_version(banner).as_deref(), Some("7.2.19"));
+        let ten = parse_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)").unwrap();
+        assert_eq!((ten.as_str(), parse_major(&ten)), ("10.0.2", Some(10)));
+        assert_eq!(parse_version("not qemu"), None);
+        assert_eq!(parse_version("QEMU emulator version x.y"), None);
         assert!(huge_pages_hold_up(Path::new("/no/such/qemu"), Accel::Kvm));
         assert!(!huge_pages_hold_up(Path::new("/no/such/qemu"), Accel::Tcg));
     }

@@ -54,6 +54,13 @@ pub fn cases() -> Vec<Case> {
             "machine_stalled_l1_fails_fast_with_125",
             machine_stalled_l1_fails_fast_with_125,
         ),
+        case("machine_names_a_missing_qemu", machine_names_a_missing_qemu),
+        Case {
+            name: "bench_machine_compares_two_qemu_setups",
+            place: Place::Host,
+            run: bench_machine_compares_two_qemu_setups,
+            skip_if: Some(default_guest_artifacts_missing),
+        },
         Case {
             name: "machine_runs_a_pod_on_the_default_image",
             place: Place::Host,
@@ -322,6 +329,60 @@ fn gone_within(pid: Pid, limit: Duration) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `machine run --qemu` with a QEMU that is not there fails before anything starts, naming it.
+fn machine_names_a_missing_qemu() -> Result<(), Failed> {
+    let out = run_peapod(&["machine", "run", "--qemu", "/no/such/qemu", "--", "true"])?;
+    check(!out.status.success(), "a failed run", &out)?;
+    check(
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/qemu not found"),
+        "stderr names the missing QEMU",
+        &out,
+    )
+}
+
+/// `bench machine --versus-qemu`: the test bed's QEMU against another one (here the same
+/// binary under another name: CI machines have one QEMU), each L1 running a pod; the table
+/// names both setups and gives each row's ratio.
+fn bench_machine_compares_two_qemu_setups() -> Result<(), Failed> {
+    let qemu = peapod::machine::assets::find_qemu()?;
+    let dir = tempfile::tempdir()?;
+    let other = dir.path().join("qemu-other");
+    std::os::unix::fs::symlink(&qemu, &other)?;
+    let other = other.to_str().ok_or("a temporary path that is not UTF-8")?;
+    let out = run_peapod(&["bench", "machine", "--runs", "1", "--versus-qemu", other])?;
+    check(out.status.code() == Some(0), "exit status 0", &out)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        stdout.contains("Test-bed setups, 1 runs each interleaved")
+            && stdout.contains("| measure | QEMU "),
+        "a second table whose columns name each setup's QEMU",
+        &out,
+    )?;
+    for row in [
+        "| L1 boot: QEMU start to /dev/kvm ready |",
+        "| the pod in the L1 (ready to the L1's exit) |",
+        "| whole `machine run` |",
+    ] {
+        let line = stdout
+            .lines()
+            .rfind(|l| l.starts_with(row))
+            .unwrap_or_default();
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "", measure, ours, versus, ratio, ""
+        let seconds = |cell: &str| {
+            cell.strip_suffix(" s")
+                .and_then(|n| n.parse::<f64>().ok())
+                .is_some_and(|n| n > 0.0)
+        };
+        check(
+            cells.len() == 6 && seconds(cells[2]) && seconds(cells[3]) && cells[4].ends_with('x'),
+            &format!("the row {row:?} has two times and a ratio"),
+            &out,
+        )?;
+    }
+    Ok(())
 }
 
 /// SIGTERM to `peapod machine run`: it stops its QEMU, removes its run directory and exits
