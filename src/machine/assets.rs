@@ -12,6 +12,11 @@ pub enum AssetError {
     #[error("{0} not found in PATH: install it with `apt-get install qemu-system-x86`")]
     NoQemu(String),
     #[error(
+        "{0}: no such QEMU binary (give the path of a qemu-system-x86_64, or leave out --qemu \
+         for $PEAPOD_QEMU or the one on PATH)"
+    )]
+    NoGivenQemu(String),
+    #[error(
         "no L1 kernel: no /boot/vmlinuz-* has KVM modules under /lib/modules/<version>; install one \
          with `apt-get install linux-image-cloud-amd64`, or name one with PEAPOD_L1_KERNEL"
     )]
@@ -183,7 +188,7 @@ impl L1Assets {
     pub fn find_with_qemu(qemu: Option<&Path>) -> Result<Self, AssetError> {
         let qemu = match qemu {
             Some(q) => find_in_path(&q.to_string_lossy())
-                .ok_or_else(|| AssetError::NoQemu(q.display().to_string()))?,
+                .ok_or_else(|| AssetError::NoGivenQemu(q.display().to_string()))?,
             None => find_qemu()?,
         };
         let (kernel, modules_dir) = find_kernel()?;

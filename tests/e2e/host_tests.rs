@@ -336,7 +336,7 @@ fn machine_names_a_missing_qemu() -> Result<(), Failed> {
     let out = run_peapod(&["machine", "run", "--qemu", "/no/such/qemu", "--", "true"])?;
     check(!out.status.success(), "a failed run", &out)?;
     check(
-        String::from_utf8_lossy(&out.stderr).contains("/no/such/qemu not found"),
+        String::from_utf8_lossy(&out.stderr).contains("/no/such/qemu: no such QEMU binary"),
         "stderr names the missing QEMU",
         &out,
     )
