@@ -149,9 +149,10 @@ fn compare_setups(
     let versus = crate::machine::assets::find_in_path(&versus.to_string_lossy())
         .ok_or_else(|| anyhow::anyhow!("--versus-qemu {}: no such file", versus.display()))?;
     let setups = [ours.to_path_buf(), versus];
+    let labels = setups.clone().map(|q| setup_label(&q, accel));
     let mut times = [SetupTimes::default(), SetupTimes::default()];
     for run in 0..bench.runs {
-        for (qemu, t) in setups.iter().zip(times.iter_mut()) {
+        for ((qemu, label), t) in setups.iter().zip(&labels).zip(times.iter_mut()) {
             let config = MachineConfig {
                 argv: POD_COMMAND.iter().map(|a| a.to_string()).collect(),
                 qemu: Some(qemu.clone()),
@@ -170,7 +171,7 @@ fn compare_setups(
             eprintln!(
                 "run {}: {}: ready after {:.2} s, whole run {:.2} s",
                 run + 1,
-                setup_label(qemu, accel),
+                label,
                 report.boot.as_secs_f64(),
                 report.total.as_secs_f64()
             );
@@ -186,11 +187,7 @@ fn compare_setups(
         bench.runs,
         POD_COMMAND.join(" ")
     );
-    println!(
-        "| measure | {} | {} | ratio |",
-        setup_label(&setups[0], accel),
-        setup_label(&setups[1], accel)
-    );
+    println!("| measure | {} | {} | ratio |", labels[0], labels[1]);
     println!("|---|---|---|---|");
     let rows = [
         (

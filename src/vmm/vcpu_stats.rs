@@ -39,12 +39,11 @@ pub enum VcpuStatsError {
     Malformed(&'static str),
 }
 
-/// One vCPU's statistics file and where each of [`COUNTERS`] lies in it.
+/// One vCPU's statistics file. Only opened when the vCPU is made (the ioctl is outside the
+/// vCPU's seccomp list); it is parsed when read, at a fault, off the start-up path.
 #[derive(Debug)]
 pub struct VcpuStats {
     file: File,
-    /// File offset of each counter of [`COUNTERS`], `None` where this kernel has no such one.
-    offsets: [Option<u64>; COUNTERS.len()],
 }
 
 /// The values of [`COUNTERS`] at one moment, `None` where the kernel has no such counter.
@@ -85,22 +84,28 @@ impl VcpuStats {
             return Err(VcpuStatsError::Open(std::io::Error::last_os_error()));
         }
         // SAFETY: the kernel just gave us this fd; nothing else owns it.
-        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(Self::from_file(unsafe { File::from_raw_fd(fd) }))
+    }
+
+    /// Statistics in KVM's layout read from `file` (tests give a file of their own).
+    pub fn from_file(file: File) -> Self {
+        VcpuStats { file }
+    }
+
+    /// Reads the counters now: the header, the descriptors, then one `pread` per counter.
+    pub fn read(&self) -> Result<ExitCounts, VcpuStatsError> {
         let mut head = vec![0u8; HEADER_LEN];
-        file.read_exact_at(&mut head, 0)
+        self.file
+            .read_exact_at(&mut head, 0)
             .map_err(VcpuStatsError::Read)?;
         let header = Header::parse(&head)?;
         let mut descs = vec![0u8; header.descriptors_len()?];
-        file.read_exact_at(&mut descs, u64::from(header.desc_offset))
+        self.file
+            .read_exact_at(&mut descs, u64::from(header.desc_offset))
             .map_err(VcpuStatsError::Read)?;
         let offsets = counter_offsets(&header, &descs)?;
-        Ok(VcpuStats { file, offsets })
-    }
-
-    /// Reads the counters now (one `pread` each).
-    pub fn read(&self) -> Result<ExitCounts, VcpuStatsError> {
         let mut counts = ExitCounts::default();
-        for (slot, offset) in counts.values.iter_mut().zip(self.offsets) {
+        for (slot, offset) in counts.values.iter_mut().zip(offsets) {
             if let Some(at) = offset {
                 let mut value = [0u8; 8];
                 self.file
@@ -227,20 +232,9 @@ mod tests {
     }
 
     fn read_from(bytes: &[u8]) -> Result<ExitCounts, VcpuStatsError> {
-        let header = Header::parse(bytes)?;
-        let start = header.desc_offset as usize;
-        let descs = bytes
-            .get(start..start + header.descriptors_len()?)
-            .ok_or(VcpuStatsError::Malformed("past the end"))?;
-        let offsets = counter_offsets(&header, descs)?;
-        let mut counts = ExitCounts::default();
-        for (slot, offset) in counts.values.iter_mut().zip(offsets) {
-            if let Some(at) = offset {
-                let at = at as usize;
-                *slot = Some(u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap()));
-            }
-        }
-        Ok(counts)
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        VcpuStats::from_file(file).read()
     }
 
     #[test]

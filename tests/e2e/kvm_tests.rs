@@ -551,21 +551,26 @@ fn hostile_guest_cannot_hurt_the_vmm() -> Result<(), Failed> {
     )
 }
 
+/// `peapod vm boot` of `kernel` with the test initramfs in its default mode, `memory` MiB,
+/// the console on stdout and `extra` after the default command line and `quiet`.
+fn boot_test_init(kernel: &Path, memory: &str, extra: &str) -> Result<Output, Failed> {
+    let initrd = artifact(TEST_INITRAMFS_ENV)?;
+    Command::new(peapod())
+        .args(["vm", "boot", "--memory", memory, "--console", "stdout"])
+        .arg("--kernel")
+        .arg(kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .args(["--cmdline", &format!("{DEFAULT_CMDLINE} quiet {extra}")])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", peapod().display()).into())
+}
+
 /// The bzImage path of the loader (linux-loader's bzImage, 64-bit boot protocol with a zero
 /// page): Debian's cloud kernel boots the test initramfs to its marker and reboots.
 fn bzimage_kernel_boots_to_init() -> Result<(), Failed> {
-    let kernel = artifact(TEST_BZIMAGE_ENV)?;
-    let initrd = artifact(TEST_INITRAMFS_ENV)?;
-    let out = Command::new(peapod())
-        .args(["vm", "boot", "--memory", "512", "--console", "stdout"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--cmdline", &format!("{DEFAULT_CMDLINE} quiet")])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let out = boot_test_init(&artifact(TEST_BZIMAGE_ENV)?, "512", "")?;
     let console = String::from_utf8_lossy(&out.stdout);
     check(
         console.contains("PEAPOD_GUEST_INIT_OK") && console.contains("-cloud-amd64 x86_64"),
@@ -608,18 +613,7 @@ fn a_triple_fault_at_the_first_instruction_is_told_apart() -> Result<(), Failed>
 /// The test init's reboot with `reboot=t` (the kernel reboots by triple-faulting on purpose):
 /// the VMM must end with the guest-failed status and say the guest ran before it faulted.
 fn a_guest_that_ran_and_triple_faulted_says_so() -> Result<(), Failed> {
-    let kernel = artifact(GUEST_KERNEL_ENV)?;
-    let initrd = artifact(TEST_INITRAMFS_ENV)?;
-    let out = Command::new(peapod())
-        .args(["vm", "boot", "--memory", "256", "--console", "stdout"])
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args(["--cmdline", &format!("{DEFAULT_CMDLINE} quiet reboot=t")])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", peapod().display()))?;
+    let out = boot_test_init(&artifact(GUEST_KERNEL_ENV)?, "256", "reboot=t")?;
     check(
         String::from_utf8_lossy(&out.stdout).contains("PEAPOD_GUEST_INIT_OK"),
         "the guest ran its init",
