@@ -39,7 +39,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
-use super::hardening::Hardening;
+use super::hardening::{Hardening, Prepared};
 use super::layout::{LayoutError, PodLayout, RootfsLower};
 use super::os::{Os, PathKind, RealOs};
 use super::process::{exit_status, inherited_fd, open_pty, pipe, send_fd};
@@ -659,7 +659,7 @@ pub fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (String
 /// Sets the process's groups and ids, confines it ([`super::hardening`], whose steps come
 /// before and after the uid switch), changes to its directory and executes it; returns
 /// only on failure, with the message and exit code (126/127) to report.
-fn exec_process(p: &ProcessSpec, hardening: Hardening) -> (String, i32) {
+fn exec_process(p: &ProcessSpec, mut hardening: Prepared) -> (String, i32) {
     if p.tty {
         // A session of its own with the pty (fd 0) as its controlling terminal.
         if let Err(e) = nix::unistd::setsid() {
@@ -675,11 +675,6 @@ fn exec_process(p: &ProcessSpec, hardening: Hardening) -> (String, i32) {
     let program = match resolve_program(&p.args[0], &p.env) {
         Ok(path) => path,
         Err(e) => return e,
-    };
-    // Compiled before anything changes, so that a bad filter changes nothing.
-    let hardening = match hardening.prepare() {
-        Ok(h) => h,
-        Err(e) => return (e.to_string(), 126),
     };
     if let Err(e) = hardening.limit_bounding_set() {
         return (e.to_string(), 126);
@@ -768,29 +763,47 @@ pub fn container_init_main() -> i32 {
     // reach their PID 1 through /proc (`echo hi > /proc/1/fd/1`, `readlink /proc/1/ns/pid`),
     // which the kernel allows only to a process whose capabilities cover the target's, as
     // they may under docker, where PID 1 is the container's own process.
-    if let Err(e) = init.hardening.prepare().and_then(|hardening| {
+    // The filter is compiled here, before anything of the process changes, so that a bad
+    // filter is a setup failure.
+    let mut hardening = match init.hardening.prepare().and_then(|hardening| {
         hardening.limit_bounding_set()?;
-        hardening.set_capabilities()
+        hardening.set_capabilities()?;
+        Ok(hardening)
     }) {
-        write_event(
-            &mut status,
-            &HelperEvent::SetupFailed {
-                message: format!("confining container-init: {e}"),
-            },
-        );
-        return 1;
-    }
+        Ok(hardening) => hardening,
+        Err(e) => {
+            write_event(
+                &mut status,
+                &HelperEvent::SetupFailed {
+                    message: format!("confining container-init: {e}"),
+                },
+            );
+            return 1;
+        }
+    };
     write_event(&mut status, &HelperEvent::Ready);
+    // While the supervisor attaches the container's stdio and starts it, container-init
+    // locks itself (`no_new_privs` and the seccomp filter, which the kernel checks and
+    // compiles as it installs them): the container's process, forked from it, inherits
+    // the lock and does not pay for it between its start and its `execve`. What
+    // container-init does from here (read, fork, sigwait, kill, wait4, write) is on the
+    // filter's allow-list.
+    let locked = hardening.lock();
     let mut byte = [0u8; 1];
     if !matches!(start.read(&mut byte), Ok(1)) {
         return 0;
     }
     drop(start);
-    run_container_process(&init.process, init.hardening, status)
+    if let Err(e) = locked {
+        let message = e.to_string();
+        write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
+        return 126;
+    }
+    run_container_process(&init.process, hardening, status)
 }
 
 /// Forks the container's process, forwards signals to it, reaps, and reports how it ended.
-fn run_container_process(process: &ProcessSpec, hardening: Hardening, mut status: File) -> i32 {
+fn run_container_process(process: &ProcessSpec, hardening: Prepared, mut status: File) -> i32 {
     let all = SigSet::all();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
     let (err_r, err_w) = match pipe() {
@@ -911,7 +924,11 @@ pub fn exec_init_main() -> i32 {
         write_event(&mut status, &HelperEvent::SetupFailed { message });
         return 126;
     }
-    let (message, code) = exec_process(&exec.process, exec.hardening);
+    // Compiled before anything changes, so that a bad filter changes nothing.
+    let (message, code) = match exec.hardening.prepare() {
+        Ok(hardening) => exec_process(&exec.process, hardening),
+        Err(e) => (e.to_string(), 126),
+    };
     write_event(&mut status, &HelperEvent::ExecFailed { message, code });
     code
 }
@@ -1378,22 +1395,35 @@ mod tests {
             "agent::container::tests::a_real_program_runs_confined_after_exec_process";
         const CHILD: &str = "PEAPOD_EXEC_PROCESS_TEST_CHILD";
         if let Ok(role) = std::env::var(CHILD) {
-            let uid = if role == "nobody" { 65534 } else { 0 };
+            let uid = if role == "root" || role == "privileged" {
+                0
+            } else {
+                65534
+            };
             let process = ProcessSpec {
                 args: vec![
                     "/bin/sh".into(),
                     "-c".into(),
-                    "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status".into(),
+                    "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp|Seccomp_filters):' \
+                     /proc/self/status"
+                        .into(),
                 ],
                 env: vec!["PATH=/usr/bin:/bin".into()],
                 uid,
                 gid: uid,
                 ..init().process
             };
-            let hardening = Hardening {
+            let mut hardening = Hardening {
                 privileged: role == "privileged",
                 seccomp: true,
-            };
+            }
+            .prepare()
+            .unwrap();
+            if role == "locked-first" {
+                // As container-init does before its start: its child, forked with this
+                // copy, must not install the filters a second time.
+                hardening.lock().unwrap();
+            }
             let (message, code) = exec_process(&process, hardening);
             eprintln!("exec_process failed: {message}");
             std::process::exit(code);
@@ -1422,26 +1452,40 @@ mod tests {
                 field("CapEff"),
                 field("NoNewPrivs"),
                 field("Seccomp"),
+                field("Seccomp_filters"),
             )
         };
         let mask = format!("{:016x}", crate::agent::hardening::default_mask());
-        let (bnd, eff, nnp, seccomp) = run("root");
+        let (bnd, eff, nnp, seccomp, filters) = run("root");
         assert_eq!(
-            (bnd.as_str(), nnp.as_str(), seccomp.as_str()),
-            (mask.as_str(), "1", "2")
+            (
+                bnd.as_str(),
+                nnp.as_str(),
+                seccomp.as_str(),
+                filters.as_str()
+            ),
+            (mask.as_str(), "1", "2", "2")
         );
         assert_eq!(
             u64::from_str_radix(&eff, 16).unwrap() & !crate::agent::hardening::default_mask(),
             0
         );
-        let (bnd, eff, _, seccomp) = run("nobody");
-        assert_eq!(
-            (bnd.as_str(), eff.as_str()),
-            (mask.as_str(), "0000000000000000")
-        );
-        assert_eq!(seccomp, "2");
+        for role in ["nobody", "locked-first"] {
+            let (bnd, eff, nnp, seccomp, filters) = run(role);
+            assert_eq!(
+                (bnd.as_str(), eff.as_str()),
+                (mask.as_str(), "0000000000000000"),
+                "{role}"
+            );
+            // Locked before the uid switch or after it: the same two filters, once.
+            assert_eq!(
+                (nnp.as_str(), seccomp.as_str(), filters.as_str()),
+                ("1", "2", "2"),
+                "{role}"
+            );
+        }
         let ours = std::fs::read_to_string("/proc/self/status").unwrap();
-        let (bnd, _, nnp, seccomp) = run("privileged");
+        let (bnd, _, nnp, seccomp, _) = run("privileged");
         assert!(ours.contains(&format!("CapBnd:\t{bnd}")), "{bnd}");
         assert_eq!((nnp.as_str(), seccomp.as_str()), ("0", "0"));
     }

@@ -36,7 +36,12 @@
 //! [`Prepared::lock`] (`no_new_privs`, then the filter) right before `execve`: the filter
 //! allows everything from there to `execve` and what a failed `execve` does (`write`,
 //! `exit_group`). The filter is compiled first ([`Hardening::prepare`]), so that a build
-//! error is reported before anything changed.
+//! error is reported before anything changed. A container's first process comes from
+//! container-init, which locks itself once it has reported ready, while it waits for its
+//! start: the process it forks then inherits `no_new_privs` and the filters, and its own
+//! [`Prepared::lock`] does nothing (installing the filters is the costliest step, and it is
+//! then off the path from start to `execve`); the uid switch and the capability steps that
+//! follow are on the allow-list. An exec'd process (`exec-init`) locks itself last.
 
 use std::collections::BTreeMap;
 
@@ -223,6 +228,7 @@ impl Hardening {
         Ok(Prepared {
             privileged: self.privileged,
             filters,
+            locked: false,
         })
     }
 }
@@ -233,6 +239,9 @@ pub struct Prepared {
     privileged: bool,
     /// Installed in this order (see [`default_filters`]).
     filters: Vec<BpfProgram>,
+    /// [`Prepared::lock`] has run in this process (or in the one it was forked from: a
+    /// child inherits `no_new_privs` and the filters, and keeps them across `execve`).
+    locked: bool,
 }
 
 impl Prepared {
@@ -278,15 +287,19 @@ impl Prepared {
         caps::clear(None, CapSet::Ambient).map_err(err("ambient"))
     }
 
-    /// Step 3, the last before `execve`: sets `no_new_privs` and installs the filters.
-    pub fn lock(&self) -> Result<(), HardeningError> {
-        if self.privileged {
+    /// Step 3, the last before `execve`: sets `no_new_privs` and installs the filters,
+    /// once: a second call (here, or in a child forked after the first) does nothing, so
+    /// that container-init can lock itself while it waits for its start and its child does
+    /// not stack a second copy of the filters.
+    pub fn lock(&mut self) -> Result<(), HardeningError> {
+        if self.privileged || self.locked {
             return Ok(());
         }
         nix::sys::prctl::set_no_new_privs().map_err(HardeningError::NoNewPrivs)?;
         for filter in &self.filters {
             seccompiler::apply_filter(filter).map_err(HardeningError::Install)?;
         }
+        self.locked = true;
         Ok(())
     }
 }

@@ -18,6 +18,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod endpoint;
+pub mod fork;
 pub mod oneshot;
 pub mod vm;
 

@@ -45,6 +45,7 @@ use crate::pod::id::PodId;
 use crate::pod::layout::PodDirs;
 use crate::pod::registry::{PodRecord, Registry, SupervisorLock};
 use crate::pod::state::PodStatus;
+use crate::runtime::fork::{self, ChildProcess, DaemonSetup};
 use crate::runtime::{HostPodConfig, PodVmConfig, RuntimeKind, SandboxConfig};
 
 /// How long the CLI waits for a pod's VM and containers to be created.
@@ -177,7 +178,80 @@ pub fn spawn(
     lock.clear_cloexec()?;
     crate::pod::state::write_json_atomic(&config_path(dirs, &record.id), config)?;
     let ready_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
-    let mut cmd = Command::new(&program);
+    let spawn_error = |source| SupervisorError::Spawn {
+        program: program.clone(),
+        source,
+    };
+    let null = || {
+        std::fs::File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(spawn_error)
+    };
+    // Forked when this process has one thread (a CLI starting a pod has), else executed.
+    let setup = DaemonSetup {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: log.try_clone().map(OwnedFd::from).map_err(spawn_error)?,
+        keep: vec![lock_fd, ready_raw],
+        new_session: true,
+        death_signal: None,
+    };
+    let id = record.id.clone();
+    let forked = fork::fork_daemon(setup, move || {
+        let args = SuperviseArgs {
+            id,
+            lock_fd,
+            ready_fd: ready_raw,
+        };
+        match run(args) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("peapod: error: {e}");
+                crate::cli::EXIT_PEAPOD_ERROR.into()
+            }
+        }
+    })
+    .map_err(spawn_error)?;
+    let child = match forked {
+        Some(child) => ChildProcess::Forked(child),
+        None => ChildProcess::Executed(exec_supervisor(&program, record, lock_fd, ready_raw, log)?),
+    };
+    let mut child = child;
+    // Only the supervisor holds the lock and the pipe's write end from here on.
+    drop(lock);
+    drop(ready_w);
+    let mut answer = String::new();
+    let read = std::fs::File::from(ready_r).read_to_string(&mut answer);
+    // The supervisor is a daemon: reap it in the background if it has ended already, and
+    // otherwise let it be (it outlives this process and is then reparented).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    read.map_err(SupervisorError::Ready)?;
+    let answer = answer.trim();
+    if answer == "ok" {
+        return Ok(());
+    }
+    if let Some(why) = answer.strip_prefix("error: ") {
+        return Err(SupervisorError::StartFailed(why.to_string()));
+    }
+    let tail = crate::logfile::tail_lines(&log_path, 20);
+    Err(SupervisorError::SupervisorDied {
+        log: log_path,
+        tail,
+    })
+}
+
+/// Starts `peapod supervise` for `record`'s pod, handing it the lock and readiness
+/// descriptors (see [`spawn`]).
+fn exec_supervisor(
+    program: &std::path::Path,
+    record: &PodRecord,
+    lock_fd: RawFd,
+    ready_raw: RawFd,
+    log: std::fs::File,
+) -> Result<std::process::Child, SupervisorError> {
+    let mut cmd = Command::new(program);
     cmd.arg("supervise")
         .arg("--lock-fd")
         .arg(lock_fd.to_string())
@@ -206,32 +280,9 @@ pub fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
-        program: program.clone(),
+    cmd.spawn().map_err(|source| SupervisorError::Spawn {
+        program: program.to_path_buf(),
         source,
-    })?;
-    // Only the supervisor holds the lock and the pipe's write end from here on.
-    drop(lock);
-    drop(ready_w);
-    let mut answer = String::new();
-    let read = std::fs::File::from(ready_r).read_to_string(&mut answer);
-    // The supervisor is a daemon: reap it in the background if it has ended already, and
-    // otherwise let it be (it outlives this process and is then reparented).
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    read.map_err(SupervisorError::Ready)?;
-    let answer = answer.trim();
-    if answer == "ok" {
-        return Ok(());
-    }
-    if let Some(why) = answer.strip_prefix("error: ") {
-        return Err(SupervisorError::StartFailed(why.to_string()));
-    }
-    let tail = crate::logfile::tail_lines(&log_path, 20);
-    Err(SupervisorError::SupervisorDied {
-        log: log_path,
-        tail,
     })
 }
 
@@ -294,11 +345,22 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             return Err(SupervisorError::StartFailed(e.to_string()));
         }
     };
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve(running, conn));
-        }
-    });
+    let serve_api = move || {
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || serve(running, conn));
+            }
+        })
+    };
+    // A pod VM takes seconds to boot: its API answers meanwhile. A host pod's agent starts
+    // in a moment, forked from this process while it still has one thread
+    // ([`crate::runtime::fork`]); clients that connect meanwhile wait in the backlog.
+    let mut serve_api = Some(serve_api);
+    if record.spec.runtime == RuntimeKind::Vm
+        && let Some(serve) = serve_api.take()
+    {
+        serve();
+    }
     let sandbox = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
         .map_err(|e| e.to_string())
         .and_then(|c| c.sandbox(&record.spec, &args.id, &dirs));
@@ -313,7 +375,11 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             return Err(SupervisorError::StartFailed(e));
         }
     };
-    if let Err(e) = running.boot(sandbox) {
+    let booted = running.boot(sandbox);
+    if let Some(serve) = serve_api.take() {
+        serve();
+    }
+    if let Err(e) = booted {
         running.finish(Some(e.to_string()));
         let _ = writeln!(ready, "error: {e}");
         let _ = std::fs::remove_file(&socket);

@@ -65,7 +65,7 @@ fn child(h: Hardening, uid: Option<u32>) {
     let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
     // The harness's "test NAME ... " has no newline yet.
     say("\n");
-    let p = h.prepare().unwrap();
+    let mut p = h.prepare().unwrap();
     p.limit_bounding_set().unwrap();
     if let Some(uid) = uid {
         // Its own, so that it can remove it at the end.

@@ -16,13 +16,16 @@
 pub mod agent;
 pub mod leftovers;
 
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::endpoint::{AgentEndpoint, EndpointError};
+use super::fork::{self, ChildProcess, DaemonSetup};
 use super::{PodSandbox, RuntimeError, RuntimeKind};
 use crate::agent::layout::PodLayout;
 use crate::pod::id::PodId;
@@ -125,7 +128,7 @@ impl HostPodConfig {
 
 /// A running host pod: its agent process and a control connection to it.
 pub struct HostPod {
-    child: Option<Child>,
+    child: Option<ChildProcess>,
     ended: Option<String>,
     endpoint: AgentEndpoint,
     client: Client<UnixStream>,
@@ -142,37 +145,7 @@ impl HostPod {
             path: log.clone(),
             source,
         })?;
-        let mut cmd = Command::new(&config.program);
-        cmd.arg("host-agent")
-            .arg("--run-root")
-            .arg(&config.run_root);
-        if let Some(netns) = &config.netns {
-            cmd.arg("--netns").arg(netns);
-        }
-        cmd.arg(config.id.as_str())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file));
-        // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
-        // calls (prctl, sigprocmask) on plain values; it allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The agent ends the pod when the thread that started it dies (SIGTERM: it
-                // kills its containers first, which a VMM's death does by itself); and starts
-                // with no signal mask its caller set up for forwarding.
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-                nix::sys::signal::sigprocmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&nix::sys::signal::SigSet::empty()),
-                    None,
-                )?;
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| HostPodError::Spawn {
-            program: config.program.clone(),
-            source,
-        })?;
+        let mut child = spawn_agent(config, log_file)?;
         let endpoint = AgentEndpoint::Unix { dir };
         match wait_for_agent(&mut child, &endpoint, &log, config.agent_timeout) {
             Ok(client) => Ok(HostPod {
@@ -227,9 +200,73 @@ impl HostPod {
     }
 }
 
+/// Starts the pod's host agent with its stderr in `log`: forked from this process when it
+/// has one thread (a supervisor starting a container pod does: [`super::fork`]), else
+/// executed as `peapod host-agent`. Either way it gets SIGTERM when the thread that
+/// started it ends.
+fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPodError> {
+    let spawn_error = |source| HostPodError::Spawn {
+        program: config.program.clone(),
+        source,
+    };
+    let null = || {
+        File::open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(spawn_error)
+    };
+    let setup = DaemonSetup {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: log.try_clone().map(OwnedFd::from).map_err(spawn_error)?,
+        keep: Vec::new(),
+        new_session: false,
+        death_signal: Some(nix::sys::signal::Signal::SIGTERM),
+    };
+    let args = config.agent_args();
+    let forked = fork::fork_daemon(setup, move || match agent::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("peapod: error: {e}");
+            crate::cli::EXIT_PEAPOD_ERROR.into()
+        }
+    });
+    if let Some(child) = forked.map_err(spawn_error)? {
+        return Ok(ChildProcess::Forked(child));
+    }
+    let mut cmd = Command::new(&config.program);
+    cmd.arg("host-agent")
+        .arg("--run-root")
+        .arg(&config.run_root);
+    if let Some(netns) = &config.netns {
+        cmd.arg("--netns").arg(netns);
+    }
+    cmd.arg(config.id.as_str())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+    // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
+    // calls (prctl, sigprocmask) on plain values; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The agent ends the pod when the thread that started it dies (SIGTERM: it
+            // kills its containers first, which a VMM's death does by itself); and starts
+            // with no signal mask its caller set up for forwarding.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(spawn_error)?;
+    Ok(ChildProcess::Executed(child))
+}
+
 /// Connects and handshakes until the agent answers, exits, or `timeout` passes.
 fn wait_for_agent(
-    child: &mut Child,
+    child: &mut ChildProcess,
     endpoint: &AgentEndpoint,
     log: &std::path::Path,
     timeout: Duration,
@@ -269,7 +306,7 @@ impl PodSandbox for HostPod {
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(ChildProcess::id)
     }
 
     fn endpoint(&self) -> &AgentEndpoint {
