@@ -765,7 +765,7 @@ pub fn container_init_main() -> i32 {
     // they may under docker, where PID 1 is the container's own process.
     // The filter is compiled here, before anything of the process changes, so that a bad
     // filter is a setup failure.
-    let mut hardening = match init.hardening.prepare().and_then(|hardening| {
+    let mut hardening = match init.hardening.prepare().and_then(|mut hardening| {
         hardening.limit_bounding_set()?;
         hardening.set_capabilities()?;
         Ok(hardening)

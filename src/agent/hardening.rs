@@ -228,6 +228,7 @@ impl Hardening {
         Ok(Prepared {
             privileged: self.privileged,
             filters,
+            bounded: false,
             locked: false,
         })
     }
@@ -239,6 +240,9 @@ pub struct Prepared {
     privileged: bool,
     /// Installed in this order (see [`default_filters`]).
     filters: Vec<BpfProgram>,
+    /// [`Prepared::limit_bounding_set`] has run in this process (or in the one it was
+    /// forked from: the bounding set is inherited).
+    bounded: bool,
     /// [`Prepared::lock`] has run in this process (or in the one it was forked from: a
     /// child inherits `no_new_privs` and the filters, and keeps them across `execve`).
     locked: bool,
@@ -251,9 +255,9 @@ impl Prepared {
     }
 
     /// Step 1, before the uid switch: drops every capability but
-    /// [`DEFAULT_CAPABILITIES`] from the bounding set.
-    pub fn limit_bounding_set(&self) -> Result<(), HardeningError> {
-        if self.privileged {
+    /// [`DEFAULT_CAPABILITIES`] from the bounding set, once (as [`Prepared::lock`]).
+    pub fn limit_bounding_set(&mut self) -> Result<(), HardeningError> {
+        if self.privileged || self.bounded {
             return Ok(());
         }
         let keep = default_set();
@@ -264,6 +268,7 @@ impl Prepared {
                     .map_err(|source| HardeningError::Bounding { cap: *cap, source })?;
             }
         }
+        self.bounded = true;
         Ok(())
     }
 
