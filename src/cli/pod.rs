@@ -163,10 +163,7 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                     if let Ok(mut c) = pods::connect(&registry, &view) {
                         let _ = c.expect_state(&ApiRequest::Stop { timeout_s: 0 });
                     }
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    while registry.is_supervised(&id) && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
+                    registry.wait_unsupervised(&id, std::time::Duration::from_secs(10));
                 }
                 let _ = registry.remove(&id);
             }

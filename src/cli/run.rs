@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Component, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -421,10 +421,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         report_signal(&end.status);
         if args.rm {
             // The supervisor removes the pod once its VM is down, then exits.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while registry.is_supervised(&id) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            registry.wait_unsupervised(&id, Duration::from_secs(20));
         }
         Ok(ExitCode::from(u8::try_from(end.status.code).unwrap_or(255)))
     }

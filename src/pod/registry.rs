@@ -270,6 +270,23 @@ impl Registry {
         matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
     }
 
+    /// Waits until no process holds the pod's supervisor lock, or `timeout` passes; true if
+    /// it is free. Blocks in the kernel's lock wait (on a thread left behind on a timeout)
+    /// rather than polling, so it returns as the supervisor exits.
+    pub fn wait_unsupervised(&self, id: &PodId, timeout: std::time::Duration) -> bool {
+        let Ok(file) = File::open(self.dirs.lock_path(id)) else {
+            return true;
+        };
+        if !matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock)) {
+            return true;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(file.lock_shared().is_ok());
+        });
+        rx.recv_timeout(timeout).unwrap_or(false)
+    }
+
     /// Every pod in the store, newest first. A pod whose files cannot be read is skipped with
     /// a warning. Reads only: a pod whose supervisor is gone shows as Failed, but its files
     /// keep what they say.
@@ -713,6 +730,24 @@ mod tests {
         drop(again);
         let unknown = PodId::generate().unwrap();
         assert!(!reg.is_supervised(&unknown));
+        assert!(reg.wait_unsupervised(&unknown, Duration::ZERO));
+    }
+
+    #[test]
+    fn waiting_for_the_supervisor_ends_when_its_lock_is_dropped() {
+        let (_tmp, reg) = registry();
+        let (record, lock) = reg.create(spec("web")).unwrap();
+        let id = record.id.clone();
+        assert!(!reg.wait_unsupervised(&id, Duration::from_millis(50)));
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(lock);
+        });
+        let started = std::time::Instant::now();
+        assert!(reg.wait_unsupervised(&id, Duration::from_secs(20)));
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert!(!reg.is_supervised(&id));
+        holder.join().unwrap();
     }
 
     #[test]
