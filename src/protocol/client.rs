@@ -280,13 +280,31 @@ pub fn attach_stream<S: Read + Write>(
     process: &ProcessRef,
     stream: StreamKind,
 ) -> Result<(), ClientError> {
-    let request = "stream attach";
+    send_stream_attach(conn, process, stream)?;
+    read_stream_attached(conn)
+}
+
+/// The first half of [`attach_stream`]: the request, whose answer
+/// [`read_stream_attached`] reads (so that several attaches can be in flight at once).
+pub fn send_stream_attach<S: Write>(
+    conn: &mut S,
+    process: &ProcessRef,
+    stream: StreamKind,
+) -> Result<(), ClientError> {
     let hello = StreamHello {
         version: PROTOCOL_VERSION,
         process: process.clone(),
         stream,
     };
-    write_frame(conn, &hello).map_err(|source| ClientError::Frame { request, source })?;
+    write_frame(conn, &hello).map_err(|source| ClientError::Frame {
+        request: "stream attach",
+        source,
+    })
+}
+
+/// The second half of [`attach_stream`]: the agent's answer.
+pub fn read_stream_attached<S: Read>(conn: &mut S) -> Result<(), ClientError> {
+    let request = "stream attach";
     match read_frame(conn).map_err(|source| ClientError::Frame { request, source })? {
         Response::Ok => Ok(()),
         Response::Error(WireError {

@@ -12,7 +12,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::protocol::client::{Client, ClientError, attach_stream};
+use crate::protocol::client::{
+    Client, ClientError, attach_stream, read_stream_attached, send_stream_attach,
+};
 use crate::protocol::{CONTROL_PORT, ProcessRef, STDIO_PORT, StreamKind};
 use crate::vmm::virtio::vsock::{ConnectError, connect_to_guest};
 
@@ -113,6 +115,32 @@ impl AgentEndpoint {
         })?;
         Ok(conn)
     }
+
+    /// Attaches several streams of `process` at once: every request is sent before the
+    /// first answer is read, so that the agent serves them side by side (a container's
+    /// stdout and stderr before its start, where each round trip is on the pod's path).
+    pub fn attach_all(
+        &self,
+        process: &ProcessRef,
+        streams: &[StreamKind],
+    ) -> Result<Vec<UnixStream>, EndpointError> {
+        let failed = |stream: StreamKind| {
+            move |source| EndpointError::Agent {
+                what: format!("attaching {} of {process}", stream.as_str()),
+                source,
+            }
+        };
+        let mut conns = Vec::with_capacity(streams.len());
+        for &stream in streams {
+            let mut conn = self.connect(STDIO_PORT, CONNECT_TIMEOUT)?;
+            send_stream_attach(&mut conn, process, stream).map_err(failed(stream))?;
+            conns.push(conn);
+        }
+        for (conn, &stream) in conns.iter_mut().zip(streams) {
+            read_stream_attached(conn).map_err(failed(stream))?;
+        }
+        Ok(conns)
+    }
 }
 
 /// Signals one process of a pod from any thread, on a connection of its own.
@@ -174,5 +202,48 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// A fake agent that answers no attach before it has all three requests: attaching
+    /// one stream after the other would leave it with one.
+    #[test]
+    fn attaches_are_all_asked_before_any_answer_is_read() {
+        use crate::protocol::frame::{read_frame, write_frame};
+        use crate::protocol::message::{Response, StreamHello};
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = AgentEndpoint::Unix {
+            dir: dir.path().to_path_buf(),
+        };
+        let listener = std::os::unix::net::UnixListener::bind(AgentEndpoint::unix_socket(
+            dir.path(),
+            STDIO_PORT,
+        ))
+        .unwrap();
+        let agent = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            listener.set_nonblocking(true).unwrap();
+            let mut asked = Vec::new();
+            while asked.len() < 3 && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let hello: StreamHello = read_frame(&mut conn).unwrap();
+                        asked.push((conn, hello.stream));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            let kinds: Vec<StreamKind> = asked.iter().map(|(_, k)| *k).collect();
+            for (conn, _) in &mut asked {
+                write_frame(conn, &Response::Ok).unwrap();
+            }
+            kinds
+        });
+        let kinds = [StreamKind::Stdout, StreamKind::Stderr, StreamKind::Stdin];
+        let streams = endpoint
+            .attach_all(&ProcessRef::container("main"), &kinds)
+            .unwrap();
+        assert_eq!(streams.len(), 3);
+        assert_eq!(agent.join().unwrap(), kinds);
     }
 }

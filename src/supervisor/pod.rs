@@ -515,12 +515,22 @@ impl RunningPod {
             *lock(&c.stdin) = Some(input);
             self.pump(c, pty, LogStream::Stdout);
         } else {
-            let out = attach(StreamKind::Stdout)?;
-            let err = attach(StreamKind::Stderr)?;
-            *lock(&c.stdin) = match spec.process.stdin {
-                true => Some(attach(StreamKind::Stdin)?),
-                false => None,
+            let mut kinds = vec![StreamKind::Stdout, StreamKind::Stderr];
+            if spec.process.stdin {
+                kinds.push(StreamKind::Stdin);
+            }
+            let mut streams = sandbox
+                .endpoint()
+                .attach_all(&main, &kinds)
+                .map_err(PodRunError::Endpoint)?
+                .into_iter();
+            let (Some(out), Some(err)) = (streams.next(), streams.next()) else {
+                return Err(PodRunError::Spec(format!(
+                    "attaching the output of {}: the agent gave fewer streams than asked",
+                    c.name
+                )));
             };
+            *lock(&c.stdin) = streams.next();
             self.pump(c, out, LogStream::Stdout);
             self.pump(c, err, LogStream::Stderr);
         }
