@@ -43,6 +43,34 @@ pub struct DaemonSetup {
     pub death_signal: Option<Signal>,
 }
 
+impl DaemonSetup {
+    /// stdin and stdout on `/dev/null`, stderr on `log`; no other descriptor, no session
+    /// or death signal of its own (set the fields for those).
+    pub fn with_log(log: &std::fs::File) -> io::Result<Self> {
+        let null = || std::fs::File::open("/dev/null").map(OwnedFd::from);
+        Ok(DaemonSetup {
+            stdin: null()?,
+            stdout: null()?,
+            stderr: log.try_clone()?.into(),
+            keep: Vec::new(),
+            new_session: false,
+            death_signal: None,
+        })
+    }
+}
+
+/// A forked peapod verb's exit status, as `main` gives it: 0, or its error on stderr and
+/// [`crate::cli::EXIT_PEAPOD_ERROR`].
+pub fn exit_status<E: std::fmt::Display>(result: Result<(), E>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("peapod: error: {e}");
+            crate::cli::EXIT_PEAPOD_ERROR.into()
+        }
+    }
+}
+
 /// Forks a child that runs `body` set up by `setup`, when this process is single-threaded;
 /// `Ok(None)` (nothing forked) when it is not.
 pub fn fork_daemon(

@@ -10,8 +10,9 @@
 //!
 //! Its life ([`spawn`] on the CLI side, [`run`] in the supervisor):
 //! 1. The CLI creates the pod record under the registry lock and takes the pod's
-//!    supervisor lock (an `flock`), then starts `peapod supervise ID` in a new session with
-//!    that lock's descriptor and the write end of a readiness pipe. The lock belongs to the
+//!    supervisor lock (an `flock`), then starts the supervisor in a new session with that
+//!    lock's descriptor and the write end of a readiness pipe: a fork of the CLI, which has
+//!    one thread then (`peapod supervise ID` executed otherwise; [`crate::runtime::fork`]). The lock belongs to the
 //!    open file, which the supervisor inherits: from then on "the lock is held" means "the
 //!    supervisor lives", and `peapod ps` shows a pod whose supervisor is gone as `Failed`.
 //! 2. The supervisor binds its socket, boots the VM and creates the containers, then writes
@@ -182,34 +183,19 @@ pub fn spawn(
         program: program.clone(),
         source,
     };
-    let null = || {
-        std::fs::File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(spawn_error)
-    };
     // Forked when this process has one thread (a CLI starting a pod has), else executed.
     let setup = DaemonSetup {
-        stdin: null()?,
-        stdout: null()?,
-        stderr: log.try_clone().map(OwnedFd::from).map_err(spawn_error)?,
         keep: vec![lock_fd, ready_raw],
         new_session: true,
-        death_signal: None,
+        ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
     let id = record.id.clone();
     let forked = fork::fork_daemon(setup, move || {
-        let args = SuperviseArgs {
+        fork::exit_status(run(SuperviseArgs {
             id,
             lock_fd,
             ready_fd: ready_raw,
-        };
-        match run(args) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("peapod: error: {e}");
-                crate::cli::EXIT_PEAPOD_ERROR.into()
-            }
-        }
+        }))
     })
     .map_err(spawn_error)?;
     let child = match forked {

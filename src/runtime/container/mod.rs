@@ -1,8 +1,9 @@
 //! The container runtime: a pod's containers directly on the host's kernel, with the same
 //! agent code, protocol, supervisor, logs and state as a pod VM.
 //!
-//! [`HostPod::start`] starts `peapod host-agent` ([`agent`]) for the pod, with its stderr in
-//! `host-agent.log` in the pod's run directory, and connects to its control socket until it
+//! [`HostPod::start`] starts the pod's host agent ([`agent`]: forked from the supervisor
+//! while it has one thread, else `peapod host-agent` executed; [`super::fork`]), with its
+//! stderr in `host-agent.log` in the pod's run directory, and connects to its control socket until it
 //! answers, it exits, or the timeout passes (the last two are errors quoting the log). The
 //! agent ends the pod when the thread that started it dies (`PR_SET_PDEATHSIG` with SIGTERM),
 //! as a VMM dies with it; whatever a killed agent leaves (its containers outlive it, unlike a
@@ -17,7 +18,6 @@ pub mod agent;
 pub mod leftovers;
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -209,27 +209,12 @@ fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPo
         program: config.program.clone(),
         source,
     };
-    let null = || {
-        File::open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(spawn_error)
-    };
     let setup = DaemonSetup {
-        stdin: null()?,
-        stdout: null()?,
-        stderr: log.try_clone().map(OwnedFd::from).map_err(spawn_error)?,
-        keep: Vec::new(),
-        new_session: false,
         death_signal: Some(nix::sys::signal::Signal::SIGTERM),
+        ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
     let args = config.agent_args();
-    let forked = fork::fork_daemon(setup, move || match agent::run(args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("peapod: error: {e}");
-            crate::cli::EXIT_PEAPOD_ERROR.into()
-        }
-    });
+    let forked = fork::fork_daemon(setup, move || fork::exit_status(agent::run(args)));
     if let Some(child) = forked.map_err(spawn_error)? {
         return Ok(ChildProcess::Forked(child));
     }
