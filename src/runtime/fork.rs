@@ -41,6 +41,9 @@ pub struct DaemonSetup {
     pub new_session: bool,
     /// `PR_SET_PDEATHSIG`: sent to the child when the thread that forked it ends.
     pub death_signal: Option<Signal>,
+    /// Its name in `ps -e` and `top` (`PR_SET_NAME`, 15 bytes at most): a forked child
+    /// keeps its parent's command line, this says what it is.
+    pub name: Option<&'static std::ffi::CStr>,
 }
 
 impl DaemonSetup {
@@ -55,6 +58,7 @@ impl DaemonSetup {
             keep: Vec::new(),
             new_session: false,
             death_signal: None,
+            name: None,
         })
     }
 }
@@ -129,6 +133,9 @@ fn prepare_child(setup: &DaemonSetup, parent: Pid) -> io::Result<()> {
     }
     if setup.new_session {
         nix::unistd::setsid()?;
+    }
+    if let Some(name) = setup.name {
+        nix::sys::prctl::set_name(name)?;
     }
     for (fd, target) in [(&setup.stdin, 0), (&setup.stdout, 1), (&setup.stderr, 2)] {
         // SAFETY: dup2 onto 0-2 of descriptors this child owns; nothing else in this
@@ -293,6 +300,7 @@ mod tests {
             keep: Vec::new(),
             new_session: false,
             death_signal: None,
+            name: None,
         };
         assert!(fork_daemon(setup, || 0).unwrap().is_none());
         handle.join().unwrap();
@@ -320,17 +328,20 @@ mod tests {
                 keep: vec![kept],
                 new_session: true,
                 death_signal: Some(Signal::SIGTERM),
+                name: Some(c"fork-test"),
             };
             let body = move || {
                 // SAFETY: F_GETFD only asks whether the number is an open descriptor.
                 let open = |fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
                 let mask = SigSet::thread_get_mask().unwrap();
+                let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
                 println!(
-                    "kept={} other={} usr1-blocked={} own-session={}",
+                    "kept={} other={} usr1-blocked={} own-session={} name={}",
                     open(kept),
                     open(other),
                     mask.contains(Signal::SIGUSR1),
-                    nix::unistd::getsid(None).unwrap() == Pid::this()
+                    nix::unistd::getsid(None).unwrap() == Pid::this(),
+                    comm.trim()
                 );
                 7
             };
@@ -347,7 +358,7 @@ mod tests {
             assert_eq!(status.code(), Some(7));
             assert_eq!(
                 out.trim(),
-                "kept=true other=false usr1-blocked=false own-session=true"
+                "kept=true other=false usr1-blocked=false own-session=true name=fork-test"
             );
             println!("checked");
             return;

@@ -187,6 +187,7 @@ pub fn spawn(
     let setup = DaemonSetup {
         keep: vec![lock_fd, ready_raw],
         new_session: true,
+        name: Some(c"pod-supervisor"),
         ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
     let id = record.id.clone();

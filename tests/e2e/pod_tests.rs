@@ -169,12 +169,15 @@ impl Pods {
         Ok(v[0].clone())
     }
 
-    /// Fails when anything of pod `id` is left: a process naming it, its directories, a
+    /// Fails when anything of pod `id` is left: a process naming it or holding one of its
+    /// files open (a supervisor or host agent forked from the CLI carries the CLI's command
+    /// line, but keeps its log and lock in the pod's directories open), its directories, a
     /// mount.
     pub fn nothing_left_of(&self, id: &str) -> Result<(), Failed> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let procs = processes_naming(id);
+            let mut procs = processes_naming(id);
+            procs.extend(processes_holding(id));
             if procs.is_empty() {
                 break;
             }
@@ -216,6 +219,36 @@ pub fn processes_naming(needle: &str) -> Vec<(u32, String)> {
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmdline.contains(needle) {
             found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Processes (other than this one) with an open descriptor whose path contains `needle`,
+/// with that path.
+pub fn processes_holding(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        let held = fds.flatten().find_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            let target = target.to_string_lossy().into_owned();
+            target.contains(needle).then_some(target)
+        });
+        if let Some(target) = held {
+            found.push((pid, target));
         }
     }
     found
@@ -405,6 +438,17 @@ fn detached_lifecycle() -> Result<(), Failed> {
         return Err(format!("inspect: {inspect}").into());
     }
     vmm_is_jailed(inspect["vm"]["vmm_pid"].as_u64().unwrap_or(0), &id)?;
+    // What `nothing_left_of` looks for does find a live pod's supervisor (forked from the
+    // CLI, it carries the CLI's command line, not the pod's id).
+    let supervisor = inspect["vm"]["supervisor_pid"].as_u64().unwrap_or(0) as u32;
+    let holders = processes_holding(&id);
+    if !holders.iter().any(|(pid, _)| *pid == supervisor) {
+        return Err(format!(
+            "the supervisor ({supervisor}) is not among the processes holding files of pod \
+             {id}: {holders:?}"
+        )
+        .into());
+    }
     // stop: SIGTERM ends the container (143), or SIGKILL after the 2 s grace period (137)
     // when its PID 1 ignores SIGTERM.
     let start = Instant::now();

@@ -211,6 +211,7 @@ fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPo
     };
     let setup = DaemonSetup {
         death_signal: Some(nix::sys::signal::Signal::SIGTERM),
+        name: Some(c"pod-host-agent"),
         ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
     let args = config.agent_args();
