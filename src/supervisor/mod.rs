@@ -12,9 +12,10 @@
 //! 1. The CLI creates the pod record under the registry lock and takes the pod's
 //!    supervisor lock (an `flock`), then starts the supervisor in a new session with that
 //!    lock's descriptor and the write end of a readiness pipe: a fork of the CLI, which has
-//!    one thread then (`peapod supervise ID` executed otherwise; [`crate::runtime::fork`]). The lock belongs to the
-//!    open file, which the supervisor inherits: from then on "the lock is held" means "the
-//!    supervisor lives", and `peapod ps` shows a pod whose supervisor is gone as `Failed`.
+//!    one thread then (`peapod supervise ID` executed otherwise; [`crate::runtime::fork`]).
+//!    The lock belongs to the open file, which the supervisor inherits: from then on "the
+//!    lock is held" means "the supervisor lives", and `peapod ps` shows a pod whose
+//!    supervisor is gone as `Failed`.
 //! 2. The supervisor binds its socket, boots the VM and creates the containers, then writes
 //!    `ok` (or the error) on the readiness pipe. The CLI then sends `Start` (`run -d`) or
 //!    `Attach { start: true }` (a foreground `run`).
@@ -199,11 +200,10 @@ pub fn spawn(
         }))
     })
     .map_err(spawn_error)?;
-    let child = match forked {
+    let mut child = match forked {
         Some(child) => ChildProcess::Forked(child),
         None => ChildProcess::Executed(exec_supervisor(&program, record, lock_fd, ready_raw, log)?),
     };
-    let mut child = child;
     // Only the supervisor holds the lock and the pipe's write end from here on.
     drop(lock);
     drop(ready_w);

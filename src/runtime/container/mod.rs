@@ -3,8 +3,9 @@
 //!
 //! [`HostPod::start`] starts the pod's host agent ([`agent`]: forked from the supervisor
 //! while it has one thread, else `peapod host-agent` executed; [`super::fork`]), with its
-//! stderr in `host-agent.log` in the pod's run directory, and connects to its control socket until it
-//! answers, it exits, or the timeout passes (the last two are errors quoting the log). The
+//! stderr in `host-agent.log` in the pod's run directory, and connects to its control
+//! socket until it answers, it exits, or the timeout passes (the last two are errors
+//! quoting the log). The
 //! agent ends the pod when the thread that started it dies (`PR_SET_PDEATHSIG` with SIGTERM),
 //! as a VMM dies with it; whatever a killed agent leaves (its containers outlive it, unlike a
 //! VM's) is removed by [`leftovers::remove`] once it has exited, here or by `peapod rm`.
