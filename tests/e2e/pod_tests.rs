@@ -201,57 +201,46 @@ impl Pods {
 
 /// Processes (pid, command line) whose command line names `needle`, this one excepted.
 pub fn processes_naming(needle: &str) -> Vec<(u32, String)> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push((pid, cmdline));
-        }
-    }
-    found
+    other_processes()
+        .into_iter()
+        .filter_map(|(pid, dir)| {
+            let raw = std::fs::read(dir.join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+            cmdline.contains(needle).then_some((pid, cmdline))
+        })
+        .collect()
 }
 
 /// Processes (other than this one) with an open descriptor whose path contains `needle`,
 /// with that path.
 pub fn processes_holding(needle: &str) -> Vec<(u32, String)> {
+    other_processes()
+        .into_iter()
+        .filter_map(|(pid, dir)| {
+            let fds = std::fs::read_dir(dir.join("fd")).ok()?;
+            let held = fds.flatten().find_map(|fd| {
+                let target = std::fs::read_link(fd.path()).ok()?;
+                let target = target.to_string_lossy().into_owned();
+                target.contains(needle).then_some(target)
+            })?;
+            Some((pid, held))
+        })
+        .collect()
+}
+
+/// Every process but this one: its pid and its `/proc` directory.
+fn other_processes() -> Vec<(u32, std::path::PathBuf)> {
     let me = std::process::id();
-    let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
-            continue;
-        };
-        let held = fds.flatten().find_map(|fd| {
-            let target = std::fs::read_link(fd.path()).ok()?;
-            let target = target.to_string_lossy().into_owned();
-            target.contains(needle).then_some(target)
-        });
-        if let Some(target) = held {
-            found.push((pid, target));
-        }
-    }
-    found
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            (pid != me).then(|| (pid, e.path()))
+        })
+        .collect()
 }
 
 fn pid_alive(pid: u64) -> bool {
