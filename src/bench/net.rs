@@ -555,11 +555,7 @@ fn in_netns_on_exec(command: &mut Command, ns: &OwnedFd, die_with_parent: bool) 
             if die_with_parent {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             }
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )?;
+            crate::runtime::fork::unblock_all_signals()?;
             if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

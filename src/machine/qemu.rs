@@ -201,11 +201,7 @@ impl QemuLaunch {
                 if nix::unistd::getppid() != parent {
                     return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
-                nix::sys::signal::sigprocmask(
-                    nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                    Some(&nix::sys::signal::SigSet::empty()),
-                    None,
-                )?;
+                crate::runtime::fork::unblock_all_signals()?;
                 Ok(())
             });
         }

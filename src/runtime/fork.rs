@@ -167,8 +167,15 @@ fn prepare_child(setup: &DaemonSetup, parent: Pid) -> io::Result<()> {
             unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) }?;
         }
     }
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    unblock_all_signals()?;
     Ok(())
+}
+
+/// Unblocks every signal: what a child of peapod starts with, whatever mask its parent's
+/// threads set up for forwarding. Async-signal-safe (one `sigprocmask`), so it may run
+/// between `fork` and `exec` (`pre_exec`).
+pub fn unblock_all_signals() -> nix::Result<()> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
 /// Closes every descriptor above 2 but `keep`.

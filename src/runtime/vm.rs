@@ -445,11 +445,7 @@ fn spawn_vmm(config: &PodVmConfig, dir: &Path) -> Result<Vmm, PodVmError> {
             // (a VM nobody drives would run on), and does not inherit a signal mask
             // its caller set up for forwarding.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )?;
+            crate::runtime::fork::unblock_all_signals()?;
             // The event pipe's write end becomes fd 3, open across exec. dup2 onto itself
             // would keep close-on-exec, so that case clears the flag instead.
             if write_fd == EVENTS_FD {

@@ -259,11 +259,7 @@ fn exec_supervisor(
             if flags < 0 || libc::fcntl(ready_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )?;
+            fork::unblock_all_signals()?;
             Ok(())
         });
     }

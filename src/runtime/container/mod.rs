@@ -239,11 +239,7 @@ fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPo
             // kills its containers first, which a VMM's death does by itself); and starts
             // with no signal mask its caller set up for forwarding.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
-            nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            )?;
+            fork::unblock_all_signals()?;
             Ok(())
         });
     }
