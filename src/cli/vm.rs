@@ -103,7 +103,7 @@ pub struct BootArgs {
     net_mtu: u16,
     /// Print when the guest first wrote to its console and when it wrote the boot signal
     /// (see vmm::devices::boot_signal), in ms since peapod started, on stderr at the end:
-    /// `boot-timing: first_output_ms=.. boot_signal_ms=.. total_ms=..`
+    /// `boot-timing: vcpus_started_ms=.. first_output_ms=.. boot_signal_ms=.. total_ms=..`
     #[arg(long)]
     boot_timing: bool,
     /// Run the VMM's threads without their seccomp allow-lists (for debugging, e.g. under

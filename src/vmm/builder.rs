@@ -557,6 +557,8 @@ pub fn boot_linux(
     let memory = memory::create_guest_memory(mem_size)?;
     let vm = Vm::new(&kvm, memory)?;
     vm.create_irqchip()?;
+    let phase = |what: &str| tracing::debug!("{what} at {:.1} ms", ms_since(start));
+    phase("VM created");
 
     // 4: devices.
     let stop = VmStop::new();
@@ -632,12 +634,15 @@ pub fn boot_linux(
 
     // 5: kernel, initrd, command line, boot structures.
     let mem = vm.memory();
+    phase("devices attached");
     let kernel = linux::load_kernel(mem, mem_size, &config.kernel)?;
+    phase("kernel loaded");
     let initrd = config
         .initrd
         .as_deref()
         .map(|path| linux::load_initrd(mem, mem_size, kernel.end, path))
         .transpose()?;
+    phase("initrd loaded");
     let cmdline = linux::kernel_cmdline(config.cmdline.as_deref(), &fragments)?;
     let cmdline_len = linux::write_cmdline(mem, &cmdline)?;
     let memmap = linux::memory_map(mem_size)?;
@@ -684,6 +689,7 @@ pub fn boot_linux(
     let vcpus = (0..config.cpus)
         .map(|id| create_linux_vcpu(&vm, &plan, id))
         .collect::<Result<Vec<_>, _>>()?;
+    phase("vCPUs created");
 
     // 7: the jail, while this is the only thread; then run, each thread under its seccomp
     // filter once the guest can reach it.
@@ -699,6 +705,7 @@ pub fn boot_linux(
         };
         let jailed = jail::enter(jail, &paths)?;
         tracing::info!("jailed as uid {} gid {}", jailed.uid, jailed.gid);
+        phase("jailed");
     }
     let filters = config
         .seccomp
@@ -707,6 +714,7 @@ pub fn boot_linux(
     let device_thread = has_virtio
         .then(|| spawn_device_thread(events, stop.clone(), filters.as_ref()))
         .transpose()?;
+    timer.mark_vcpus_started();
     let exit = run_vcpus(vcpus, &stop, vmm_events, filters.as_ref())?;
     if let Some(t) = device_thread {
         let _ = t.join();
@@ -771,6 +779,11 @@ fn spawn_device_thread(
 
 /// The signal that kicks a vCPU thread out of `KVM_RUN`; its handler does nothing (the
 /// interrupted `KVM_RUN` returning `EINTR` is the point).
+/// Milliseconds since `start`, for the debug log of a build's phases.
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
 fn kick_signal() -> i32 {
     SIGRTMIN()
 }

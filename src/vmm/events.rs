@@ -278,6 +278,7 @@ mod tests {
     #[test]
     fn an_exit_becomes_an_exited_event_in_ms() {
         let times = BootTimes {
+            vcpus_started: Some(Duration::from_millis(30)),
             first_output: Some(Duration::from_millis(84)),
             boot_signal: None,
             total: Duration::from_millis(530),

@@ -75,16 +75,17 @@ pub struct FaultReport {
     pub registers: Option<String>,
 }
 
-/// A vCPU that faults with at most this many exits in all never got past its first
-/// instructions: a Linux boot exits thousands of times (CPUID, MSRs, timers) before init.
+/// A vCPU that faults after at most this many exits of its own (host interrupts and signals
+/// not counted) never got past its first instructions: a Linux boot exits thousands of times
+/// (CPUID, MSRs, timers) before init.
 pub const FIRST_INSTRUCTIONS_EXITS: u64 = 3;
 
 impl FaultReport {
-    /// Whether the guest died at its first instructions, by KVM's count of this vCPU's exits;
-    /// `None` without that count (exits to the VMM alone cannot tell: a quiet kernel that
-    /// crashes early has made none either).
+    /// Whether the guest died at its first instructions, by KVM's count of the exits this
+    /// vCPU's guest caused; `None` without that count (exits to the VMM alone cannot tell: a
+    /// quiet kernel that crashes early has made none either).
     pub fn at_first_instructions(&self) -> Option<bool> {
-        let exits = self.kvm.as_ref().and_then(|k| k.get("exits"))?;
+        let exits = self.kvm.as_ref().and_then(ExitCounts::guest_caused)?;
         Some(exits <= FIRST_INSTRUCTIONS_EXITS)
     }
 
@@ -236,6 +237,32 @@ mod tests {
         let mut counts = ExitCounts::default();
         counts.values[0] = Some(exits); // "exits"
         counts
+    }
+
+    #[test]
+    fn exits_of_host_interrupts_and_signals_do_not_count_as_the_guest_running() {
+        let with_host_exits = |exits, irq, signal| {
+            let mut counts = counts(exits);
+            counts.values[5] = Some(irq); // "irq_exits"
+            counts.values[6] = Some(signal); // "signal_exits"
+            FaultReport {
+                kvm: Some(counts),
+                ..FaultReport::default()
+            }
+        };
+        // The test bed's case: a ud2 guest whose vCPU a host timer interrupt took out once.
+        assert_eq!(with_host_exits(4, 1, 0).at_first_instructions(), Some(true));
+        assert_eq!(with_host_exits(9, 5, 1).at_first_instructions(), Some(true));
+        assert_eq!(
+            with_host_exits(4, 0, 0).at_first_instructions(),
+            Some(false)
+        );
+        assert_eq!(
+            with_host_exits(1800, 700, 2).at_first_instructions(),
+            Some(false)
+        );
+        // Counters that do not add up never wrap around.
+        assert_eq!(with_host_exits(1, 5, 5).at_first_instructions(), Some(true));
     }
 
     #[test]

@@ -15,13 +15,18 @@ use std::os::unix::fs::FileExt;
 
 use kvm_ioctls::VcpuFd;
 
-/// The counters a fault report gives, by KVM's names.
-pub const COUNTERS: [&str; 5] = [
+/// The counters a fault report gives, by KVM's names. `irq_exits` and `signal_exits` are
+/// exits the guest did not cause (a host interrupt or a signal to the vCPU thread arrived
+/// while it ran): on a slow host they come at any time, even during a guest's first
+/// instructions.
+pub const COUNTERS: [&str; 7] = [
     "exits",
     "io_exits",
     "mmio_exits",
     "insn_emulation",
     "halt_exits",
+    "irq_exits",
+    "signal_exits",
 ];
 
 const HEADER_LEN: usize = 24;
@@ -58,6 +63,14 @@ impl ExitCounts {
             .iter()
             .position(|c| *c == name)
             .and_then(|i| self.values[i])
+    }
+
+    /// The exits the guest itself caused: every exit less those of host interrupts and
+    /// signals (`None` without KVM's total).
+    pub fn guest_caused(&self) -> Option<u64> {
+        let host_caused =
+            self.get("irq_exits").unwrap_or(0) + self.get("signal_exits").unwrap_or(0);
+        self.get("exits").map(|e| e.saturating_sub(host_caused))
     }
 }
 
