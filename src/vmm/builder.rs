@@ -777,13 +777,13 @@ fn spawn_device_thread(
         .map_err(|e| BuildError::DeviceThread(e.to_string()))
 }
 
-/// The signal that kicks a vCPU thread out of `KVM_RUN`; its handler does nothing (the
-/// interrupted `KVM_RUN` returning `EINTR` is the point).
 /// Milliseconds since `start`, for the debug log of a build's phases.
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
+/// The signal that kicks a vCPU thread out of `KVM_RUN`; its handler does nothing (the
+/// interrupted `KVM_RUN` returning `EINTR` is the point).
 fn kick_signal() -> i32 {
     SIGRTMIN()
 }
