@@ -263,6 +263,10 @@ mod tests {
         );
         // Counters that do not add up never wrap around.
         assert_eq!(with_host_exits(1, 5, 5).at_first_instructions(), Some(true));
+        assert_eq!(
+            with_host_exits(u64::MAX, u64::MAX, u64::MAX).at_first_instructions(),
+            Some(true)
+        );
     }
 
     #[test]

@@ -68,8 +68,10 @@ impl ExitCounts {
     /// The exits the guest itself caused: every exit less those of host interrupts and
     /// signals (`None` without KVM's total).
     pub fn guest_caused(&self) -> Option<u64> {
-        let host_caused =
-            self.get("irq_exits").unwrap_or(0) + self.get("signal_exits").unwrap_or(0);
+        let host_caused = self
+            .get("irq_exits")
+            .unwrap_or(0)
+            .saturating_add(self.get("signal_exits").unwrap_or(0));
         self.get("exits").map(|e| e.saturating_sub(host_caused))
     }
 }
