@@ -111,6 +111,9 @@ pub struct ContainerInit {
     pub process: ProcessSpec,
     /// The container's cgroup directory.
     pub cgroup: PathBuf,
+    /// container-init moves itself into `cgroup`: the agent could not start it there
+    /// ([`super::process::Spawned::in_cgroup`]).
+    pub join_cgroup: bool,
     /// The pod's network namespace file.
     pub netns: Option<PathBuf>,
     /// Directory with the pod's `/etc` files, if any.
@@ -150,6 +153,7 @@ impl ContainerInit {
             mounts,
             process: spec.process.clone(),
             cgroup: layout.cgroup_dir(&spec.id),
+            join_cgroup: true,
             netns: Some(layout.pod_netns.path().to_path_buf()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir(&spec.id),
@@ -200,6 +204,8 @@ pub struct ExecInit {
     /// The container's init, whose namespaces the process joins.
     pub container_pid: i32,
     pub cgroup: PathBuf,
+    /// exec-init moves itself into `cgroup` (as [`ContainerInit::join_cgroup`]).
+    pub join_cgroup: bool,
     pub process: ProcessSpec,
     /// The container's ([`ContainerInit::hardening`]): an exec'd process is confined as
     /// the container's own.
@@ -331,8 +337,11 @@ pub fn read_stats(os: &dyn Os, cgroup: &Path) -> io::Result<ContainerStats> {
 
 /// Everything `container-init` does before it waits for the start byte, in order.
 pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
-    // Into the cgroup first, so that everything below is accounted to the container.
-    os.write_file(&init.cgroup.join("cgroup.procs"), b"0")?;
+    // Into the cgroup first (where it did not start in it), so that everything below is
+    // accounted to the container.
+    if init.join_cgroup {
+        os.write_file(&init.cgroup.join("cgroup.procs"), b"0")?;
+    }
     os.unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)?;
     if let Some(netns) = &init.netns {
         os.setns(netns, CloneFlags::CLONE_NEWNET)?;
@@ -874,7 +883,9 @@ fn run_container_process(process: &ProcessSpec, hardening: Prepared, mut status:
 /// Joins the namespaces of the container whose init is `pid` (mount last: it changes what
 /// `/proc` is).
 pub fn join_container(os: &dyn Os, exec: &ExecInit) -> io::Result<()> {
-    os.write_file(&exec.cgroup.join("cgroup.procs"), b"0")?;
+    if exec.join_cgroup {
+        os.write_file(&exec.cgroup.join("cgroup.procs"), b"0")?;
+    }
     let proc = Path::new("/proc").join(exec.container_pid.to_string());
     let ns = proc.join("ns");
     for (name, kind) in [
@@ -989,6 +1000,7 @@ mod tests {
                 stdin: false,
             },
             cgroup: layout.cgroup_dir("web"),
+            join_cgroup: true,
             netns: Some(layout.pod_netns.path().into()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir("web"),
@@ -1771,6 +1783,52 @@ mod tests {
         assert_eq!(oom_kills(&RecordingOs::new(), &cg), 0);
     }
 
+    /// A helper the agent started in the container's cgroup (`CLONE_INTO_CGROUP`) does
+    /// not move itself there again: a write to `cgroup.procs` costs an RCU grace period
+    /// even when it moves nothing.
+    #[test]
+    fn helpers_started_in_their_cgroup_do_not_join_it_again() {
+        let writes_procs = |calls: &[Call]| {
+            calls
+                .iter()
+                .any(|c| matches!(c, Call::WriteFile(p, _) if p.ends_with("cgroup.procs")))
+        };
+        let os = RecordingOs::new();
+        let placed = ContainerInit {
+            join_cgroup: false,
+            ..init()
+        };
+        setup_container(&os, &placed).unwrap();
+        let calls = os.calls();
+        assert!(!writes_procs(&calls), "{calls:#?}");
+        assert_eq!(
+            calls[0],
+            Call::Unshare(
+                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
+            )
+        );
+
+        let os = RecordingOs::new();
+        let exec = |join_cgroup| ExecInit {
+            container_pid: 77,
+            cgroup: guest().cgroup_dir("web"),
+            join_cgroup,
+            process: init().process,
+            hardening: Hardening::default(),
+        };
+        join_container(&os, &exec(false)).unwrap();
+        let calls = os.calls();
+        assert!(!writes_procs(&calls), "{calls:#?}");
+        assert_eq!(
+            calls.last(),
+            Some(&Call::Chdir("/".into())),
+            "it still joins the container"
+        );
+        let os = RecordingOs::new();
+        join_container(&os, &exec(true)).unwrap();
+        assert!(writes_procs(&os.calls()));
+    }
+
     #[test]
     fn exec_joins_every_namespace_with_mount_last() {
         let os = RecordingOs::new();
@@ -1779,6 +1837,7 @@ mod tests {
             &ExecInit {
                 container_pid: 77,
                 cgroup: guest().cgroup_dir("web"),
+                join_cgroup: true,
                 process: init().process,
                 hardening: Hardening::default(),
             },

@@ -5,11 +5,16 @@
 //! them, anything else is a zombie reaped and forgotten. A child is registered while the
 //! reaper's lock is held across the fork, so even a child that exits at once is never lost.
 //!
-//! Children are started with [`spawn_helper`]: a fork from a short-lived thread that first
-//! enters (or creates) the PID namespace the child must live in — `unshare(CLONE_NEWPID)`
-//! and `setns(CLONE_NEWPID)` only change the PID namespace of the calling thread's future
-//! children — then, in the child, only async-signal-safe calls (`dup2`, `execve`) until the
-//! agent binary runs again as a helper (`container-init`, `exec-init`).
+//! Children are started with [`spawn_helper`]: `clone3` without a new stack (a fork that
+//! can also make the child PID 1 of a new PID namespace, `CLONE_NEWPID`, and start it in its
+//! container's cgroup, `CLONE_INTO_CGROUP`: moving a process into a cgroup afterwards, by
+//! writing `cgroup.procs`, waits for an RCU grace period, 15-20 ms in the emulated test bed).
+//! Joining a PID namespace takes a short-lived thread that enters it first
+//! (`setns(CLONE_NEWPID)` only changes the PID namespace of the calling thread's future
+//! children); a kernel without `clone3` gets that thread and a plain fork for both kinds,
+//! and the helper moves itself into its cgroup ([`Spawned::in_cgroup`]). In the child, only
+//! async-signal-safe calls (`dup2`, `execve`) until the agent binary runs again as a helper
+//! (`container-init`, `exec-init`).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -17,7 +22,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -39,6 +44,12 @@ pub enum ProcessError {
     },
     #[error("cannot open the PID namespace {path}: {source}")]
     PidNs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the cgroup {path}: {source}")]
+    Cgroup {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -167,15 +178,29 @@ pub enum PidNs {
     Join(PathBuf),
 }
 
+/// A helper the agent started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub pid: Pid,
+    /// It started in the cgroup [`spawn_helper`] was given; else it has to join it itself.
+    pub in_cgroup: bool,
+}
+
+/// `clone3`'s flag that starts the child in the cgroup of `clone_args.cgroup` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// Forks and executes `/proc/self/exe ARGS...` with `fds[i]` as its file descriptor `i`
-/// (0, 1, 2 and the helper's pipes), in the PID namespace `pid_ns`, registering the child
-/// with `reaper`. The caller's ends of the fds are not touched; drop the child's ends after.
+/// (0, 1, 2 and the helper's pipes), in the PID namespace `pid_ns` and, where the kernel
+/// can (see [`Spawned::in_cgroup`]), in the cgroup directory `cgroup`, registering the
+/// child with `reaper`. The caller's ends of the fds are not touched; drop the child's
+/// ends after.
 pub fn spawn_helper(
     reaper: &Reaper,
     pid_ns: PidNs,
+    cgroup: Option<&Path>,
     args: &[&str],
     fds: &[&OwnedFd],
-) -> Result<Pid, ProcessError> {
+) -> Result<Spawned, ProcessError> {
     let exe = CString::new("/proc/self/exe").map_err(|_| ProcessError::Nul)?;
     let argv: Vec<CString> = args
         .iter()
@@ -184,12 +209,18 @@ pub fn spawn_helper(
     // The environment of a helper: PATH only (the agent's own is the kernel's).
     let envp =
         vec![CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").map_err(|_| ProcessError::Nul)?];
-    // Copies above every target number, so that dup2 never maps a fd onto itself (which
-    // would keep its close-on-exec flag).
+    // Copies numbered at or above every target number, so that dup2 never maps a fd onto
+    // itself (which would keep its close-on-exec flag). The lowest free numbers, not
+    // high fixed ones: growing the descriptor table of a multi-threaded process waits for
+    // an RCU grace period (tens of ms in the emulated test bed).
+    let lowest = i32::try_from(fds.len()).map_err(|_| ProcessError::Sys {
+        what: "dup a fd",
+        source: Errno::EMFILE,
+    })?;
     let high: Vec<OwnedFd> = fds
         .iter()
         .map(|fd| {
-            let raw = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(100)).map_err(sys("dup a fd"))?;
+            let raw = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(lowest)).map_err(sys("dup a fd"))?;
             // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
             Ok(unsafe { OwnedFd::from_raw_fd(raw) })
         })
@@ -201,56 +232,153 @@ pub fn spawn_helper(
             source,
         })?),
     };
+    // Opened here: the child starts in it, and a missing cgroup is the caller's error.
+    let cgroup_dir = cgroup
+        .map(|dir| {
+            File::options()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+                .map_err(|source| ProcessError::Cgroup {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+        })
+        .transpose()?;
+    let cgroup_fd = cgroup_dir.as_ref().map(AsRawFd::as_raw_fd);
     let raw_fds: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
-    reaper.register(|| {
-        std::thread::scope(|s| {
+    let child = Child {
+        exe: &exe,
+        argv: &argv,
+        envp: &envp,
+        fds: &raw_fds,
+    };
+    let mut in_cgroup = false;
+    let pid = reaper.register(|| {
+        if ns_file.is_none()
+            && let Ok(pid) = child.clone3(libc::CLONE_NEWPID as u64, cgroup_fd)
+        {
+            in_cgroup = cgroup_fd.is_some();
+            return Ok(pid);
+        }
+        let (pid, placed) = std::thread::scope(|s| {
             s.spawn(|| {
                 match &ns_file {
                     None => nix::sched::unshare(CloneFlags::CLONE_NEWPID)
                         .map_err(sys("create a PID namespace"))?,
-                    Some(f) => nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWPID)
-                        .map_err(sys("join the PID namespace"))?,
+                    Some(f) => {
+                        nix::sched::setns(f.as_fd(), CloneFlags::CLONE_NEWPID)
+                            .map_err(sys("join the PID namespace"))?;
+                        if let Ok(pid) = child.clone3(0, cgroup_fd) {
+                            return Ok((pid, cgroup_fd.is_some()));
+                        }
+                    }
                 }
-                fork_exec(&exe, &argv, &envp, &raw_fds)
+                // No clone3 here (or not with a cgroup: before Linux 5.7): a plain fork,
+                // and the helper joins its cgroup itself.
+                Ok((child.fork()?, false))
             })
             .join()
             .map_err(|_| ProcessError::Thread)?
-        })
-    })
+        })?;
+        in_cgroup = placed;
+        Ok(pid)
+    })?;
+    Ok(Spawned { pid, in_cgroup })
 }
 
-/// Forks; the child maps `fds` to 0.., executes `exe` and never returns.
-fn fork_exec(
-    exe: &CString,
-    argv: &[CString],
-    envp: &[CString],
-    fds: &[RawFd],
-) -> Result<Pid, ProcessError> {
-    // SAFETY: the child of a multi-threaded process may only make async-signal-safe calls:
-    // it calls dup2, sigprocmask, execve and _exit on values prepared before the fork (or,
-    // for the empty signal set, built on its stack), and allocates nothing.
-    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
-        ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => {
-            for (target, fd) in fds.iter().enumerate() {
-                // SAFETY: dup2 on descriptors this process holds; async-signal-safe.
-                if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
-                    // SAFETY: _exit is async-signal-safe and ends the child at once.
-                    unsafe { libc::_exit(120) };
-                }
-            }
-            // A helper starts with no signal blocked, whatever the agent's threads block
-            // (the host agent blocks SIGTERM for its own signal thread).
-            let _ = nix::sys::signal::sigprocmask(
-                nix::sys::signal::SigmaskHow::SIG_SETMASK,
-                Some(&nix::sys::signal::SigSet::empty()),
-                None,
-            );
-            let _ = nix::unistd::execve(exe, argv, envp);
-            // SAFETY: as above.
-            unsafe { libc::_exit(121) }
+/// What a helper's child process executes, prepared before the fork: between the fork and
+/// `execve` the child of a multi-threaded process may not allocate.
+struct Child<'a> {
+    exe: &'a CString,
+    argv: &'a [CString],
+    envp: &'a [CString],
+    /// Mapped to 0.. in the child.
+    fds: &'a [RawFd],
+}
+
+impl Child<'_> {
+    /// `clone3` with `flags` and no new stack: the child goes on, as after a fork, on a
+    /// copy of this thread's stack; with `cgroup`, it starts in that cgroup directory.
+    fn clone3(&self, flags: u64, cgroup: Option<RawFd>) -> Result<Pid, Errno> {
+        let mut args = CloneArgs {
+            flags,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = u64::try_from(fd).map_err(|_| Errno::EBADF)?;
+        }
+        // SAFETY: `args` is a valid clone_args of the size passed, and lives across the
+        // call. Without CLONE_VM or a stack the child runs on its own copy of this memory,
+        // as after fork(2); it only calls `exec`, which makes async-signal-safe calls on
+        // values prepared before the clone, and never returns here.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &mut args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            0 => self.exec(),
+            pid if pid > 0 => Ok(Pid::from_raw(pid as libc::pid_t)),
+            _ => Err(Errno::last()),
         }
     }
+
+    /// fork(2), then [`Child::exec`] in the child.
+    fn fork(&self) -> Result<Pid, ProcessError> {
+        // SAFETY: the child only calls `exec`, which makes async-signal-safe calls on
+        // values prepared before the fork and never returns.
+        match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+            ForkResult::Parent { child } => Ok(child),
+            ForkResult::Child => self.exec(),
+        }
+    }
+
+    /// In the child: maps the fds to 0.., unblocks every signal and executes the helper.
+    fn exec(&self) -> ! {
+        // Only async-signal-safe calls: dup2, sigprocmask, execve and _exit, on values
+        // prepared before the fork (or, for the empty signal set, built on the stack); no
+        // allocation.
+        for (target, fd) in self.fds.iter().enumerate() {
+            // SAFETY: dup2 on descriptors this process holds; async-signal-safe.
+            if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
+                // SAFETY: _exit is async-signal-safe and ends the child at once.
+                unsafe { libc::_exit(120) };
+            }
+        }
+        // A helper starts with no signal blocked, whatever the agent's threads block
+        // (the host agent blocks SIGTERM for its own signal thread).
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&nix::sys::signal::SigSet::empty()),
+            None,
+        );
+        let _ = nix::unistd::execve(self.exe, self.argv, self.envp);
+        // SAFETY: as above.
+        unsafe { libc::_exit(121) }
+    }
+}
+
+/// The kernel's `struct clone_args` (`linux/sched.h`), as far as `cgroup` (its size then
+/// is CLONE_ARGS_SIZE_VER2, 88 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
 
 /// A pipe whose both ends close on exec.
@@ -416,5 +544,67 @@ mod tests {
         assert_eq!(reaper.wait_timeout(pid, Duration::from_millis(10)), None);
         let other = reaper.register(|| Ok(Pid::from_raw(43))).unwrap();
         assert_eq!(reaper.wait_timeout(other, Duration::from_millis(10)), None);
+    }
+
+    /// Runs `sh -c script` as a helper child started by `start`, its stdout a pipe;
+    /// returns what it wrote and its wait status.
+    fn run_child(
+        script: &str,
+        start: impl Fn(&Child) -> Result<Pid, Errno>,
+    ) -> Result<(String, WaitStatus), Errno> {
+        let exe = CString::new("/bin/sh").unwrap();
+        let argv = ["sh", "-c", script].map(|a| CString::new(a).unwrap());
+        let envp = [CString::new("PATH=/usr/bin:/bin").unwrap()];
+        let (out_r, out_w) = pipe().unwrap();
+        let null = OwnedFd::from(File::open("/dev/null").unwrap());
+        // Above the targets 0..3, as spawn_helper makes them.
+        let high = [&null, &out_w, &out_w]
+            .map(|fd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3)).unwrap())
+            // SAFETY: each is a new descriptor nothing else owns.
+            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) });
+        let raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
+        let child = Child {
+            exe: &exe,
+            argv: &argv,
+            envp: &envp,
+            fds: &raw,
+        };
+        let pid = start(&child)?;
+        drop((high, out_w));
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut File::from(out_r), &mut out).unwrap();
+        Ok((out, waitpid(pid, None).unwrap()))
+    }
+
+    #[test]
+    fn a_cloned_helper_child_gets_its_descriptors_and_runs() {
+        let forked = run_child("echo forked; exit 7", |c| {
+            c.fork().map_err(|e| match e {
+                ProcessError::Sys { source, .. } => source,
+                _ => Errno::EIO,
+            })
+        })
+        .unwrap();
+        assert_eq!(forked.0, "forked\n");
+        assert!(
+            matches!(forked.1, WaitStatus::Exited(_, 7)),
+            "{:?}",
+            forked.1
+        );
+        match run_child("echo cloned; exit 9", |c| c.clone3(0, None)) {
+            Ok((out, status)) => {
+                assert_eq!(out, "cloned\n");
+                assert!(matches!(status, WaitStatus::Exited(_, 9)), "{status:?}");
+            }
+            // A sandbox (a container's seccomp profile) without clone3: spawn_helper forks.
+            Err(Errno::ENOSYS | Errno::EPERM) => {}
+            Err(e) => panic!("clone3: {e}"),
+        }
+    }
+
+    #[test]
+    fn clone_args_are_the_kernels_second_version() {
+        // CLONE_ARGS_SIZE_VER2 in linux/sched.h: the first with `cgroup`.
+        assert_eq!(std::mem::size_of::<CloneArgs>(), 88);
     }
 }

@@ -178,11 +178,13 @@ struct Container {
 
 impl Container {
     /// What `exec-init` gets to run `process` in this container: confined as the
-    /// container's own process.
-    fn exec_init(&self, process: ProcessSpec) -> ExecInit {
+    /// container's own process; `join_cgroup`: it was not started in the container's
+    /// cgroup ([`super::process::Spawned::in_cgroup`]).
+    fn exec_init(&self, process: ProcessSpec, join_cgroup: bool) -> ExecInit {
         ExecInit {
             container_pid: self.main.pid.as_raw(),
             cgroup: self.cgroup.clone(),
+            join_cgroup,
             process,
             hardening: self.hardening,
         }
@@ -600,16 +602,22 @@ impl Agent {
         let (status_r, status_w) = status_channel().map_err(|e| internal(&e))?;
         let (start_r, start_w) = pipe().map_err(|e| internal(&e))?;
         let [stdin, stdout, stderr] = &stdio.child;
-        let pid = spawn_helper(
+        let spawned = spawn_helper(
             &self.reaper,
             PidNs::New,
+            Some(&init.cgroup),
             &["peapod-agent", "container-init"],
             &[stdin, stdout, stderr, &cfg_r, &status_w, &start_r],
         )
         .map_err(|e| err(ErrorKind::Setup, format!("container {}: {e}", init.id)))?;
+        let pid = spawned.pid;
         drop((stdio.child, cfg_r, status_w, start_r));
         let mut host = stdio.host;
-        let sent = serde_json::to_vec(init)
+        let config = ContainerInit {
+            join_cgroup: !spawned.in_cgroup,
+            ..init.clone()
+        };
+        let sent = serde_json::to_vec(&config)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
         let (mut events, pty) = events_of(status_r, init.process.tty);
@@ -730,16 +738,18 @@ impl Agent {
         let ns = Path::new("/proc")
             .join(c.main.pid.as_raw().to_string())
             .join("ns/pid");
-        let pid = spawn_helper(
+        let spawned = spawn_helper(
             &self.reaper,
             PidNs::Join(ns),
+            Some(&c.cgroup),
             &["peapod-agent", "exec-init"],
             &[stdin, stdout, stderr, &cfg_r, &status_w],
         )
         .map_err(|e| err(ErrorKind::Setup, format!("exec {exec_id} in {id}: {e}")))?;
+        let pid = spawned.pid;
         drop((stdio.child, cfg_r, status_w));
         let baseline = container::oom_kills(self.os.as_ref(), &c.cgroup);
-        let config = c.exec_init(process);
+        let config = c.exec_init(process, !spawned.in_cgroup);
         let sent = serde_json::to_vec(&config)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
@@ -891,7 +901,7 @@ mod tests {
                 main: Proc::new(Pid::from_raw(42), HashMap::new()),
                 execs: Mutex::new(HashMap::new()),
             };
-            let exec = c.exec_init(sample_container("web").process);
+            let exec = c.exec_init(sample_container("web").process, true);
             assert_eq!(exec.hardening, hardening);
             assert_eq!(exec.container_pid, 42);
             // The helper reads it back as sent.
