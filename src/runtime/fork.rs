@@ -17,9 +17,12 @@
 //! its parent's code, not even by a panic.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::unistd::{ForkResult, Pid};
@@ -283,6 +286,36 @@ impl ChildProcess {
             ChildProcess::Forked(c) => c.kill(),
         }
     }
+
+    /// Blocks until the child has exited or `timeout` passes, without reaping it (the next
+    /// [`ChildProcess::try_wait`] does): on its pidfd, which becomes readable when the
+    /// process exits, rather than waking every few milliseconds to look.
+    pub fn wait_exited(&self, timeout: Duration) -> io::Result<()> {
+        let Some(pidfd) = pidfd_open(self.id()) else {
+            // Linux before 5.3: look again in a moment.
+            std::thread::sleep(timeout.min(EXIT_POLL));
+            return Ok(());
+        };
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// How often [`ChildProcess::wait_exited`] looks where the kernel has no pidfds.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// A pidfd for `pid` (a child of this process, so its number is not reused before it is
+/// reaped), or `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: the kernel just gave this process the descriptor; nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -292,6 +325,31 @@ mod tests {
 
     fn null() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn waiting_for_an_exit_returns_when_the_child_ends_and_does_not_reap_it() {
+        let mut running = ChildProcess::Executed(
+            std::process::Command::new("sleep")
+                .arg("10")
+                .spawn()
+                .unwrap(),
+        );
+        running
+            .wait_exited(std::time::Duration::from_millis(30))
+            .unwrap();
+        assert!(running.try_wait().unwrap().is_none(), "it still runs");
+        running.kill().unwrap();
+        let started = std::time::Instant::now();
+        running
+            .wait_exited(std::time::Duration::from_secs(20))
+            .unwrap();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let status = running
+            .try_wait()
+            .unwrap()
+            .expect("exited, reaped only now");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     /// The test harness runs tests on threads: a forked child is refused there, and the

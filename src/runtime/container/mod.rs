@@ -312,7 +312,8 @@ impl PodSandbox for HostPod {
             if self.poll_end().is_some() {
                 break;
             }
-            if Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 self.kill();
                 asked.map_err(|source| HostPodError::Agent {
                     what: "asking the host agent to shut down".into(),
@@ -320,7 +321,9 @@ impl PodSandbox for HostPod {
                 })?;
                 return Err(HostPodError::ShutdownTimeout(SHUTDOWN_TIMEOUT).into());
             }
-            std::thread::sleep(Duration::from_millis(5));
+            if let Some(child) = &self.child {
+                child.wait_exited(left).map_err(HostPodError::Wait)?;
+            }
         }
         // The agent removed its leftovers; this finds nothing, or what a failed agent left.
         leftovers::remove(&self.layout).map_err(HostPodError::from)?;
