@@ -10,10 +10,11 @@
 //!   read-only paths applied, [`MASKED_PATHS`], unless privileged) and the pod's `/etc`
 //!   files, makes the overlay read-only for a read-only root (the upper then only holds
 //!   mount points), pivots into it and sets the hostname ([`setup_container`], unit-tested
-//!   through [`Os`]); then reports `ready` and waits for the agent's start byte. On start it forks
-//!   the container's process (PID 2, confined by [`super::hardening`] as it executes), forwards every signal it gets to it, reaps orphans,
-//!   and when the process ends reports its status and exits, which kills whatever is left in
-//!   the namespace. Being a tiny init (like `docker run --init`) rather than the process
+//!   through [`Os`]); then forks the container's process (PID 2), which confines itself
+//!   ([`super::hardening`]) and waits for the agent's start byte, and reports `ready`. On
+//!   start the process executes; container-init forwards every signal it gets to it, reaps
+//!   orphans, and when the process ends reports its status and exits, which kills whatever
+//!   is left in the namespace. Being a tiny init (like `docker run --init`) rather than the process
 //!   itself means the process gets signals with their default actions (a shell's
 //!   `kill $$` works) and orphans are reaped.
 //! * `exec-init` ([`exec_init_main`]): started by the agent inside a running container's PID
@@ -23,12 +24,13 @@
 //! The helper protocol: the agent writes one JSON config on the helper's fd 3 and closes it;
 //! the helper writes [`HelperEvent`] JSON lines on fd 4, a Unix socket (for a tty process,
 //! first the pty master it allocated in the container's devpts, with `SCM_RIGHTS`: the
-//! slave then has a name inside the container); `container-init` reads the start
-//! byte on fd 5 (end of file without a byte: abort).
+//! slave then has a name inside the container); the container's process (forked by
+//! `container-init`) reads the start byte on fd 5 (end of file without a byte: abort).
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -668,78 +670,101 @@ pub fn resolve_program(program: &str, env: &[String]) -> Result<PathBuf, (String
 /// Sets the process's groups and ids, confines it ([`super::hardening`], whose steps come
 /// before and after the uid switch), changes to its directory and executes it; returns
 /// only on failure, with the message and exit code (126/127) to report.
-fn exec_process(p: &ProcessSpec, mut hardening: Prepared) -> (String, i32) {
+/// A container's process, set up to its last step: everything it needs before `execve`
+/// done (session, capabilities, ids, working directory, seccomp), arguments prepared.
+struct ReadyProcess {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    program: PathBuf,
+}
+
+impl ReadyProcess {
+    /// Executes it; returns only when `execve` fails: the message and exit code.
+    fn exec(self) -> (String, i32) {
+        let err = nix::unistd::execve(&self.path, &self.argv, &self.envp).unwrap_err();
+        let code = if err == nix::errno::Errno::ENOENT {
+            127
+        } else {
+            126
+        };
+        (
+            format!("cannot execute {}: {err}", self.program.display()),
+            code,
+        )
+    }
+}
+
+/// In the container's process (a child of container-init): its session and terminal,
+/// program, capabilities, ids and working directory, then the seccomp lock; or why not,
+/// with the exit code (126: cannot be set up or run, 127: not found).
+fn prepare_process(
+    p: &ProcessSpec,
+    mut hardening: Prepared,
+) -> Result<ReadyProcess, (String, i32)> {
     if p.tty {
         // A session of its own with the pty (fd 0) as its controlling terminal.
         if let Err(e) = nix::unistd::setsid() {
-            return (format!("setsid: {e}"), 126);
+            return Err((format!("setsid: {e}"), 126));
         }
         // SAFETY: TIOCSCTTY takes an int argument (0: do not steal) and fd 0 is the
         // pseudo-terminal's slave the agent passed.
         if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
             let e = std::io::Error::last_os_error();
-            return (format!("making the pty the controlling terminal: {e}"), 126);
+            return Err((format!("making the pty the controlling terminal: {e}"), 126));
         }
     }
-    let program = match resolve_program(&p.args[0], &p.env) {
-        Ok(path) => path,
-        Err(e) => return e,
-    };
-    if let Err(e) = hardening.limit_bounding_set() {
-        return (e.to_string(), 126);
-    }
+    let program = resolve_program(&p.args[0], &p.env)?;
+    hardening
+        .limit_bounding_set()
+        .map_err(|e| (e.to_string(), 126))?;
     let groups: Vec<Gid> = p
         .additional_gids
         .iter()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    if let Err(e) = nix::unistd::setgroups(&groups) {
-        return (format!("setgroups {:?}: {e}", p.additional_gids), 126);
-    }
-    if let Err(e) = nix::unistd::setgid(Gid::from_raw(p.gid)) {
-        return (format!("setgid {}: {e}", p.gid), 126);
-    }
-    if let Err(e) = nix::unistd::setuid(Uid::from_raw(p.uid)) {
-        return (format!("setuid {}: {e}", p.uid), 126);
-    }
-    if let Err(e) = hardening.set_capabilities() {
-        return (e.to_string(), 126);
-    }
-    if let Err(e) = nix::unistd::chdir(&p.cwd) {
-        return (
+    nix::unistd::setgroups(&groups)
+        .map_err(|e| (format!("setgroups {:?}: {e}", p.additional_gids), 126))?;
+    nix::unistd::setgid(Gid::from_raw(p.gid))
+        .map_err(|e| (format!("setgid {}: {e}", p.gid), 126))?;
+    nix::unistd::setuid(Uid::from_raw(p.uid))
+        .map_err(|e| (format!("setuid {}: {e}", p.uid), 126))?;
+    hardening
+        .set_capabilities()
+        .map_err(|e| (e.to_string(), 126))?;
+    nix::unistd::chdir(&p.cwd).map_err(|e| {
+        (
             format!(
                 "cannot change to the working directory {}: {e}",
                 p.cwd.display()
             ),
             126,
-        );
-    }
+        )
+    })?;
     let cstr = |s: &str| CString::new(s).unwrap_or_default();
     let Ok(path) = CString::new(program.as_os_str().as_encoded_bytes()) else {
-        return (format!("{}: NUL in path", program.display()), 127);
+        return Err((format!("{}: NUL in path", program.display()), 127));
     };
     let argv: Vec<CString> = p.args.iter().map(|a| cstr(a)).collect();
     let envp: Vec<CString> = p.env.iter().map(|e| cstr(e)).collect();
-    // Last: the filter allows execve and what a failed one does (write, exit_group).
-    if let Err(e) = hardening.lock() {
-        return (e.to_string(), 126);
-    }
-    let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
-    let code = if err == nix::errno::Errno::ENOENT {
-        127
-    } else {
-        126
-    };
-    (format!("cannot execute {}: {err}", program.display()), code)
+    // Last: the filter allows what is left (read the start byte, execve, and what a
+    // failed one does: write, exit_group).
+    hardening.lock().map_err(|e| (e.to_string(), 126))?;
+    Ok(ReadyProcess {
+        path,
+        argv,
+        envp,
+        program,
+    })
 }
 
 /// `peapod-agent container-init`: see the module docs.
 pub fn container_init_main() -> i32 {
-    let (mut config, mut status, mut start) =
-        match (inherited_fd(3), inherited_fd(4), inherited_fd(5)) {
-            (Ok(c), Ok(s), Ok(st)) => (File::from(c), File::from(s), File::from(st)),
-            _ => return 120,
-        };
+    let (mut config, mut status, start) = match (inherited_fd(3), inherited_fd(4), inherited_fd(5))
+    {
+        (Ok(c), Ok(s), Ok(st)) => (File::from(c), File::from(s), File::from(st)),
+        _ => return 120,
+    };
     let mut text = String::new();
     let init: ContainerInit = match config
         .read_to_string(&mut text)
@@ -790,60 +815,90 @@ pub fn container_init_main() -> i32 {
             return 1;
         }
     };
-    write_event(&mut status, &HelperEvent::Ready);
-    // While the supervisor attaches the container's stdio and starts it, container-init
-    // locks itself (`no_new_privs` and the seccomp filter, which the kernel checks and
-    // compiles as it installs them): the container's process, forked from it, inherits
-    // the lock and does not pay for it between its start and its `execve`. What
-    // container-init does from here (read, fork, sigwait, kill, wait4, write) is on the
-    // filter's allow-list.
-    let locked = hardening.lock();
-    let mut byte = [0u8; 1];
-    if !matches!(start.read(&mut byte), Ok(1)) {
-        return 0;
-    }
-    drop(start);
-    if let Err(e) = locked {
-        let message = e.to_string();
-        write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
-        return 126;
-    }
-    run_container_process(&init.process, hardening, status)
-}
-
-/// Forks the container's process, forwards signals to it, reaps, and reports how it ended.
-fn run_container_process(process: &ProcessSpec, hardening: Prepared, mut status: File) -> i32 {
+    // The container's process is forked now, while the supervisor attaches its stdio: it
+    // sets itself up to its last step and waits for the start byte itself, so that its
+    // start costs one `execve`.
     let all = SigSet::all();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
-    let (err_r, err_w) = match pipe() {
-        Ok(p) => p,
-        Err(e) => {
-            let message = e.to_string();
-            write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
-            return 126;
+    let forked = fork_container_process(&init.process, &hardening, start);
+    let (child, err_r) = match forked {
+        Ok(forked) => forked,
+        Err(message) => {
+            write_event(&mut status, &HelperEvent::SetupFailed { message });
+            return 1;
         }
     };
+    write_event(&mut status, &HelperEvent::Ready);
+    // Then container-init locks itself too (`no_new_privs` and the seccomp filter). What
+    // it does from here (read, sigwait, kill, wait4, write) is on the filter's allow-list.
+    let locked = hardening.lock();
+    follow_container_process(child, err_r, locked, status)
+}
+
+/// What the container's process says on its error pipe when the agent ends its start pipe
+/// without the start byte (the container is removed unstarted).
+const NEVER_STARTED: &str = "never-started";
+
+/// Forks the container's process ([`prepare_process`], then the start byte on `start`,
+/// then `execve`); returns it and the read end of the pipe on which it writes why it
+/// could not run (end of file without a word: it runs). Signals are blocked in the caller
+/// and unblocked in the child.
+fn fork_container_process(
+    process: &ProcessSpec,
+    hardening: &Prepared,
+    mut start: File,
+) -> Result<(Pid, OwnedFd), String> {
+    let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
     // SAFETY: container-init is single-threaded (it never starts a thread), so the child
     // may do anything a normal process does.
-    let child = match unsafe { nix::unistd::fork() } {
+    match unsafe { nix::unistd::fork() } {
         Ok(ForkResult::Child) => {
             drop(err_r);
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            let (message, code) = exec_process(process, hardening);
+            let ready = prepare_process(process, hardening.clone());
+            let mut byte = [0u8; 1];
+            if !matches!(start.read(&mut byte), Ok(1)) {
+                // Never started: the agent removes the container.
+                let _ = File::from(err_w).write_all(NEVER_STARTED.as_bytes());
+                std::process::exit(0);
+            }
+            drop(start);
+            let (message, code) = match ready {
+                Ok(ready) => ready.exec(),
+                Err(why) => why,
+            };
             let mut w = File::from(err_w);
             let _ = write!(w, "{code} {message}");
             std::process::exit(code);
         }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => {
-            let message = format!("fork: {e}");
-            write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
-            return 126;
-        }
-    };
-    drop(err_w);
+        Ok(ForkResult::Parent { child }) => Ok((child, err_r)),
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
+/// Reports how the start of `child` went (its `execve`, or why it could not run), then
+/// forwards every signal to it, reaps orphans, and reports how it ended. `locked`:
+/// whether container-init could lock itself; if not, the process is killed and that is
+/// its failure.
+fn follow_container_process(
+    child: Pid,
+    err_r: OwnedFd,
+    locked: Result<(), super::hardening::HardeningError>,
+    mut status: File,
+) -> i32 {
     let mut failure = String::new();
+    // Waits for the start: the child closes its end when it executes, or writes why not.
     let _ = File::from(err_r).read_to_string(&mut failure);
+    if failure == NEVER_STARTED {
+        let _ = waitpid(child, None);
+        return 0;
+    }
+    if let Err(e) = locked {
+        let _ = kill(child, Signal::SIGKILL);
+        let message = e.to_string();
+        write_event(&mut status, &HelperEvent::ExecFailed { message, code: 126 });
+        return 126;
+    }
     match failure.split_once(' ') {
         Some((code, message)) => write_event(
             &mut status,
@@ -854,6 +909,7 @@ fn run_container_process(process: &ProcessSpec, hardening: Prepared, mut status:
         ),
         None => write_event(&mut status, &HelperEvent::Started),
     }
+    let all = SigSet::all();
     loop {
         let Ok(sig) = all.wait() else { continue };
         if sig != Signal::SIGCHLD {
@@ -937,7 +993,10 @@ pub fn exec_init_main() -> i32 {
     }
     // Compiled before anything changes, so that a bad filter changes nothing.
     let (message, code) = match exec.hardening.prepare() {
-        Ok(hardening) => exec_process(&exec.process, hardening),
+        Ok(hardening) => match prepare_process(&exec.process, hardening) {
+            Ok(ready) => ready.exec(),
+            Err(why) => why,
+        },
         Err(e) => (e.to_string(), 126),
     };
     write_event(&mut status, &HelperEvent::ExecFailed { message, code });
@@ -1399,12 +1458,13 @@ mod tests {
         }
     }
 
-    /// Root only: `exec_process` itself, in a re-run of this test binary, executes a real
-    /// dynamically linked program under the container's hardening, as root and as nobody.
+    /// Root only: `prepare_process` itself, in a re-run of this test binary, readies a real
+    /// dynamically linked program under the container's hardening, as root and as nobody,
+    /// and it executes.
     #[test]
-    fn a_real_program_runs_confined_after_exec_process() {
+    fn a_real_program_runs_confined_after_prepare_process() {
         const NAME: &str =
-            "agent::container::tests::a_real_program_runs_confined_after_exec_process";
+            "agent::container::tests::a_real_program_runs_confined_after_prepare_process";
         const CHILD: &str = "PEAPOD_EXEC_PROCESS_TEST_CHILD";
         if let Ok(role) = std::env::var(CHILD) {
             let uid = if role == "root" || role == "privileged" {
@@ -1432,12 +1492,15 @@ mod tests {
             .prepare()
             .unwrap();
             if role == "locked-first" {
-                // As container-init does before its start: its child, forked with this
-                // copy, must not install the filters a second time.
+                // A copy of a Prepared that locked already does not install the filters a
+                // second time.
                 hardening.lock().unwrap();
             }
-            let (message, code) = exec_process(&process, hardening);
-            eprintln!("exec_process failed: {message}");
+            let (message, code) = match prepare_process(&process, hardening) {
+                Ok(ready) => ready.exec(),
+                Err(why) => why,
+            };
+            eprintln!("prepare_process or exec failed: {message}");
             std::process::exit(code);
         }
         if !nix::unistd::geteuid().is_root() {

@@ -29,19 +29,18 @@
 //!   container's `/sys` is writable and no `/proc` path is masked
 //!   ([`super::container::setup_container`]).
 //!
-//! The steps have an order around the uid switch in `exec_process`
+//! The steps have an order around the uid switch in `prepare_process`
 //! ([`super::container`]), each a method of [`Prepared`]: [`Prepared::limit_bounding_set`]
 //! first (dropping needs `CAP_SETPCAP`, which a non-root uid loses), then
 //! `setgroups`/`setgid`/`setuid`, then [`Prepared::set_capabilities`], then
-//! [`Prepared::lock`] (`no_new_privs`, then the filter) right before `execve`: the filter
-//! allows everything from there to `execve` and what a failed `execve` does (`write`,
-//! `exit_group`). The filter is compiled first ([`Hardening::prepare`]), so that a build
-//! error is reported before anything changed. A container's first process comes from
-//! container-init, which locks itself once it has reported ready, while it waits for its
-//! start: the process it forks then inherits `no_new_privs` and the filters, and its own
-//! [`Prepared::lock`] does nothing (installing the filters is the costliest step, and it is
-//! then off the path from start to `execve`); the uid switch and the capability steps that
-//! follow are on the allow-list. An exec'd process (`exec-init`) locks itself last.
+//! [`Prepared::lock`] (`no_new_privs`, then the filter) last: the filter allows what
+//! follows up to `execve` (a container's first process reads its start byte there) and
+//! what a failed `execve` does (`write`, `exit_group`). The filter is compiled first
+//! ([`Hardening::prepare`]), so that a build error is reported before anything changed. A
+//! container's first process is forked by container-init before it reports ready and goes
+//! through all of this while the supervisor attaches its stdio, so that its start is one
+//! `execve`; container-init then locks itself as well. An exec'd process (`exec-init`)
+//! locks itself last.
 
 use std::collections::BTreeMap;
 
@@ -235,7 +234,7 @@ impl Hardening {
 }
 
 /// A [`Hardening`] ready to apply, in the order its methods are listed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Prepared {
     privileged: bool,
     /// Installed in this order (see [`default_filters`]).
