@@ -125,15 +125,22 @@ fn apply(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         for spec in specs {
             let name = spec.name.clone();
             let vm = artifacts.get(&spec.runtime).cloned().flatten();
-            let record = pods::launch(&registry, spec, vm)?;
+            // A host pod's supervisor answers once the pod is up (see `peapod run`).
+            let early: &[ApiRequest] = match spec.runtime {
+                RuntimeKind::Container => &[ApiRequest::Start],
+                RuntimeKind::Vm => &[],
+            };
+            let (record, opened) = pods::launch(&registry, spec, vm, early)?;
             created_pods.push(record.id.clone());
-            let view = registry.get(&record.id)?;
-            let mut client = pods::connect(&registry, &view)?;
+            let start = match opened {
+                Some(mut client) => client.answer_ok(),
+                None => {
+                    let view = registry.get(&record.id)?;
+                    pods::connect(&registry, &view)?.expect_ok(&ApiRequest::Start)
+                }
+            };
             // A failing init container fails its pod, which stays for `ps -a` and `logs`.
-            let failure = client
-                .expect_ok(&ApiRequest::Start)
-                .err()
-                .map(|e| e.to_string());
+            let failure = start.err().map(|e| e.to_string());
             started.push((name, record.id.to_string(), failure));
         }
         Ok(started)

@@ -10,7 +10,7 @@ use crate::pod::layout::PodDirs;
 use crate::pod::registry::{PodView, Registry};
 use crate::pod::state::PodStatus;
 use crate::runtime::RuntimeKind;
-use crate::supervisor::api::ApiClient;
+use crate::supervisor::api::{ApiClient, ApiRequest};
 
 pub fn registry() -> Registry {
     Registry::new(PodDirs::from_env())
@@ -155,16 +155,21 @@ pub fn guest_artifacts(
 /// Creates a pod from `spec` and starts its supervisor, which boots the VM and creates the
 /// containers (stopped): the record, the host snapshots (`-v`, read-only `hostPath`), then
 /// the supervisor. On any error nothing of the pod is left.
+/// Creates the pod and starts its supervisor; returns once the pod is created. `opening`:
+/// requests to send the supervisor at once, on a connection that is returned with their
+/// answers to come once the pod is up ([`ApiClient::pipelined`]); `None` where that
+/// connection could not be made (connect as to any pod then).
 pub fn launch(
     registry: &Registry,
     spec: crate::pod::PodSpec,
     vm: Option<VmArtifacts>,
-) -> anyhow::Result<crate::pod::PodRecord> {
+    opening: &[ApiRequest],
+) -> anyhow::Result<(crate::pod::PodRecord, Option<ApiClient>)> {
     use crate::pod::spec::PodVolumeSource;
     // `create` checks the spec (and names an unnamed pod).
     let (record, lock) = registry.create(spec)?;
     let id = record.id.clone();
-    let created = (|| -> anyhow::Result<()> {
+    let created = (|| -> anyhow::Result<Option<std::os::unix::net::UnixStream>> {
         let store_dir = registry.dirs().store_dir(&id);
         let container_snapshots = record
             .spec
@@ -196,14 +201,26 @@ pub fn launch(
             initrd,
             agent_timeout_ms: crate::runtime::oneshot::agent_timeout_from_env().as_millis() as u64,
         };
-        crate::supervisor::spawn(registry.dirs(), &record, lock, &config)?;
-        Ok(())
+        Ok(crate::supervisor::spawn(
+            registry.dirs(),
+            &record,
+            lock,
+            &config,
+            opening,
+        )?)
     })();
-    if let Err(e) = created {
-        let _ = registry.remove(&id);
-        return Err(e);
-    }
-    Ok(record)
+    let opened = match created {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = registry.remove(&id);
+            return Err(e);
+        }
+    };
+    let client = opened
+        .map(ApiClient::pipelined)
+        .transpose()
+        .with_context(|| format!("pod {}", record.name))?;
+    Ok((record, client))
 }
 
 #[cfg(test)]

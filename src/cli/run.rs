@@ -16,7 +16,8 @@ use crate::pod::spec::{
     VmSize, VolumeMount, VolumeSnapshot,
 };
 use crate::protocol::Resources;
-use crate::supervisor::api::{ApiClient, ApiError, ApiRequest};
+use crate::runtime::RuntimeKind;
+use crate::supervisor::api::{ApiError, ApiRequest};
 
 /// The container's name in a pod made by `peapod run`.
 pub const MAIN_CONTAINER: &str = "main";
@@ -392,14 +393,36 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         network,
         runtime,
     };
-    let record = pods::launch(&registry, spec, artifacts)?;
+    // A host pod's supervisor serves its API once the pod is up: attaching (or, detached,
+    // starting) is asked for as it starts, and answered with no connection to make and no
+    // round trip then. A pod VM's serves it while the VM boots: asked after.
+    let opening = if args.detach {
+        ApiRequest::Start
+    } else {
+        ApiRequest::Attach {
+            container: MAIN_CONTAINER.into(),
+            stdin: args.interactive,
+            start: true,
+        }
+    };
+    let early = match runtime {
+        RuntimeKind::Container => std::slice::from_ref(&opening),
+        RuntimeKind::Vm => &[],
+    };
+    let (record, opened) = pods::launch(&registry, spec, artifacts, early)?;
     let id = record.id.clone();
-    let view = registry.resolve(id.as_str())?;
-    let client = pods::connect(&registry, &view)?;
+    let mut client = match opened {
+        Some(client) => client,
+        None => {
+            let view = registry.resolve(id.as_str())?;
+            let mut client = pods::connect(&registry, &view)?;
+            client.send(&opening)?;
+            client
+        }
+    };
 
     if args.detach {
-        let mut client = client;
-        match client.expect_ok(&ApiRequest::Start) {
+        match client.answer_ok() {
             Ok(()) => {
                 println!("{id}");
                 Ok(ExitCode::SUCCESS)
@@ -414,7 +437,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(e) => Err(e.into()),
         }
     } else {
-        let end = foreground(client, &args)?;
+        let conn = client.attached()?;
+        let end = super::tty::attach_session(conn, args.interactive, args.tty)?;
         if let Some(why) = &end.start_error {
             eprintln!("peapod: {why}");
         }
@@ -425,19 +449,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::from(u8::try_from(end.status.code).unwrap_or(255)))
     }
-}
-
-/// Attaches to the main container and starts the pod.
-fn foreground(
-    client: ApiClient,
-    args: &RunArgs,
-) -> anyhow::Result<crate::supervisor::api::ProcessEnd> {
-    let conn = client.attach(&ApiRequest::Attach {
-        container: MAIN_CONTAINER.into(),
-        stdin: args.interactive,
-        start: true,
-    })?;
-    super::tty::attach_session(conn, args.interactive, args.tty)
 }
 
 /// Says on stderr why a process died, when a signal or the OOM killer ended it.

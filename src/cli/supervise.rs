@@ -15,6 +15,9 @@ pub struct SuperviseArgs {
     /// Where readiness is reported, inherited
     #[arg(long)]
     ready_fd: i32,
+    /// The API's listening socket, inherited
+    #[arg(long)]
+    listen_fd: i32,
     /// The pod's id
     id: String,
 }
@@ -25,6 +28,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         id,
         lock_fd: args.lock_fd,
         ready_fd: args.ready_fd,
+        listen_fd: args.listen_fd,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -138,10 +138,22 @@ impl ApiClient {
             source,
         })?;
         let mut client = ApiClient { stream };
-        match client.call(&ApiRequest::Hello {
+        client.send(&ApiRequest::Hello {
             version: API_VERSION,
-        })? {
-            ApiResponse::Hello { version } if version == API_VERSION => Ok(client),
+        })?;
+        client.hello_answered()
+    }
+
+    /// A client on `stream`, on which hello and then other requests were sent already
+    /// (see [`crate::supervisor::spawn`]): reads hello's answer; the others' follow, in
+    /// order ([`ApiClient::answer`], [`ApiClient::attached`]).
+    pub fn pipelined(stream: UnixStream) -> Result<Self, ApiError> {
+        ApiClient { stream }.hello_answered()
+    }
+
+    fn hello_answered(mut self) -> Result<Self, ApiError> {
+        match self.answer()? {
+            ApiResponse::Hello { version } if version == API_VERSION => Ok(self),
             ApiResponse::Hello { version } => Err(ApiError::VersionMismatch {
                 supervisor: version,
                 cli: API_VERSION,
@@ -152,7 +164,18 @@ impl ApiClient {
 
     /// Sends one request and reads its answer; an `Error` answer is [`ApiError::Refused`].
     pub fn call(&mut self, request: &ApiRequest) -> Result<ApiResponse, ApiError> {
-        write_frame(&mut self.stream, request)?;
+        self.send(request)?;
+        self.answer()
+    }
+
+    /// Sends one request; its answer comes with [`ApiClient::answer`].
+    pub fn send(&mut self, request: &ApiRequest) -> Result<(), ApiError> {
+        Ok(write_frame(&mut self.stream, request)?)
+    }
+
+    /// Reads the answer to the oldest request not answered yet; an `Error` answer is
+    /// [`ApiError::Refused`].
+    pub fn answer(&mut self) -> Result<ApiResponse, ApiError> {
         match read_frame(&mut self.stream)? {
             ApiResponse::Error { message, exit_code } => {
                 Err(ApiError::Refused { message, exit_code })
@@ -162,7 +185,13 @@ impl ApiClient {
     }
 
     pub fn expect_ok(&mut self, request: &ApiRequest) -> Result<(), ApiError> {
-        match self.call(request)? {
+        self.send(request)?;
+        self.answer_ok()
+    }
+
+    /// Reads the answer to a request sent before, which must be `Ok`.
+    pub fn answer_ok(&mut self) -> Result<(), ApiError> {
+        match self.answer()? {
             ApiResponse::Ok => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -177,7 +206,14 @@ impl ApiClient {
 
     /// Sends `Attach` or `Exec`; on `Attached` returns the stream that now carries frames.
     pub fn attach(mut self, request: &ApiRequest) -> Result<UnixStream, ApiError> {
-        match self.call(request)? {
+        self.send(request)?;
+        self.attached()
+    }
+
+    /// Reads the answer to an `Attach` or `Exec` sent before; on `Attached` returns the
+    /// stream that now carries frames.
+    pub fn attached(mut self) -> Result<UnixStream, ApiError> {
+        match self.answer()? {
             ApiResponse::Attached => Ok(self.stream),
             other => Err(unexpected(other)),
         }

@@ -86,6 +86,8 @@ pub struct SuperviseArgs {
     pub lock_fd: RawFd,
     /// Where to write `ok\n` or `error: ...\n` once the pod is created.
     pub ready_fd: RawFd,
+    /// The API's listening socket, bound by the CLI (see [`spawn`]).
+    pub listen_fd: RawFd,
 }
 
 /// What the supervisor needs beyond the pod's spec, written by the CLI as
@@ -156,12 +158,19 @@ fn config_path(dirs: &PodDirs, id: &PodId) -> PathBuf {
 /// Starts the supervisor of a freshly created pod and waits until it has created the pod
 /// (VM booted, containers created) or failed. On failure nothing of the pod is running;
 /// the caller removes its record.
+///
+/// The API socket is bound here, before the supervisor exists, and handed to it: a client
+/// can connect at once and its requests wait in the socket until the supervisor serves them
+/// (once the pod is created). When `opening` has requests, this connects, says hello and
+/// sends them before it waits for readiness, and returns that connection: the answers
+/// follow, in order, once the pod is up ([`ApiClient::pipelined`]).
 pub fn spawn(
     dirs: &PodDirs,
     record: &PodRecord,
     lock: SupervisorLock,
     config: &SupervisorConfig,
-) -> Result<(), SupervisorError> {
+    opening: &[ApiRequest],
+) -> Result<Option<UnixStream>, SupervisorError> {
     let program = std::env::current_exe().map_err(|source| SupervisorError::Spawn {
         program: "/proc/self/exe".into(),
         source,
@@ -176,6 +185,13 @@ pub fn spawn(
         program: program.clone(),
         source,
     })?;
+    let socket = dirs.socket_path(&record.id);
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(|source| SupervisorError::Listen {
+        path: socket.clone(),
+        source,
+    })?;
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     lock.clear_cloexec()?;
     crate::pod::state::write_json_atomic(&config_path(dirs, &record.id), config)?;
@@ -186,7 +202,7 @@ pub fn spawn(
     };
     // Forked when this process has one thread (a CLI starting a pod has), else executed.
     let setup = DaemonSetup {
-        keep: vec![lock_fd, ready_raw],
+        keep: vec![lock_fd, ready_raw, listen_fd],
         new_session: true,
         name: Some(c"pod-supervisor"),
         ..DaemonSetup::with_log(&log).map_err(spawn_error)?
@@ -197,16 +213,27 @@ pub fn spawn(
             id,
             lock_fd,
             ready_fd: ready_raw,
+            listen_fd,
         }))
     })
     .map_err(spawn_error)?;
+    let inherited = Inherited {
+        lock_fd,
+        ready_fd: ready_raw,
+        listen_fd,
+    };
     let mut child = match forked {
         Some(child) => ChildProcess::Forked(child),
-        None => ChildProcess::Executed(exec_supervisor(&program, record, lock_fd, ready_raw, log)?),
+        None => ChildProcess::Executed(exec_supervisor(&program, record, inherited, log)?),
     };
-    // Only the supervisor holds the lock and the pipe's write end from here on.
+    // Only the supervisor holds the lock, the pipe's write end and the listener from here on.
     drop(lock);
     drop(ready_w);
+    drop(listener);
+    let opened = match opening {
+        [] => None,
+        requests => open_early(&socket, requests),
+    };
     let mut answer = String::new();
     let read = std::fs::File::from(ready_r).read_to_string(&mut answer);
     // The supervisor is a daemon: reap it in the background if it has ended already, and
@@ -217,7 +244,7 @@ pub fn spawn(
     read.map_err(SupervisorError::Ready)?;
     let answer = answer.trim();
     if answer == "ok" {
-        return Ok(());
+        return Ok(opened);
     }
     if let Some(why) = answer.strip_prefix("error: ") {
         return Err(SupervisorError::StartFailed(why.to_string()));
@@ -229,21 +256,47 @@ pub fn spawn(
     })
 }
 
-/// Starts `peapod supervise` for `record`'s pod, handing it the lock and readiness
-/// descriptors (see [`spawn`]).
+/// A connection to the supervisor's API socket on which hello and `requests` were sent,
+/// or `None` if that failed (the caller then connects as to any pod, which reports why).
+fn open_early(socket: &std::path::Path, requests: &[ApiRequest]) -> Option<UnixStream> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    let hello = ApiRequest::Hello {
+        version: API_VERSION,
+    };
+    for request in std::iter::once(&hello).chain(requests) {
+        crate::protocol::frame::write_frame(&mut stream, request).ok()?;
+    }
+    Some(stream)
+}
+
+/// The descriptors the CLI hands its pod's supervisor (see [`spawn`]).
+struct Inherited {
+    lock_fd: RawFd,
+    ready_fd: RawFd,
+    listen_fd: RawFd,
+}
+
+/// Starts `peapod supervise` for `record`'s pod, handing it the lock, readiness and API
+/// socket descriptors (see [`spawn`]).
 fn exec_supervisor(
     program: &std::path::Path,
     record: &PodRecord,
-    lock_fd: RawFd,
-    ready_raw: RawFd,
+    fds: Inherited,
     log: std::fs::File,
 ) -> Result<std::process::Child, SupervisorError> {
+    let Inherited {
+        lock_fd,
+        ready_fd: ready_raw,
+        listen_fd,
+    } = fds;
     let mut cmd = Command::new(program);
     cmd.arg("supervise")
         .arg("--lock-fd")
         .arg(lock_fd.to_string())
         .arg("--ready-fd")
         .arg(ready_raw.to_string())
+        .arg("--listen-fd")
+        .arg(listen_fd.to_string())
         .arg(record.id.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -254,10 +307,12 @@ fn exec_supervisor(
         cmd.pre_exec(move || {
             // A session of its own: the terminal's signals and hangup do not reach it.
             nix::unistd::setsid()?;
-            // The readiness pipe's write end crosses exec.
-            let flags = libc::fcntl(ready_raw, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(ready_raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // The readiness pipe's write end and the listener cross exec.
+            for fd in [ready_raw, listen_fd] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             fork::unblock_all_signals()?;
             Ok(())
@@ -274,14 +329,20 @@ fn exec_supervisor(
 pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
     let dirs = PodDirs::from_env();
     let registry = Registry::new(dirs.clone());
-    // SAFETY: the CLI passed these two descriptors to this process for it to own (see
+    // SAFETY: the CLI passed these three descriptors to this process for it to own (see
     // `spawn`); nothing else in this process uses their numbers.
-    let (lock_fd, ready_fd) = unsafe {
+    let (lock_fd, ready_fd, listen_fd) = unsafe {
         (
             OwnedFd::from_raw_fd(args.lock_fd),
             OwnedFd::from_raw_fd(args.ready_fd),
+            OwnedFd::from_raw_fd(args.listen_fd),
         )
     };
+    let listener = UnixListener::from(listen_fd);
+    let _ = nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     // Not for the VMM's eyes: the CLI waits for this pipe's end of file.
     let _ = nix::fcntl::fcntl(
         &ready_fd,
@@ -308,18 +369,6 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
     registry.save_state(&state)?;
 
     let socket = dirs.socket_path(&args.id);
-    let _ = std::fs::remove_file(&socket);
-    let listener = match UnixListener::bind(&socket) {
-        Ok(l) => l,
-        Err(source) => {
-            let err = SupervisorError::Listen {
-                path: socket,
-                source,
-            };
-            let _ = writeln!(ready, "error: {err}");
-            return Err(err);
-        }
-    };
     let running = match RunningPod::new(record.spec.clone(), registry.clone(), &dirs, state.clone())
     {
         Ok(p) => p,
@@ -359,17 +408,21 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         }
     };
     let booted = running.boot(sandbox);
-    if let Some(serve) = serve_api.take() {
-        serve();
-    }
     if let Err(e) = booted {
+        if let Some(serve) = serve_api.take() {
+            serve();
+        }
         running.finish(Some(e.to_string()));
         let _ = writeln!(ready, "error: {e}");
         let _ = std::fs::remove_file(&socket);
         return Err(SupervisorError::StartFailed(e.to_string()));
     }
+    // Ready first: the client connects (into the backlog) while the API's thread starts.
     let _ = writeln!(ready, "ok");
     drop(ready);
+    if let Some(serve) = serve_api.take() {
+        serve();
+    }
 
     running.wait_down(None);
     // Let clients waiting for the end get their answer.
