@@ -18,6 +18,7 @@ pub mod os;
 pub mod process;
 pub mod server;
 pub mod volume;
+pub mod zygote;
 
 use std::sync::Arc;
 

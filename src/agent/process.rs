@@ -187,17 +187,19 @@ pub struct Spawned {
 }
 
 /// `clone3`'s flag that starts the child in the cgroup of `clone_args.cgroup` (Linux 5.7).
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Forks and executes `/proc/self/exe ARGS...` with `fds[i]` as its file descriptor `i`
 /// (0, 1, 2 and the helper's pipes), in the PID namespace `pid_ns` and, where the kernel
 /// can (see [`Spawned::in_cgroup`]), in the cgroup directory `cgroup`, registering the
 /// child with `reaper`. The caller's ends of the fds are not touched; drop the child's
-/// ends after.
+/// ends after. With a `zygote` (whose helper must be the one `args` name) a new PID
+/// namespace's helper comes from it, without `execve`; if it cannot, as without one.
 pub fn spawn_helper(
     reaper: &Reaper,
     pid_ns: PidNs,
     cgroup: Option<&Path>,
+    zygote: Option<&super::zygote::Zygote>,
     args: &[&str],
     fds: &[&OwnedFd],
 ) -> Result<Spawned, ProcessError> {
@@ -255,6 +257,18 @@ pub fn spawn_helper(
     };
     let mut in_cgroup = false;
     let pid = reaper.register(|| {
+        if ns_file.is_none()
+            && let Some(zygote) = zygote
+        {
+            let dir = cgroup_dir.as_ref().map(|f| f.as_fd());
+            match zygote.spawn(libc::CLONE_NEWPID as u64, fds, dir) {
+                Ok(pid) => {
+                    in_cgroup = dir.is_some();
+                    return Ok(pid);
+                }
+                Err(e) => eprintln!("peapod-agent: {e}; executing the helper instead"),
+            }
+        }
         if ns_file.is_none()
             && let Ok(pid) = child.clone3(libc::CLONE_NEWPID as u64, cgroup_fd)
         {
@@ -367,18 +381,18 @@ impl Child<'_> {
 /// is CLONE_ARGS_SIZE_VER2, 88 bytes).
 #[repr(C)]
 #[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
+pub(super) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
 }
 
 /// A pipe whose both ends close on exec.

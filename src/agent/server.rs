@@ -26,6 +26,7 @@ use super::layout::{PodLayout, PodNetns};
 use super::os::Os;
 use super::process::{PidNs, Reaper, exit_status, pipe, recv_fd, spawn_helper, status_channel};
 use super::volume;
+use super::zygote::Zygote;
 use super::{init, network};
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FrameError, PROTOCOL_VERSION, ProcessRef, ProcessSpec,
@@ -207,6 +208,8 @@ pub struct Agent {
     /// The thread making the pod's network namespace ([`PodNetns::Make`]), started with the
     /// agent; joined by `CreateSandbox`.
     netns_maker: Mutex<Option<std::thread::JoinHandle<Result<(), init::InitError>>>>,
+    /// Starts `container-init`s without executing the agent again, where there is one.
+    zygote: Option<Zygote>,
 }
 
 /// The stdio of a process about to start: the child's ends and the host's.
@@ -268,6 +271,16 @@ impl Agent {
     /// An agent for the pod laid out as `layout` ([`PodLayout::guest`] in a pod VM). With
     /// [`PodNetns::Make`], making the pod's network namespace starts right away.
     pub fn new(os: Arc<dyn Os>, reaper: Arc<Reaper>, layout: PodLayout) -> Arc<Self> {
+        Self::with_zygote(os, reaper, layout, None)
+    }
+
+    /// [`Agent::new`], with a [`Zygote`] of `container-init` for starting containers.
+    pub fn with_zygote(
+        os: Arc<dyn Os>,
+        reaper: Arc<Reaper>,
+        layout: PodLayout,
+        zygote: Option<Zygote>,
+    ) -> Arc<Self> {
         let netns_maker = match &layout.pod_netns {
             PodNetns::Make(path) => Some(init::spawn_pod_netns(path)),
             PodNetns::Given(_) => None,
@@ -278,6 +291,7 @@ impl Agent {
             state: Mutex::new(State::default()),
             layout,
             netns_maker: Mutex::new(netns_maker),
+            zygote,
         })
     }
 
@@ -606,6 +620,7 @@ impl Agent {
             &self.reaper,
             PidNs::New,
             Some(&init.cgroup),
+            self.zygote.as_ref(),
             &["peapod-agent", "container-init"],
             &[stdin, stdout, stderr, &cfg_r, &status_w, &start_r],
         )
@@ -742,6 +757,7 @@ impl Agent {
             &self.reaper,
             PidNs::Join(ns),
             Some(&c.cgroup),
+            None,
             &["peapod-agent", "exec-init"],
             &[stdin, stdout, stderr, &cfg_r, &status_w],
         )

@@ -28,6 +28,7 @@ use crate::agent::layout::{PodLayout, PodNetns};
 use crate::agent::os::{Os, RealOs};
 use crate::agent::process::Reaper;
 use crate::agent::server::{self, Agent};
+use crate::agent::zygote::Zygote;
 use crate::pod::id::PodId;
 use crate::protocol::{CONTROL_PORT, STDIO_PORT};
 use crate::runtime::endpoint::AgentEndpoint;
@@ -113,6 +114,19 @@ pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
         enter_bound_root(&layout.run_dir.join(BOUND_ROOT))?;
     }
     nix::sys::prctl::set_child_subreaper(true).map_err(sys("become a child subreaper"))?;
+    // Still one thread, in the pod's mount namespace and root, no signal blocked: what a
+    // container-init needs of its parent. Without a zygote, the agent executes itself.
+    let zygote = if crate::runtime::fork::single_threaded() {
+        match Zygote::start(crate::agent::container::container_init_main) {
+            Ok(zygote) => Some(zygote),
+            Err(e) => {
+                eprintln!("peapod host-agent: no zygote ({e}); containers start by execve");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // SIGTERM (also what the agent gets when its supervisor dies: PR_SET_PDEATHSIG) ends the
     // pod as a shutdown does. Blocked before any thread starts, so that only the thread
     // below takes it; the helpers the agent starts unblock everything before they exec.
@@ -133,7 +147,7 @@ pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
             }
         });
     }
-    let agent = Agent::new(os, reaper, layout.clone());
+    let agent = Agent::with_zygote(os, reaper, layout.clone(), zygote);
     let listen = |port| {
         let path = AgentEndpoint::unix_socket(&layout.run_dir, port);
         let _ = std::fs::remove_file(&path);

@@ -1,0 +1,329 @@
+//! A pre-forked copy of the agent that starts `container-init` without executing the agent
+//! binary again.
+//!
+//! Every helper the agent starts is otherwise a fork of the (multi-threaded) agent that
+//! executes `/proc/self/exe`: the kernel's `execve`, the dynamic loader and the runtime's
+//! start, 8-9 ms of a container's start in the emulated test bed. The zygote is forked
+//! while the agent still has one thread, so that it may fork again freely; asked for a
+//! container-init, it `clone3`s a child straight into the container's new PID namespace and
+//! cgroup (`CLONE_NEWPID`, `CLONE_INTO_CGROUP`) as a child of the agent (`CLONE_PARENT`:
+//! the agent's reaper reaps it, as any helper), maps the helper's descriptors to 0.., and
+//! runs [`super::container::container_init_main`] there.
+//!
+//! The agent asks on a `SOCK_SEQPACKET` pair: one message with the helper's descriptors
+//! (`SCM_RIGHTS`; the container's cgroup directory last) and the clone flags, answered
+//! with the child's PID or the error number. The zygote ends when the agent closes its end
+//! or dies (`PR_SET_PDEATHSIG`). Whatever fails here, the agent falls back to its usual
+//! fork and exec ([`super::process::spawn_helper`]).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::unistd::Pid;
+
+/// The most descriptors one request carries: a helper's six and the cgroup directory.
+const MAX_FDS: usize = 7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZygoteError {
+    #[error("the zygote: {what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("the zygote answered {0} bytes, not a PID")]
+    Answer(usize),
+}
+
+fn sys(what: &'static str) -> impl FnOnce(Errno) -> ZygoteError {
+    move |source| ZygoteError::Sys { what, source }
+}
+
+/// The agent's end of a running zygote.
+pub struct Zygote {
+    /// One request at a time.
+    sock: Mutex<OwnedFd>,
+}
+
+impl Zygote {
+    /// Forks the zygote, whose children run `helper` (their exit status is its return
+    /// value). Only sound while this process has a single thread: the zygote, and every
+    /// child it forks, go on running this process's code.
+    pub fn start(helper: fn() -> i32) -> Result<Zygote, ZygoteError> {
+        let (agent_end, zygote_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(sys("socketpair"))?;
+        // SAFETY: the caller guarantees this process has one thread, so the child may run
+        // any code; it never returns into the caller's (it exits from `serve`).
+        match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+            nix::unistd::ForkResult::Child => {
+                drop(agent_end);
+                let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+                serve(&zygote_end, helper);
+                std::process::exit(0)
+            }
+            nix::unistd::ForkResult::Parent { .. } => Ok(Zygote {
+                sock: Mutex::new(agent_end),
+            }),
+        }
+    }
+
+    /// Starts a child running the helper with `fds[i]` as its descriptor `i`, cloned with
+    /// `flags` (and, with `cgroup`, into that cgroup directory), as a child of this
+    /// process. Call it while the reaper's lock is held (see
+    /// [`super::process::Reaper::register`]), as for any fork.
+    pub fn spawn(
+        &self,
+        flags: u64,
+        fds: &[&OwnedFd],
+        cgroup: Option<BorrowedFd<'_>>,
+    ) -> Result<Pid, ZygoteError> {
+        let mut raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let fd_count = raw.len() as u64;
+        if let Some(dir) = cgroup {
+            raw.push(dir.as_raw_fd());
+        }
+        let sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
+        let request = Request {
+            flags,
+            fd_count,
+            cgroup: cgroup.is_some(),
+        }
+        .encode();
+        sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&request)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        )
+        .map_err(sys("send a request"))?;
+        let mut answer = [0u8; 8];
+        let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut answer, MsgFlags::empty())
+            .map_err(sys("read its answer"))?;
+        if n != answer.len() {
+            return Err(ZygoteError::Answer(n));
+        }
+        match i64::from_le_bytes(answer) {
+            pid if pid > 0 => Ok(Pid::from_raw(pid as libc::pid_t)),
+            errno => Err(ZygoteError::Sys {
+                what: "clone3",
+                source: Errno::from_raw(-errno as i32),
+            }),
+        }
+    }
+}
+
+/// One request: clone flags, how many helper descriptors come, and whether the cgroup
+/// directory follows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    flags: u64,
+    fd_count: u64,
+    cgroup: bool,
+}
+
+impl Request {
+    const LEN: usize = 17;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[..8].copy_from_slice(&self.flags.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.fd_count.to_le_bytes());
+        bytes[16] = u8::from(self.cgroup);
+        bytes
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Request> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().ok()?;
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        Some(Request {
+            flags: word(0),
+            fd_count: word(8),
+            cgroup: bytes[16] == 1,
+        })
+    }
+}
+
+/// The zygote's loop: one child per request, until the agent's end closes.
+fn serve(sock: &OwnedFd, helper: fn() -> i32) {
+    loop {
+        let mut bytes = [0u8; Request::LEN];
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut iov = [IoSliceMut::new(&mut bytes)];
+        let Ok(msg) = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) else {
+            return;
+        };
+        if msg.bytes == 0 {
+            return;
+        }
+        let got = msg.bytes;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for cmsg in cmsgs {
+                if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                    // SAFETY: the kernel installed these descriptors in this process for
+                    // this message; nothing else owns them.
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+        }
+        let answer = match Request::decode(&bytes[..got]) {
+            Some(request) => clone_helper(request, &fds, helper),
+            None => -(libc::EINVAL as i64),
+        };
+        drop(fds);
+        if nix::sys::socket::send(sock.as_raw_fd(), &answer.to_le_bytes(), MsgFlags::empty())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Clones the helper's process for `request` with the received `fds`: its PID, or the
+/// negated error number.
+fn clone_helper(request: Request, fds: &[OwnedFd], helper: fn() -> i32) -> i64 {
+    let helper_fds = usize::try_from(request.fd_count).unwrap_or(usize::MAX);
+    let wanted = helper_fds.saturating_add(usize::from(request.cgroup));
+    if wanted != fds.len() || helper_fds > MAX_FDS {
+        return -(libc::EBADF as i64);
+    }
+    let mut args = super::process::CloneArgs {
+        flags: request.flags | libc::CLONE_PARENT as u64,
+        // With CLONE_PARENT the child's exit signal is the zygote's own (SIGCHLD).
+        exit_signal: 0,
+        ..Default::default()
+    };
+    if request.cgroup {
+        args.flags |= super::process::CLONE_INTO_CGROUP;
+        args.cgroup = fds[helper_fds].as_raw_fd() as u64;
+    }
+    // Copies above every target number, so that dup2 never maps a fd onto itself.
+    let high: Vec<OwnedFd> = match fds[..helper_fds]
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(MAX_FDS as i32))
+                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nothing else owns.
+                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect()
+    {
+        Ok(high) => high,
+        Err(e) => return -(e as i64),
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed. Without CLONE_VM or a stack
+    // the child runs on its own copy of this single-threaded process's memory, as after
+    // fork(2); it never returns here (it exits from `run_helper`).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut super::process::CloneArgs,
+            std::mem::size_of::<super::process::CloneArgs>(),
+        )
+    };
+    match ret {
+        0 => run_helper(&high, helper),
+        pid if pid > 0 => pid,
+        _ => -(Errno::last() as i64),
+    }
+}
+
+/// In the cloned child: descriptors 0.. from `fds`, every other one closed, no signal
+/// blocked; then the helper, whose return value is the exit status.
+fn run_helper(fds: &[OwnedFd], helper: fn() -> i32) -> ! {
+    for (target, fd) in fds.iter().enumerate() {
+        // SAFETY: dup2 onto a number this process may use; `fd` is open.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
+            std::process::exit(120);
+        }
+    }
+    // Everything else the zygote held (its socket, the high copies) goes.
+    // SAFETY: close_range on numbers from fds.len() up; nothing above is used here.
+    if unsafe { libc::syscall(libc::SYS_close_range, fds.len() as u32, u32::MAX, 0u32) } < 0 {
+        std::process::exit(120);
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+    std::process::exit(helper())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn requests_read_back_as_written_and_short_ones_are_refused() {
+        let r = Request {
+            flags: libc::CLONE_NEWPID as u64,
+            fd_count: 6,
+            cgroup: true,
+        };
+        assert_eq!(Request::decode(&r.encode()), Some(r));
+        assert_eq!(Request::decode(&r.encode()[..10]), None);
+    }
+
+    /// What the zygote's children run in the test below: read fd 0, write it to fd 1
+    /// with a suffix, exit 7.
+    fn echo_helper() -> i32 {
+        let mut input = String::new();
+        // SAFETY: the zygote mapped the request's descriptors to 0 and 1.
+        let mut stdin = unsafe { std::fs::File::from_raw_fd(0) };
+        let mut stdout = unsafe { std::fs::File::from_raw_fd(1) };
+        let _ = stdin.read_to_string(&mut input);
+        let _ = write!(stdout, "{input}, from the zygote's child");
+        7
+    }
+
+    /// Unprivileged: no new PID namespace and no cgroup, but the descriptors, the parent
+    /// (this process) and the exit status as in the agent. The harness's threads make
+    /// the fork unsound only for code that takes locks another thread may hold; the
+    /// zygote and its child here only use their own.
+    #[test]
+    fn a_child_gets_its_descriptors_and_is_this_process_s_child() {
+        let zygote = Zygote::start(echo_helper).unwrap();
+        let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let pid = zygote.spawn(0, &[&in_r, &out_w], None).unwrap();
+        drop((in_r, out_w));
+        std::fs::File::from(in_w).write_all(b"hello").unwrap();
+        let mut out = String::new();
+        std::fs::File::from(out_r).read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello, from the zygote's child");
+        assert_eq!(
+            nix::sys::wait::waitpid(pid, None).unwrap(),
+            nix::sys::wait::WaitStatus::Exited(pid, 7)
+        );
+        // Too many descriptors for the count it says: refused, and the zygote goes on.
+        let null = OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let refused = zygote.spawn(0, &[&null; MAX_FDS + 1], None);
+        assert!(refused.is_err(), "{refused:?}");
+    }
+}
