@@ -294,9 +294,10 @@ mod tests {
     /// with a suffix, exit 7.
     fn echo_helper() -> i32 {
         let mut input = String::new();
-        // SAFETY: the zygote mapped the request's descriptors to 0 and 1.
-        let mut stdin = unsafe { std::fs::File::from_raw_fd(0) };
-        let mut stdout = unsafe { std::fs::File::from_raw_fd(1) };
+        // SAFETY: the zygote mapped the request's descriptors to 0 and 1; nothing else in
+        // this child owns them.
+        let (mut stdin, mut stdout) =
+            unsafe { (std::fs::File::from_raw_fd(0), std::fs::File::from_raw_fd(1)) };
         let _ = stdin.read_to_string(&mut input);
         let _ = write!(stdout, "{input}, from the zygote's child");
         7
