@@ -101,7 +101,13 @@ pub struct Client<S> {
 impl<S: Read + Write + Timeouts> Client<S> {
     /// Says hello and checks that the agent speaks [`PROTOCOL_VERSION`], waiting at most
     /// [`DEFAULT_TIMEOUT`] for each read and write.
-    pub fn handshake(mut stream: S) -> Result<Self, ClientError> {
+    pub fn handshake(stream: S) -> Result<Self, ClientError> {
+        Self::handshake_within(stream, DEFAULT_TIMEOUT)
+    }
+
+    /// [`Client::handshake`] waiting at most `first` for the agent's answer (an agent that
+    /// is still starting: its socket was bound for it), and [`DEFAULT_TIMEOUT`] after.
+    pub fn handshake_within(mut stream: S, first: Duration) -> Result<Self, ClientError> {
         let request = "hello";
         let timeout = Some(DEFAULT_TIMEOUT);
         let response = exchange(
@@ -111,7 +117,7 @@ impl<S: Read + Write + Timeouts> Client<S> {
                 version: PROTOCOL_VERSION,
             },
             timeout,
-            timeout,
+            Some(first),
         )?;
         match response {
             Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(Client {

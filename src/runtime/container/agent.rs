@@ -15,6 +15,7 @@
 //! ([`super::leftovers`]) and exits; the pod's directories are its supervisor's (or `rm`'s)
 //! to remove.
 
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,6 +79,54 @@ pub struct HostAgentArgs {
     pub netns: Option<PathBuf>,
 }
 
+/// The host agent's two listening sockets, bound by its supervisor at the paths its
+/// endpoint names ([`AgentEndpoint::unix_socket`]) and handed to it.
+pub struct Listeners {
+    pub control: UnixListener,
+    pub stdio: UnixListener,
+}
+
+impl Listeners {
+    /// Binds both in the pod's directory `dir` (stale sockets there are replaced).
+    pub fn bind(dir: &Path) -> Result<Listeners, HostAgentError> {
+        let listen = |port| {
+            let path = AgentEndpoint::unix_socket(dir, port);
+            let _ = std::fs::remove_file(&path);
+            UnixListener::bind(&path).map_err(io(format!("listen on {}", path.display())))
+        };
+        Ok(Listeners {
+            control: listen(CONTROL_PORT)?,
+            stdio: listen(STDIO_PORT)?,
+        })
+    }
+
+    /// Their descriptor numbers: control, stdio.
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.control.as_raw_fd(), self.stdio.as_raw_fd()]
+    }
+
+    /// Takes the two descriptors a supervisor passed to an executed `peapod host-agent`.
+    ///
+    /// # Safety
+    /// Both must be open listening Unix sockets that nothing else in this process owns.
+    pub unsafe fn from_raw_fds(control: RawFd, stdio: RawFd) -> Listeners {
+        // SAFETY: the caller's guarantee.
+        let (control, stdio) = unsafe {
+            (
+                UnixListener::from_raw_fd(control),
+                UnixListener::from_raw_fd(stdio),
+            )
+        };
+        for l in [&control, &stdio] {
+            let _ = nix::fcntl::fcntl(
+                l,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
+        }
+        Listeners { control, stdio }
+    }
+}
+
 /// The pod's layout as the host agent uses it.
 pub fn layout(args: &HostAgentArgs) -> PodLayout {
     let mut layout = PodLayout::host(&args.id, &args.run_root);
@@ -96,8 +145,9 @@ pub fn check_cgroup2() -> Result<(), HostAgentError> {
     }
 }
 
-/// Runs the host agent; returns only on a setup error (the agent exits when shut down).
-pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
+/// Runs the host agent on `listeners`; returns only on a setup error (the agent exits when
+/// shut down).
+pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentError> {
     check_cgroup2()?;
     let layout = layout(&args);
     // Still one thread: the mount namespace is the whole process's.
@@ -148,13 +198,7 @@ pub fn run(args: HostAgentArgs) -> Result<(), HostAgentError> {
         });
     }
     let agent = Agent::with_zygote(os, reaper, layout.clone(), zygote);
-    let listen = |port| {
-        let path = AgentEndpoint::unix_socket(&layout.run_dir, port);
-        let _ = std::fs::remove_file(&path);
-        UnixListener::bind(&path).map_err(io(format!("listen on {}", path.display())))
-    };
-    let stdio = listen(STDIO_PORT)?;
-    let control = listen(CONTROL_PORT)?;
+    let Listeners { control, stdio } = listeners;
     let a = Arc::clone(&agent);
     std::thread::spawn(move || server::serve(stdio, move |conn| a.serve_stream(conn)));
     eprintln!(

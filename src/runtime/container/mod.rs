@@ -146,7 +146,10 @@ impl HostPod {
             path: log.clone(),
             source,
         })?;
-        let mut child = spawn_agent(config, log_file)?;
+        // The agent's sockets are bound here and handed to it: the first connection is made
+        // at once and answered as soon as the agent serves, with nothing to poll for.
+        let listeners = agent::Listeners::bind(&dir)?;
+        let mut child = spawn_agent(config, log_file, listeners)?;
         let endpoint = AgentEndpoint::Unix { dir };
         match wait_for_agent(&mut child, &endpoint, &log, config.agent_timeout) {
             Ok(client) => Ok(HostPod {
@@ -205,25 +208,42 @@ impl HostPod {
 /// has one thread (a supervisor starting a container pod does: [`super::fork`]), else
 /// executed as `peapod host-agent`. Either way it gets SIGTERM when the thread that
 /// started it ends.
-fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPodError> {
+fn spawn_agent(
+    config: &HostPodConfig,
+    log: File,
+    listeners: agent::Listeners,
+) -> Result<ChildProcess, HostPodError> {
     let spawn_error = |source| HostPodError::Spawn {
         program: config.program.clone(),
         source,
     };
+    let [control_fd, stdio_fd] = listeners.raw_fds();
     let setup = DaemonSetup {
         death_signal: Some(nix::sys::signal::Signal::SIGTERM),
         name: Some(c"pod-host-agent"),
+        keep: vec![control_fd, stdio_fd],
         ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
     let args = config.agent_args();
-    let forked = fork::fork_daemon(setup, move || fork::exit_status(agent::run(args)));
+    // Forked or not, this process's copies of the listeners close when this returns.
+    let mut listeners = Some(listeners);
+    let forked = fork::fork_daemon(setup, || {
+        let Some(listeners) = listeners.take() else {
+            return 1;
+        };
+        fork::exit_status(agent::run(args, listeners))
+    });
     if let Some(child) = forked.map_err(spawn_error)? {
         return Ok(ChildProcess::Forked(child));
     }
     let mut cmd = Command::new(&config.program);
     cmd.arg("host-agent")
         .arg("--run-root")
-        .arg(&config.run_root);
+        .arg(&config.run_root)
+        .arg("--control-fd")
+        .arg(control_fd.to_string())
+        .arg("--stdio-fd")
+        .arg(stdio_fd.to_string());
     if let Some(netns) = &config.netns {
         cmd.arg("--netns").arg(netns);
     }
@@ -234,20 +254,30 @@ fn spawn_agent(config: &HostPodConfig, log: File) -> Result<ChildProcess, HostPo
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe
     // calls (prctl, sigprocmask) on plain values; it allocates nothing.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // The agent ends the pod when the thread that started it dies (SIGTERM: it
             // kills its containers first, which a VMM's death does by itself); and starts
             // with no signal mask its caller set up for forwarding.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
             fork::unblock_all_signals()?;
+            // The listeners cross exec.
+            for fd in [control_fd, stdio_fd] {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(spawn_error)?;
+    drop(listeners);
     Ok(ChildProcess::Executed(child))
 }
 
-/// Connects and handshakes until the agent answers, exits, or `timeout` passes.
+/// Connects and handshakes: the agent's socket is there from the start (bound for it), and
+/// answers once the agent serves. An error says whether the agent ended (quoting its log)
+/// or did not answer within `timeout`.
 fn wait_for_agent(
     child: &mut ChildProcess,
     endpoint: &AgentEndpoint,
@@ -255,32 +285,36 @@ fn wait_for_agent(
     timeout: Duration,
 ) -> Result<Client<UnixStream>, HostPodError> {
     let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().map_err(HostPodError::Wait)? {
-            return Err(HostPodError::Ended {
-                status,
-                log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
-            });
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HostPodError::Timeout {
-                timeout,
-                path: log.to_path_buf(),
-                log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
-            });
-        }
-        match endpoint.connect(CONTROL_PORT, left.min(Duration::from_millis(100))) {
-            Ok(stream) => {
-                return Client::handshake(stream).map_err(|source| HostPodError::Agent {
-                    what: "handshake with the host agent".into(),
-                    source,
-                });
-            }
-            Err(EndpointError::Unix { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let handshake = endpoint
+        .connect(CONTROL_PORT, timeout)
+        .map_err(HostPodError::from)
+        .and_then(|stream| {
+            Client::handshake_within(stream, timeout).map_err(|source| HostPodError::Agent {
+                what: "handshake with the host agent".into(),
+                source,
+            })
+        });
+    let failed = match handshake {
+        Ok(client) => return Ok(client),
+        Err(e) => e,
+    };
+    // An agent that died closed its listener (the handshake then fails at once): give it
+    // a moment to be reaped, and say so with its log.
+    let _ = child.wait_exited(Duration::from_millis(500));
+    if let Some(status) = child.try_wait().map_err(HostPodError::Wait)? {
+        return Err(HostPodError::Ended {
+            status,
+            log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
+        });
     }
+    if Instant::now() >= deadline {
+        return Err(HostPodError::Timeout {
+            timeout,
+            path: log.to_path_buf(),
+            log: crate::logfile::tail_lines(log, LOG_TAIL_LINES),
+        });
+    }
+    Err(failed)
 }
 
 impl PodSandbox for HostPod {
