@@ -43,6 +43,12 @@ pub enum EndpointError {
         #[source]
         source: ClientError,
     },
+    #[error("attaching the streams of {process}: {conns} connections for {streams} streams")]
+    StreamCount {
+        process: String,
+        conns: usize,
+        streams: usize,
+    },
 }
 
 /// How the host reaches one pod's agent.
@@ -124,24 +130,51 @@ impl AgentEndpoint {
         process: &ProcessRef,
         streams: &[StreamKind],
     ) -> Result<Vec<UnixStream>, EndpointError> {
-        let failed = |stream: StreamKind| {
-            move |source| EndpointError::Agent {
-                what: format!("attaching {} of {process}", stream.as_str()),
-                source,
-            }
-        };
-        let mut conns = Vec::with_capacity(streams.len());
-        for &stream in streams {
-            let mut conn = self.connect(STDIO_PORT, CONNECT_TIMEOUT)?;
-            send_stream_attach(&mut conn, process, stream).map_err(failed(stream))?;
-            conns.push(conn);
-        }
-        for (conn, &stream) in conns.iter_mut().zip(streams) {
-            read_stream_attached(conn).map_err(failed(stream))?;
-        }
-        Ok(conns)
+        let conns = self.stdio_connections(streams.len())?;
+        attach_on(conns, process, streams)
+    }
+
+    /// `n` connections to the agent's stdio port, for [`attach_on`] later: made while the
+    /// agent is busy with something else (creating the container whose streams they are),
+    /// the agent has them accepted by the time they are asked for.
+    pub fn stdio_connections(&self, n: usize) -> Result<Vec<UnixStream>, EndpointError> {
+        (0..n)
+            .map(|_| self.connect(STDIO_PORT, CONNECT_TIMEOUT))
+            .collect()
     }
 }
+
+/// Attaches `streams[i]` of `process` on `conns[i]` (from
+/// [`AgentEndpoint::stdio_connections`]), every request sent before the first answer is
+/// read; returns the connections, which now carry the raw streams.
+pub fn attach_on(
+    mut conns: Vec<UnixStream>,
+    process: &ProcessRef,
+    streams: &[StreamKind],
+) -> Result<Vec<UnixStream>, EndpointError> {
+    let failed = |stream: StreamKind| {
+        move |source| EndpointError::Agent {
+            what: format!("attaching {} of {process}", stream.as_str()),
+            source,
+        }
+    };
+    if conns.len() != streams.len() {
+        return Err(EndpointError::StreamCount {
+            process: process.to_string(),
+            conns: conns.len(),
+            streams: streams.len(),
+        });
+    }
+    for (conn, &stream) in conns.iter_mut().zip(streams) {
+        send_stream_attach(conn, process, stream).map_err(failed(stream))?;
+    }
+    for (conn, &stream) in conns.iter_mut().zip(streams) {
+        read_stream_attached(conn).map_err(failed(stream))?;
+    }
+    Ok(conns)
+}
+
+impl AgentEndpoint {}
 
 /// Signals one process of a pod from any thread, on a connection of its own.
 #[derive(Debug, Clone)]

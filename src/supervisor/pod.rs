@@ -494,6 +494,18 @@ impl RunningPod {
         let sandbox = sandbox
             .as_mut()
             .ok_or_else(|| PodRunError::Spec("the pod's sandbox is gone".into()))?;
+        // The output's connections first: the agent accepts them while it creates the
+        // container, and attaching them after is one round trip.
+        let mut kinds = vec![StreamKind::Stdout, StreamKind::Stderr];
+        if spec.process.tty {
+            kinds = vec![StreamKind::Pty];
+        } else if spec.process.stdin {
+            kinds.push(StreamKind::Stdin);
+        }
+        let conns = sandbox
+            .endpoint()
+            .stdio_connections(kinds.len())
+            .map_err(PodRunError::Endpoint)?;
         if let Err(e) = sandbox.client().create_container(&spec) {
             return Err(match e {
                 // The connection went away: say how the sandbox ended, when it did.
@@ -506,24 +518,22 @@ impl RunningPod {
             });
         }
         let main = ProcessRef::container(&c.name);
-        let attach = |kind| sandbox.attach(&main, kind).map_err(PodRunError::Endpoint);
+        let mut streams = crate::runtime::endpoint::attach_on(conns, &main, &kinds)
+            .map_err(PodRunError::Endpoint)?
+            .into_iter();
         if spec.process.tty {
-            let pty = attach(StreamKind::Pty)?;
+            let Some(pty) = streams.next() else {
+                return Err(PodRunError::Spec(format!(
+                    "attaching the terminal of {}: the agent gave no stream",
+                    c.name
+                )));
+            };
             let input = pty.try_clone().map_err(|e| {
                 PodRunError::Spec(format!("cannot copy the pty stream of {}: {e}", c.name))
             })?;
             *lock(&c.stdin) = Some(input);
             self.pump(c, pty, LogStream::Stdout);
         } else {
-            let mut kinds = vec![StreamKind::Stdout, StreamKind::Stderr];
-            if spec.process.stdin {
-                kinds.push(StreamKind::Stdin);
-            }
-            let mut streams = sandbox
-                .endpoint()
-                .attach_all(&main, &kinds)
-                .map_err(PodRunError::Endpoint)?
-                .into_iter();
             let (Some(out), Some(err)) = (streams.next(), streams.next()) else {
                 return Err(PodRunError::Spec(format!(
                     "attaching the output of {}: the agent gave fewer streams than asked",
@@ -690,7 +700,11 @@ impl RunningPod {
             }
             state.status = PodStatus::Running;
             state.started_at = Some(SystemTime::now());
-            self.save(&state);
+            // Init containers may run a while: say Running at once. Without, the first
+            // container's start saves it (one write less before its start).
+            if self.containers.iter().any(|c| c.init) {
+                self.save(&state);
+            }
         }
         for (i, c) in self.containers.iter().enumerate().filter(|(_, c)| c.init) {
             if self.stopping.load(Ordering::SeqCst) {
