@@ -37,6 +37,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use api::{API_VERSION, ApiRequest, ApiResponse, read_request, write_response};
@@ -377,21 +378,36 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             return Err(SupervisorError::StartFailed(e.to_string()));
         }
     };
-    let serve_api = move || {
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || serve(running, conn));
-            }
-        })
-    };
     // A pod VM takes seconds to boot: its API answers meanwhile. A host pod's agent starts
     // in a moment, forked from this process while it still has one thread
-    // ([`crate::runtime::fork`]); clients that connect meanwhile wait in the backlog.
-    let mut serve_api = Some(serve_api);
-    if record.spec.runtime == RuntimeKind::Vm
-        && let Some(serve) = serve_api.take()
-    {
-        serve();
+    // ([`crate::runtime::fork`]): its API's threads start right after that fork, and take
+    // connections (the CLI's first one is waiting already, see [`spawn`]) while the pod is
+    // created, but answer only once it is up (`gate`).
+    let gate = Arc::new(Gate::default());
+    let serve_api = {
+        let gate = Arc::clone(&gate);
+        move || {
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let gate = Arc::clone(&gate);
+                    std::thread::spawn(move || {
+                        if gate.wait() {
+                            serve(running, conn)
+                        }
+                    });
+                }
+            });
+        }
+    };
+    let serve_api = std::sync::Mutex::new(Some(serve_api));
+    let start_serving = || {
+        if let Some(serve) = serve_api.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            serve();
+        }
+    };
+    if record.spec.runtime == RuntimeKind::Vm {
+        gate.open(true);
+        start_serving();
     }
     let sandbox = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
         .map_err(|e| e.to_string())
@@ -407,22 +423,19 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
             return Err(SupervisorError::StartFailed(e));
         }
     };
-    let booted = running.boot(sandbox);
+    let booted = running.boot(sandbox, &start_serving);
     if let Err(e) = booted {
-        if let Some(serve) = serve_api.take() {
-            serve();
-        }
         running.finish(Some(e.to_string()));
         let _ = writeln!(ready, "error: {e}");
         let _ = std::fs::remove_file(&socket);
+        gate.open(false);
         return Err(SupervisorError::StartFailed(e.to_string()));
     }
-    // Ready first: the client connects (into the backlog) while the API's thread starts.
     let _ = writeln!(ready, "ok");
     drop(ready);
-    if let Some(serve) = serve_api.take() {
-        serve();
-    }
+    // Started by `boot` after the sandbox's fork; here where `boot` did not get that far.
+    start_serving();
+    gate.open(true);
 
     running.wait_down(None);
     // Let clients waiting for the end get their answer.
@@ -440,6 +453,32 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
     }
     drop(lock);
     Ok(())
+}
+
+/// Holds the API's connections until the pod is up (`true`: serve them) or could not be
+/// created (`false`: close them).
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<Option<bool>>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self, serve: bool) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = Some(serve);
+        self.opened.notify_all();
+    }
+
+    /// Blocks until the gate opens; whether to serve.
+    fn wait(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(serve) = *open {
+                return serve;
+            }
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// Answers `Attached` on a connection whose stream frames follow.

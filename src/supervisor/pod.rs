@@ -297,8 +297,15 @@ impl RunningPod {
     /// Starts the pod's sandbox (its VM, or its host agent) and creates its containers; the
     /// pod is `Created` when this returns `Ok`. On an error nothing of the sandbox is left
     /// running.
-    pub fn boot(&'static self, config: SandboxConfig) -> Result<(), PodRunError> {
-        let booted = self.boot_sandbox(config);
+    /// Starts the pod's sandbox and creates its containers. `started` runs once the
+    /// sandbox's process is started (forked, for a host pod's agent: from then on this
+    /// process may start threads).
+    pub fn boot(
+        &'static self,
+        config: SandboxConfig,
+        started: &dyn Fn(),
+    ) -> Result<(), PodRunError> {
+        let booted = self.boot_sandbox(config, started);
         if booted.is_err()
             && let Some(sandbox) = lock(&self.sandbox).take()
         {
@@ -315,7 +322,11 @@ impl RunningPod {
             .chain(self.spec.containers.iter())
     }
 
-    fn boot_sandbox(&'static self, mut config: SandboxConfig) -> Result<(), PodRunError> {
+    fn boot_sandbox(
+        &'static self,
+        mut config: SandboxConfig,
+        started: &dyn Fn(),
+    ) -> Result<(), PodRunError> {
         let runtime = config.kind();
         let secrets = SecretStore::new(self.registry.dirs().store.with_file_name("secrets"));
         // Disks in guest order: each container's image, then its `-v` snapshots, then the
@@ -457,6 +468,7 @@ impl RunningPod {
             }
         }
         let mut sandbox = crate::runtime::start(&config)?;
+        started();
         {
             let mut state = lock(&self.state);
             state.vmm_pid = sandbox.pid();
