@@ -1,14 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // The container runtime's host agent starts the agent's helpers as `/proc/self/exe
     // container-init|exec-init`, like the guest agent does: they are not CLI verbs.
     if let Some(code) = peapod::agent::helper_main() {
         return ExitCode::from(u8::try_from(code).unwrap_or(255));
     }
-    let cli = match peapod::cli::Cli::try_parse() {
+    let cli = match peapod::cli::Cli::try_parse_args() {
         Ok(cli) => cli,
         // --help and --version print and succeed; a usage error is peapod's own error and
         // exits 125, as docker's and podman's do.
