@@ -395,6 +395,43 @@ pub(super) struct CloneArgs {
     pub cgroup: u64,
 }
 
+/// Renames this process: `comm` (what `ps` shows, at most 15 bytes) and its command line
+/// (`/proc/PID/cmdline`) to `argv`, NUL-separated arguments, written over the original's
+/// bytes: cut to their length, the rest NULs. For a forked process that goes on as
+/// something else (it keeps its parent's command line otherwise). Best effort.
+pub fn rename_process(argv: &[u8], comm: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(comm);
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| arg_area(&stat))
+    else {
+        return;
+    };
+    let Some(len) = end.checked_sub(start).filter(|len| *len > 0) else {
+        return;
+    };
+    // SAFETY: [start, end) is this process's argument area (the kernel's arg_start and
+    // arg_end, from /proc/self/stat): mapped and writable, on the initial stack. Nothing
+    // in this process holds a Rust reference into it (the runtime keeps raw argv pointers,
+    // read only by `std::env::args`, which a renamed process does not call).
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+    let n = argv.len().min(len);
+    area[..n].copy_from_slice(&argv[..n]);
+    area[n..].fill(0);
+    area[len - 1] = 0;
+}
+
+/// `arg_start` and `arg_end` (fields 48 and 49) of a `/proc/PID/stat` text.
+fn arg_area(stat: &str) -> Option<(usize, usize)> {
+    // The fields after the command name (which may hold spaces and parentheses) start
+    // with field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(48 - 3);
+    let start = fields.next()?.parse().ok()?;
+    let end = fields.next()?.parse().ok()?;
+    Some((start, end))
+}
+
 /// A pipe whose both ends close on exec.
 pub fn pipe() -> Result<(OwnedFd, OwnedFd), ProcessError> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))
@@ -613,6 +650,36 @@ mod tests {
             // A sandbox (a container's seccomp profile) without clone3: spawn_helper forks.
             Err(Errno::ENOSYS | Errno::EPERM) => {}
             Err(e) => panic!("clone3: {e}"),
+        }
+    }
+
+    #[test]
+    fn the_argument_area_is_read_after_the_command_name() {
+        let fields: Vec<String> = (3..=52).map(|i| (i * 10).to_string()).collect();
+        let stat = format!("77 (a (b) c) {}", fields.join(" "));
+        assert_eq!(arg_area(&stat), Some((480, 490)));
+        assert_eq!(arg_area("77 (x) R 1 2"), None);
+    }
+
+    /// In a child of this test process: its /proc/self/cmdline and comm read as renamed.
+    #[test]
+    fn a_renamed_process_shows_its_new_command_line() {
+        // SAFETY: the child only reads files and renames itself (glibc's fork leaves the
+        // allocator usable), then _exits.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            ForkResult::Child => {
+                rename_process(b"peapod-agent\0renamed\0", c"renamed-test");
+                let line = std::fs::read("/proc/self/cmdline").unwrap_or_default();
+                let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
+                let ok = line.starts_with(b"peapod-agent\0renamed\0")
+                    && line.iter().skip(22).all(|b| *b == 0)
+                    && comm.trim() == "renamed-test";
+                // SAFETY: _exit ends the forked child without running the harness's code.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => {
+                assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            }
         }
     }
 

@@ -70,6 +70,9 @@ impl Zygote {
             nix::unistd::ForkResult::Child => {
                 drop(agent_end);
                 let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+                // Not the command line of whoever forked the agent (a CLI's, `-e` values
+                // and all), which its children would show in their containers.
+                super::process::rename_process(b"peapod-agent\0zygote\0", c"pod-zygote");
                 serve(&zygote_end, helper);
                 std::process::exit(0)
             }
@@ -271,6 +274,8 @@ fn run_helper(fds: &[OwnedFd], helper: fn() -> i32) -> ! {
         Some(&nix::sys::signal::SigSet::empty()),
         None,
     );
+    // As an executed helper reads in /proc/PID/cmdline (the container's PID 1 shows it).
+    super::process::rename_process(b"peapod-agent\0container-init\0", c"container-init");
     std::process::exit(helper())
 }
 
