@@ -54,6 +54,8 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Zygote(#[from] super::zygote::ZygoteError),
     #[error("a helper argument or path contains a NUL byte")]
     Nul,
     #[error("the spawning thread panicked")]
@@ -266,7 +268,11 @@ pub fn spawn_helper(
                     in_cgroup = dir.is_some();
                     return Ok(pid);
                 }
-                Err(e) => eprintln!("peapod-agent: {e}; executing the helper instead"),
+                Err(e) if e.made_nothing() => {
+                    eprintln!("peapod-agent: {e}; executing the helper instead")
+                }
+                // A helper may run that nobody registered: no second one beside it.
+                Err(e) => return Err(ProcessError::Zygote(e)),
             }
         }
         if ns_file.is_none()
@@ -276,7 +282,7 @@ pub fn spawn_helper(
             return Ok(pid);
         }
         let (pid, placed) = std::thread::scope(|s| {
-            s.spawn(|| {
+            s.spawn(|| -> Result<(Pid, bool), ProcessError> {
                 match &ns_file {
                     None => nix::sched::unshare(CloneFlags::CLONE_NEWPID)
                         .map_err(sys("create a PID namespace"))?,

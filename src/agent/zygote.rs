@@ -13,8 +13,9 @@
 //! The agent asks on a `SOCK_SEQPACKET` pair: one message with the helper's descriptors
 //! (`SCM_RIGHTS`; the container's cgroup directory last) and the clone flags, answered
 //! with the child's PID or the error number. The zygote ends when the agent closes its end
-//! or dies (`PR_SET_PDEATHSIG`). Whatever fails here, the agent falls back to its usual
-//! fork and exec ([`super::process::spawn_helper`]).
+//! or dies (`PR_SET_PDEATHSIG`). Where the zygote made no child (the request did not reach
+//! it, or its clone failed), the agent falls back to its usual fork and exec
+//! ([`super::process::spawn_helper`]); where its answer is lost, the container fails.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -32,14 +33,30 @@ const MAX_FDS: usize = 7;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZygoteError {
+    /// The request did not reach the zygote: no child was made.
+    #[error("the zygote: send a request: {0}")]
+    NotSent(#[source] Errno),
+    /// The zygote could not make the child.
+    #[error("the zygote: clone3: {0}")]
+    Clone(#[source] Errno),
+    /// No answer: whether a child was made is unknown.
+    #[error("the zygote: read its answer: {0}")]
+    NoAnswer(#[source] Errno),
+    #[error("the zygote answered {0} bytes, not a PID")]
+    Answer(usize),
     #[error("the zygote: {what}: {source}")]
     Sys {
         what: &'static str,
         #[source]
         source: Errno,
     },
-    #[error("the zygote answered {0} bytes, not a PID")]
-    Answer(usize),
+}
+
+impl ZygoteError {
+    /// Whether no child was made, so that the caller may start the helper another way.
+    pub fn made_nothing(&self) -> bool {
+        matches!(self, ZygoteError::NotSent(_) | ZygoteError::Clone(_))
+    }
 }
 
 fn sys(what: &'static str) -> impl FnOnce(Errno) -> ZygoteError {
@@ -108,22 +125,22 @@ impl Zygote {
             sock.as_raw_fd(),
             &[IoSlice::new(&request)],
             &[ControlMessage::ScmRights(&raw)],
-            MsgFlags::empty(),
+            // A dead zygote is an error here, not a SIGPIPE.
+            MsgFlags::MSG_NOSIGNAL,
             None,
         )
-        .map_err(sys("send a request"))?;
+        .map_err(ZygoteError::NotSent)?;
         let mut answer = [0u8; 8];
         let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut answer, MsgFlags::empty())
-            .map_err(sys("read its answer"))?;
+            .map_err(ZygoteError::NoAnswer)?;
         if n != answer.len() {
             return Err(ZygoteError::Answer(n));
         }
         match i64::from_le_bytes(answer) {
             pid if pid > 0 => Ok(Pid::from_raw(pid as libc::pid_t)),
-            errno => Err(ZygoteError::Sys {
-                what: "clone3",
-                source: Errno::from_raw(-errno as i32),
-            }),
+            errno => Err(ZygoteError::Clone(Errno::from_raw(
+                i32::try_from(-errno).unwrap_or(libc::EIO),
+            ))),
         }
     }
 }
@@ -199,8 +216,12 @@ fn serve(sock: &OwnedFd, helper: fn() -> i32) {
             None => -(libc::EINVAL as i64),
         };
         drop(fds);
-        if nix::sys::socket::send(sock.as_raw_fd(), &answer.to_le_bytes(), MsgFlags::empty())
-            .is_err()
+        if nix::sys::socket::send(
+            sock.as_raw_fd(),
+            &answer.to_le_bytes(),
+            MsgFlags::MSG_NOSIGNAL,
+        )
+        .is_err()
         {
             return;
         }

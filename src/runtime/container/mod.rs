@@ -285,8 +285,9 @@ fn wait_for_agent(
     timeout: Duration,
 ) -> Result<Client<UnixStream>, HostPodError> {
     let deadline = Instant::now() + timeout;
+    // One try: the socket is there, and refuses only once the agent is gone.
     let handshake = endpoint
-        .connect(CONTROL_PORT, timeout)
+        .connect(CONTROL_PORT, Duration::ZERO)
         .map_err(HostPodError::from)
         .and_then(|stream| {
             Client::handshake_within(stream, timeout).map_err(|source| HostPodError::Agent {
@@ -339,12 +340,14 @@ impl PodSandbox for HostPod {
     }
 
     fn shutdown(mut self: Box<Self>) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         let asked = self.client.shutdown();
         // The agent closes this connection as it exits, once it removed the pod's cgroup:
         // before the kernel takes its mount namespace down, which reaping it waits for
         // (milliseconds, a bound root's every mount in the test bed). It is reaped on a
         // thread of its own.
-        if asked.is_ok() && closes_within(self.client.stream(), SHUTDOWN_TIMEOUT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if asked.is_ok() && closes_within(self.client.stream(), left) {
             if let Some(mut child) = self.child.take() {
                 std::thread::spawn(move || {
                     let _ = child.wait();
@@ -354,7 +357,6 @@ impl PodSandbox for HostPod {
             return Ok(());
         }
         let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         while self.child.is_some() {
             if self.poll_end().is_some() {
                 break;
