@@ -213,22 +213,9 @@ pub fn spawn_helper(
     // The environment of a helper: PATH only (the agent's own is the kernel's).
     let envp =
         vec![CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").map_err(|_| ProcessError::Nul)?];
-    // Copies numbered at or above every target number, so that dup2 never maps a fd onto
-    // itself (which would keep its close-on-exec flag). The lowest free numbers, not
-    // high fixed ones: growing the descriptor table of a multi-threaded process waits for
-    // an RCU grace period (tens of ms in the emulated test bed).
-    let lowest = i32::try_from(fds.len()).map_err(|_| ProcessError::Sys {
-        what: "dup a fd",
-        source: Errno::EMFILE,
-    })?;
-    let high: Vec<OwnedFd> = fds
-        .iter()
-        .map(|fd| {
-            let raw = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(lowest)).map_err(sys("dup a fd"))?;
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-        })
-        .collect::<Result<_, ProcessError>>()?;
+    // The lowest free numbers, not high fixed ones: growing the descriptor table of a
+    // multi-threaded process waits for an RCU grace period (tens of ms in the test bed).
+    let high = copies_above(fds, fds.len()).map_err(sys("dup a fd"))?;
     let ns_file = match &pid_ns {
         PidNs::New => None,
         PidNs::Join(path) => Some(File::open(path).map_err(|source| ProcessError::PidNs {
@@ -330,21 +317,11 @@ impl Child<'_> {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = u64::try_from(fd).map_err(|_| Errno::EBADF)?;
         }
-        // SAFETY: `args` is a valid clone_args of the size passed, and lives across the
-        // call. Without CLONE_VM or a stack the child runs on its own copy of this memory,
-        // as after fork(2); it only calls `exec`, which makes async-signal-safe calls on
-        // values prepared before the clone, and never returns here.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_clone3,
-                &mut args as *mut CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
-            )
-        };
-        match ret {
-            0 => self.exec(),
-            pid if pid > 0 => Ok(Pid::from_raw(pid as libc::pid_t)),
-            _ => Err(Errno::last()),
+        // SAFETY: the child only calls `exec`, which makes async-signal-safe calls on values
+        // prepared before the clone, and never returns here.
+        match unsafe { clone3(&mut args) }? {
+            None => self.exec(),
+            Some(pid) => Ok(pid),
         }
     }
 
@@ -383,6 +360,46 @@ impl Child<'_> {
     }
 }
 
+/// Copies of `fds`, close-on-exec, each numbered `lowest` or above (the lowest such free
+/// number): mapping copy `i` onto number `i < lowest` with `dup2` then never maps a
+/// descriptor onto itself (which would keep its close-on-exec flag).
+pub(super) fn copies_above(fds: &[&OwnedFd], lowest: usize) -> Result<Vec<OwnedFd>, Errno> {
+    let lowest = RawFd::try_from(lowest).map_err(|_| Errno::EMFILE)?;
+    fds.iter()
+        .map(|fd| {
+            let raw = fcntl(*fd, FcntlArg::F_DUPFD_CLOEXEC(lowest))?;
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        })
+        .collect()
+}
+
+/// `clone3(args)` with no new stack: `Some(pid)` in the parent, `None` in the child, which
+/// goes on as after fork(2), on its own copy of this process's memory.
+///
+/// # Safety
+/// As for fork(2): in a multi-threaded process the child may make only async-signal-safe
+/// calls; it must not return into code that expects to run once (exit or exec instead).
+/// `args` must not ask for `CLONE_VM` or a stack.
+pub(super) unsafe fn clone3(args: &mut CloneArgs) -> Result<Option<Pid>, Errno> {
+    // SAFETY: `args` is a valid clone_args of the size passed and lives across the call;
+    // the caller answers for the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        0 => Ok(None),
+        pid if pid > 0 => Ok(Some(Pid::from_raw(
+            libc::pid_t::try_from(pid).map_err(|_| Errno::EOVERFLOW)?,
+        ))),
+        _ => Err(Errno::last()),
+    }
+}
+
 /// The kernel's `struct clone_args` (`linux/sched.h`), as far as `cgroup` (its size then
 /// is CLONE_ARGS_SIZE_VER2, 88 bytes).
 #[repr(C)]
@@ -401,30 +418,43 @@ pub(super) struct CloneArgs {
     pub cgroup: u64,
 }
 
-/// Renames this process: `comm` (what `ps` shows, at most 15 bytes) and its command line
-/// (`/proc/PID/cmdline`) to `argv`, NUL-separated arguments, written over the original's
-/// bytes: cut to their length, the rest NULs. For a forked process that goes on as
-/// something else (it keeps its parent's command line otherwise). Best effort.
-pub fn rename_process(argv: &[u8], comm: &std::ffi::CStr) {
-    let _ = nix::sys::prctl::set_name(comm);
-    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| arg_area(&stat))
-    else {
-        return;
-    };
-    let Some(len) = end.checked_sub(start).filter(|len| *len > 0) else {
-        return;
-    };
-    // SAFETY: [start, end) is this process's argument area (the kernel's arg_start and
-    // arg_end, from /proc/self/stat): mapped and writable, on the initial stack. Nothing
-    // in this process holds a Rust reference into it (the runtime keeps raw argv pointers,
-    // read only by `std::env::args`, which a renamed process does not call).
-    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
-    let n = argv.len().min(len);
-    area[..n].copy_from_slice(&argv[..n]);
-    area[n..].fill(0);
-    area[len - 1] = 0;
+/// Where this process's command line lies (the kernel's `arg_start`..`arg_end`), for
+/// renaming it ([`ArgArea::rename`]): the same in its forked children, which may then
+/// rename themselves without reading it again.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgArea(Option<(usize, usize)>);
+
+impl ArgArea {
+    pub fn of_this_process() -> ArgArea {
+        let area = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|stat| arg_area(&stat))
+            .and_then(|(start, end)| Some((start, end.checked_sub(start).filter(|l| *l > 0)?)));
+        ArgArea(area)
+    }
+
+    /// Renames the process it was read in (or a fork of it): `comm` (what `ps` shows, at
+    /// most 15 bytes) and its command line (`/proc/PID/cmdline`) to `argv`, NUL-separated
+    /// arguments, written over the original's bytes: cut to their length, the rest NULs.
+    /// For a forked process that goes on as something else (it keeps its parent's command
+    /// line otherwise). Best effort.
+    pub fn rename(self, argv: &[u8], comm: &std::ffi::CStr) {
+        let _ = nix::sys::prctl::set_name(comm);
+        let Some((start, len)) = self.0 else {
+            return;
+        };
+        // SAFETY: [start, start + len) is this process's argument area (the kernel's
+        // arg_start and arg_end, from /proc/self/stat of this process or of the one it was
+        // forked from, whose memory layout it copies): mapped and writable, on the initial
+        // stack. Nothing in this process holds a Rust reference into it (the runtime keeps
+        // raw argv pointers, read only by `std::env::args`, which a renamed process does
+        // not call).
+        let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, len) };
+        let n = argv.len().min(len);
+        area[..n].copy_from_slice(&argv[..n]);
+        area[n..].fill(0);
+        area[len - 1] = 0;
+    }
 }
 
 /// `arg_start` and `arg_end` (fields 48 and 49) of a `/proc/PID/stat` text.
@@ -615,10 +645,7 @@ mod tests {
         let (out_r, out_w) = pipe().unwrap();
         let null = OwnedFd::from(File::open("/dev/null").unwrap());
         // Above the targets 0..3, as spawn_helper makes them.
-        let high = [&null, &out_w, &out_w]
-            .map(|fd| fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3)).unwrap())
-            // SAFETY: each is a new descriptor nothing else owns.
-            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) });
+        let high = copies_above(&[&null, &out_w, &out_w], 3).unwrap();
         let raw: Vec<RawFd> = high.iter().map(AsRawFd::as_raw_fd).collect();
         let child = Child {
             exe: &exe,
@@ -674,7 +701,7 @@ mod tests {
         // allocator usable), then _exits.
         match unsafe { nix::unistd::fork() }.unwrap() {
             ForkResult::Child => {
-                rename_process(b"peapod-agent\0renamed\0", c"renamed-test");
+                ArgArea::of_this_process().rename(b"peapod-agent\0renamed\0", c"renamed-test");
                 let line = std::fs::read("/proc/self/cmdline").unwrap_or_default();
                 let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
                 let ok = line.starts_with(b"peapod-agent\0renamed\0")

@@ -28,6 +28,8 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
+use super::process::ArgArea;
+
 /// The most descriptors one request carries: a helper's six and the cgroup directory.
 const MAX_FDS: usize = 7;
 
@@ -89,8 +91,9 @@ impl Zygote {
                 let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
                 // Not the command line of whoever forked the agent (a CLI's, `-e` values
                 // and all), which its children would show in their containers.
-                super::process::rename_process(b"peapod-agent\0zygote\0", c"pod-zygote");
-                serve(&zygote_end, helper);
+                let area = ArgArea::of_this_process();
+                area.rename(b"peapod-agent\0zygote\0", c"pod-zygote");
+                serve(&zygote_end, helper, area);
                 std::process::exit(0)
             }
             nix::unistd::ForkResult::Parent { .. } => Ok(Zygote {
@@ -181,7 +184,7 @@ impl Request {
 }
 
 /// The zygote's loop: one child per request, until the agent's end closes.
-fn serve(sock: &OwnedFd, helper: fn() -> i32) {
+fn serve(sock: &OwnedFd, helper: fn() -> i32, area: ArgArea) {
     loop {
         let mut bytes = [0u8; Request::LEN];
         let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -212,7 +215,7 @@ fn serve(sock: &OwnedFd, helper: fn() -> i32) {
             }
         }
         let answer = match Request::decode(&bytes[..got]) {
-            Some(request) => clone_helper(request, &fds, helper),
+            Some(request) => clone_helper(request, &fds, helper, area),
             None => -(libc::EINVAL as i64),
         };
         drop(fds);
@@ -230,7 +233,7 @@ fn serve(sock: &OwnedFd, helper: fn() -> i32) {
 
 /// Clones the helper's process for `request` with the received `fds`: its PID, or the
 /// negated error number.
-fn clone_helper(request: Request, fds: &[OwnedFd], helper: fn() -> i32) -> i64 {
+fn clone_helper(request: Request, fds: &[OwnedFd], helper_fn: fn() -> i32, area: ArgArea) -> i64 {
     let helper_fds = usize::try_from(request.fd_count).unwrap_or(usize::MAX);
     let wanted = helper_fds.saturating_add(usize::from(request.cgroup));
     if wanted != fds.len() || helper_fds > MAX_FDS {
@@ -246,39 +249,23 @@ fn clone_helper(request: Request, fds: &[OwnedFd], helper: fn() -> i32) -> i64 {
         args.flags |= super::process::CLONE_INTO_CGROUP;
         args.cgroup = fds[helper_fds].as_raw_fd() as u64;
     }
-    // Copies above every target number, so that dup2 never maps a fd onto itself.
-    let high: Vec<OwnedFd> = match fds[..helper_fds]
-        .iter()
-        .map(|fd| {
-            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(MAX_FDS as i32))
-                // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nothing else owns.
-                .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
-        })
-        .collect()
-    {
+    let helper: Vec<&OwnedFd> = fds[..helper_fds].iter().collect();
+    let high = match super::process::copies_above(&helper, MAX_FDS) {
         Ok(high) => high,
         Err(e) => return -(e as i64),
     };
-    // SAFETY: `args` is a valid clone_args of the size passed. Without CLONE_VM or a stack
-    // the child runs on its own copy of this single-threaded process's memory, as after
-    // fork(2); it never returns here (it exits from `run_helper`).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut super::process::CloneArgs,
-            std::mem::size_of::<super::process::CloneArgs>(),
-        )
-    };
-    match ret {
-        0 => run_helper(&high, helper),
-        pid if pid > 0 => pid,
-        _ => -(Errno::last() as i64),
+    // SAFETY: this process (the zygote) is single-threaded, so the child may run any code;
+    // it never returns here (it exits from `run_helper`).
+    match unsafe { super::process::clone3(&mut args) } {
+        Ok(None) => run_helper(&high, helper_fn, area),
+        Ok(Some(pid)) => i64::from(pid.as_raw()),
+        Err(e) => -(e as i64),
     }
 }
 
 /// In the cloned child: descriptors 0.. from `fds`, every other one closed, no signal
 /// blocked; then the helper, whose return value is the exit status.
-fn run_helper(fds: &[OwnedFd], helper: fn() -> i32) -> ! {
+fn run_helper(fds: &[OwnedFd], helper: fn() -> i32, area: ArgArea) -> ! {
     for (target, fd) in fds.iter().enumerate() {
         // SAFETY: dup2 onto a number this process may use; `fd` is open.
         if unsafe { libc::dup2(fd.as_raw_fd(), target as RawFd) } < 0 {
@@ -296,7 +283,7 @@ fn run_helper(fds: &[OwnedFd], helper: fn() -> i32) -> ! {
         None,
     );
     // As an executed helper reads in /proc/PID/cmdline (the container's PID 1 shows it).
-    super::process::rename_process(b"peapod-agent\0container-init\0", c"container-init");
+    area.rename(b"peapod-agent\0container-init\0", c"container-init");
     std::process::exit(helper())
 }
 
