@@ -14,6 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
 use crate::agent::layout::{PodLayout, PodNetns};
 
 /// How long the processes of a killed cgroup may take to go.
@@ -80,18 +82,51 @@ pub fn remove_cgroup(path: &Path) -> Result<(), LeftoverError> {
     };
     // Linux 5.14+: SIGKILL to the whole subtree at once, no race with forks.
     let _ = fs::write(path.join("cgroup.kill"), "1");
-    let deadline = Instant::now() + KILL_WAIT;
-    while populated(path) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_unpopulated(path, KILL_WAIT);
     remove_cgroup_dirs(path).map_err(err)
 }
 
-/// Whether the cgroup tree still has processes (`populated 1` in `cgroup.events`).
-fn populated(path: &Path) -> bool {
-    fs::read_to_string(path.join("cgroup.events"))
-        .map(|events| events.lines().any(|l| l.trim() == "populated 1"))
-        .unwrap_or(false)
+/// Waits until the cgroup tree at `path` has no process left (`populated 0` in its
+/// `cgroup.events`), or `timeout` passes. The kernel wakes a `poll` for `POLLPRI` on that
+/// file when the value changes; each wait is capped all the same (the kernel defers a
+/// change that follows another within 10 ms, and an older kernel may not wake at all).
+pub fn wait_unpopulated(path: &Path, timeout: Duration) {
+    use std::io::{Read, Seek};
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + timeout;
+    let Ok(mut events) = fs::File::open(path.join("cgroup.events")) else {
+        return;
+    };
+    let mut text = String::new();
+    loop {
+        text.clear();
+        let read = events
+            .seek(io::SeekFrom::Start(0))
+            .and_then(|_| events.read_to_string(&mut text));
+        if read.is_err() || !populated(&text) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let wait = left.min(POPULATED_RECHECK);
+        let mut fds = [PollFd::new(events.as_fd(), PollFlags::POLLPRI)];
+        let ms = u16::try_from(wait.as_millis().max(1)).unwrap_or(u16::MAX);
+        if let Err(e) = poll(&mut fds, PollTimeout::from(ms))
+            && e != nix::errno::Errno::EINTR
+        {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// The longest [`wait_unpopulated`] waits for a wakeup before it reads the file again.
+const POPULATED_RECHECK: Duration = Duration::from_millis(10);
+
+/// Whether a `cgroup.events` text says the tree still has processes (`populated 1`).
+fn populated(events: &str) -> bool {
+    events.lines().any(|l| l.trim() == "populated 1")
 }
 
 fn remove_cgroup_dirs(path: &Path) -> io::Result<()> {
