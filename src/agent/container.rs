@@ -830,7 +830,7 @@ pub fn container_init_main() -> i32 {
     };
     write_event(&mut status, &HelperEvent::Ready);
     // Then container-init locks itself too (`no_new_privs` and the seccomp filter). What
-    // it does from here (read, sigwait, kill, wait4, write) is on the filter's allow-list.
+    // it does from here (read, sigwait, kill, wait4, close, write) is on the filter's allow-list.
     let locked = hardening.lock();
     follow_container_process(child, err_r, locked, status)
 }
@@ -921,6 +921,7 @@ fn follow_container_process(
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(ws) if ws.pid() == Some(child) => {
                     let end = exit_status(ws);
+                    close_stdio();
                     write_event(
                         &mut status,
                         &HelperEvent::Exited {
@@ -933,6 +934,18 @@ fn follow_container_process(
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Closes container-init's copies of the container's stdio once its process has ended, so
+/// that the output's readers see its end now, rather than once container-init's own exit
+/// has taken the container's namespaces down (milliseconds). Processes the container left
+/// behind keep theirs until the end of the PID namespace ends them.
+fn close_stdio() {
+    for fd in 0..=2 {
+        // SAFETY: nothing in container-init owns these inherited descriptors, and it
+        // neither reads nor writes its stdio after this point.
+        unsafe { libc::close(fd) };
     }
 }
 

@@ -86,7 +86,7 @@ fn run_agent() -> ! {
         init::uptime()
     );
     server::serve(control, move |mut conn| {
-        if agent.serve_control(&mut conn) {
+        if agent.serve_control(&mut conn, &|| Ok(())) {
             init::power_off();
         }
     });

@@ -159,6 +159,30 @@ impl Proc {
     }
 }
 
+/// A flag set once, waited for by others.
+#[derive(Default)]
+struct Latch {
+    set: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Latch {
+    fn set(&self) {
+        *lock(&self.set) = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether it is set within `timeout`.
+    fn wait_timeout(&self, timeout: Duration) -> bool {
+        let set = lock(&self.set);
+        let (set, _) = self
+            .changed
+            .wait_timeout_while(set, timeout, |set| !*set)
+            .unwrap_or_else(|e| e.into_inner());
+        *set
+    }
+}
+
 enum Phase {
     /// Set up, waiting for its start byte.
     Created {
@@ -170,6 +194,10 @@ enum Phase {
 
 struct Container {
     cgroup: PathBuf,
+    /// Set once its init has been reaped: the process's end is known before (from init's
+    /// last event), while init's own exit may still be taking the container's namespaces
+    /// down.
+    init_gone: Latch,
     /// The container's, for its exec'd processes too.
     hardening: Hardening,
     phase: Mutex<Phase>,
@@ -301,8 +329,14 @@ impl Agent {
     }
 
     /// Serves one control connection until it closes; returns true when the host asked
-    /// for a shutdown (answered already; the caller powers off).
-    pub fn serve_control(&self, conn: &mut UnixStream) -> bool {
+    /// for a shutdown (answered already; the caller powers off). `before_shutdown` runs
+    /// before that answer, so that the answer means it is done (the host agent removes
+    /// the pod's cgroup there); its error is the answer.
+    pub fn serve_control(
+        &self,
+        conn: &mut UnixStream,
+        before_shutdown: &dyn Fn() -> Result<(), String>,
+    ) -> bool {
         let mut greeted = false;
         loop {
             let request: Request = match read_frame(conn) {
@@ -344,7 +378,11 @@ impl Agent {
                     "send hello with the protocol version first",
                 )),
                 Request::Shutdown => {
-                    if write_frame(conn, &Response::Ok).is_ok() {
+                    let answer = match before_shutdown() {
+                        Ok(()) => Response::Ok,
+                        Err(e) => Response::Error(err(ErrorKind::Internal, e)),
+                    };
+                    if write_frame(conn, &answer).is_ok() {
                         // Let the answer reach the host before the VM goes away: wait
                         // until the host closes (or a moment passes).
                         let _ = conn.shutdown(Shutdown::Write);
@@ -590,6 +628,7 @@ impl Agent {
                     id,
                     Arc::new(Container {
                         cgroup,
+                        init_gone: Latch::default(),
                         hardening: init.hardening,
                         phase: Mutex::new(Phase::Created { start, events }),
                         main: Proc::new(pid, streams),
@@ -701,30 +740,42 @@ impl Agent {
         }
     }
 
-    /// Follows the container's init until it ends and records the process's status.
-    fn monitor_container(
-        &self,
-        c: Arc<Container>,
-        mut events: Events,
-        mut last: Option<ExitStatus>,
-    ) {
+    /// Follows the container's init until it ends and records the process's status: as
+    /// soon as init reports it (`last`: known already), not once init's own exit has taken
+    /// the container's namespaces down (milliseconds); from init's exit where it reported
+    /// nothing.
+    fn monitor_container(&self, c: Arc<Container>, mut events: Events, last: Option<ExitStatus>) {
         let reaper = Arc::clone(&self.reaper);
         let os = Arc::clone(&self.os);
         std::thread::spawn(move || {
-            while let Ok(Some(event)) = read_event(&mut events) {
-                if let HelperEvent::Exited { code, signal } = event {
-                    last = Some(ExitStatus {
-                        code,
-                        signal,
-                        oom_killed: false,
-                    });
+            let finish = |mut status: ExitStatus| {
+                status.oom_killed = status.signal == Some(Signal::SIGKILL as i32)
+                    && container::oom_kills(os.as_ref(), &c.cgroup) > 0;
+                c.main.finish(status);
+            };
+            let mut reported = last.is_some();
+            if let Some(status) = last {
+                finish(status);
+            }
+            while !reported {
+                match read_event(&mut events) {
+                    Ok(Some(HelperEvent::Exited { code, signal })) => {
+                        finish(ExitStatus {
+                            code,
+                            signal,
+                            oom_killed: false,
+                        });
+                        reported = true;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
                 }
             }
             let ws = reaper.wait(c.main.pid);
-            let mut status = last.unwrap_or_else(|| exit_status(ws));
-            status.oom_killed = status.signal == Some(Signal::SIGKILL as i32)
-                && container::oom_kills(os.as_ref(), &c.cgroup) > 0;
-            c.main.finish(status);
+            if !reported {
+                finish(exit_status(ws));
+            }
+            c.init_gone.set();
         });
     }
 
@@ -837,6 +888,7 @@ impl Agent {
                 let ws = self.reaper.wait_timeout(c.main.pid, REMOVE_TIMEOUT);
                 c.main
                     .finish(ws.map_or(ExitStatus::signaled(9), exit_status));
+                c.init_gone.set();
             }
         }
         if c.main.status().is_none() {
@@ -847,6 +899,14 @@ impl Agent {
                     format!("container {id} did not die within {REMOVE_TIMEOUT:?} of SIGKILL"),
                 ));
             }
+        }
+        // The process has ended; its init may still be leaving (with it go the container's
+        // mounts and its place in the cgroup).
+        if !c.init_gone.wait_timeout(REMOVE_TIMEOUT) {
+            return Err(err(
+                ErrorKind::Internal,
+                format!("the init of container {id} did not end within {REMOVE_TIMEOUT:?}"),
+            ));
         }
         // Execs die with the PID namespace; give the cgroup a moment to empty.
         let os = self.os.as_ref();
@@ -893,7 +953,7 @@ mod tests {
         let agent = Agent::new(os, Reaper::new(), layout);
         let (host, mut guest) = UnixStream::pair().unwrap();
         let a = Arc::clone(&agent);
-        std::thread::spawn(move || a.serve_control(&mut guest));
+        std::thread::spawn(move || a.serve_control(&mut guest, &|| Ok(())));
         (agent, Client::handshake(host).unwrap())
     }
 
@@ -912,6 +972,7 @@ mod tests {
         ] {
             let c = Container {
                 cgroup: cgroup_dir("web"),
+                init_gone: Latch::default(),
                 hardening,
                 phase: Mutex::new(Phase::Started),
                 main: Proc::new(Pid::from_raw(42), HashMap::new()),
@@ -927,11 +988,44 @@ mod tests {
     }
 
     #[test]
+    fn a_shutdown_is_answered_after_the_pods_end_and_with_its_error() {
+        for failing in [false, true] {
+            let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), test_layout());
+            let (host, mut guest) = UnixStream::pair().unwrap();
+            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let a = Arc::clone(&agent);
+            let e = Arc::clone(&ended);
+            let t = std::thread::spawn(move || {
+                a.serve_control(&mut guest, &|| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    e.store(true, std::sync::atomic::Ordering::SeqCst);
+                    match failing {
+                        false => Ok(()),
+                        true => Err("the cgroup is busy".into()),
+                    }
+                })
+            });
+            let mut c = Client::handshake(host).unwrap();
+            let answer = c.shutdown();
+            assert!(
+                ended.load(std::sync::atomic::Ordering::SeqCst),
+                "answered before"
+            );
+            match failing {
+                false => answer.unwrap(),
+                true => assert!(answer.unwrap_err().to_string().contains("cgroup is busy")),
+            }
+            drop(c);
+            assert!(t.join().unwrap(), "a shutdown either way");
+        }
+    }
+
+    #[test]
     fn requests_before_hello_are_refused_and_a_wrong_version_is_named() {
         let agent = Agent::new(Arc::new(RecordingOs::new()), Reaper::new(), test_layout());
         let (mut host, mut guest) = UnixStream::pair().unwrap();
         let a = Arc::clone(&agent);
-        let t = std::thread::spawn(move || a.serve_control(&mut guest));
+        let t = std::thread::spawn(move || a.serve_control(&mut guest, &|| Ok(())));
         write_frame(
             &mut host,
             &Request::Stats {
@@ -1306,6 +1400,13 @@ mod tests {
         );
     }
 
+    /// The latch of a container whose init has been reaped.
+    fn gone() -> Latch {
+        let latch = Latch::default();
+        latch.set();
+        latch
+    }
+
     /// A container whose process has exited, with its stdout still to attach.
     fn exited_container(agent: &Agent, id: &str, code: i32) -> OwnedFd {
         let (out_r, out_w) = pipe().unwrap();
@@ -1318,6 +1419,7 @@ mod tests {
             id.into(),
             Arc::new(Container {
                 cgroup: cgroup_dir(id),
+                init_gone: gone(),
                 hardening: Hardening::default(),
                 phase: Mutex::new(Phase::Started),
                 main,
@@ -1325,6 +1427,53 @@ mod tests {
             }),
         );
         out_w
+    }
+
+    #[test]
+    fn a_container_is_removed_once_its_init_is_gone_not_when_its_process_ended() {
+        let os = Arc::new(RecordingOs::new());
+        let (agent, mut c) = agent(Arc::clone(&os));
+        let main = Proc::new(Pid::from_raw(i32::MAX), HashMap::new());
+        main.finish(ExitStatus::exited(0));
+        let web = Arc::new(Container {
+            cgroup: cgroup_dir("web"),
+            init_gone: Latch::default(),
+            hardening: Hardening::default(),
+            phase: Mutex::new(Phase::Started),
+            main,
+            execs: Mutex::new(HashMap::new()),
+        });
+        lock(&agent.state)
+            .containers
+            .insert("web".into(), Arc::clone(&web));
+        let removals = |os: &RecordingOs| {
+            os.calls()
+                .iter()
+                .filter(|c| matches!(c, Call::RemoveDir(_)))
+                .count()
+        };
+        let leaving = {
+            let os = Arc::clone(&os);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                let before = removals(&os);
+                web.init_gone.set();
+                before
+            })
+        };
+        c.remove_container("web").unwrap();
+        assert_eq!(
+            leaving.join().unwrap(),
+            0,
+            "nothing removed before init was gone"
+        );
+        assert!(os.calls().contains(&Call::RemoveDir(cgroup_dir("web"))));
+        assert_eq!(
+            c.wait(&ProcessRef::container("web"))
+                .unwrap_err()
+                .wire_kind(),
+            Some(ErrorKind::NotFound)
+        );
     }
 
     #[test]
@@ -1415,6 +1564,7 @@ mod tests {
             "web".into(),
             Arc::new(Container {
                 cgroup: cgroup_dir("web"),
+                init_gone: gone(),
                 hardening: Hardening::default(),
                 phase: Mutex::new(Phase::Started),
                 main: Proc::new(Pid::from_raw(1), streams),

@@ -12,8 +12,8 @@
 //!
 //! When the supervisor asks it to shut down, or it gets SIGTERM (as it does when its
 //! supervisor dies), it kills the pod's processes, removes the pod's cgroup
-//! ([`super::leftovers`]) and exits; the pod's directories are its supervisor's (or `rm`'s)
-//! to remove.
+//! ([`super::leftovers`]) and exits; its answer to a shutdown comes once the cgroup is gone.
+//! The pod's directories are its supervisor's (or `rm`'s) to remove.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixListener;
@@ -207,7 +207,10 @@ pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentErr
         layout.run_dir.display()
     );
     server::serve(control, move |mut conn| {
-        if agent.serve_control(&mut conn) {
+        // The answer to a shutdown says the pod's processes and cgroup are gone.
+        let cgroup = agent.layout().cgroup_parent.clone();
+        let remove_cgroup = || leftovers::remove_cgroup(&cgroup).map_err(|e| e.to_string());
+        if agent.serve_control(&mut conn, &remove_cgroup) {
             end(agent.layout());
         }
     });

@@ -341,11 +341,10 @@ impl PodSandbox for HostPod {
 
     fn shutdown(mut self: Box<Self>) -> Result<(), RuntimeError> {
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        // The agent answers once the pod's processes and cgroup are gone, then ends. It is
+        // reaped on a thread of its own: its exit takes its mount namespace down
+        // (milliseconds, a bound root's every mount in the test bed).
         let asked = self.client.shutdown();
-        // The agent closes this connection as it exits, once it removed the pod's cgroup:
-        // before the kernel takes its mount namespace down, which reaping it waits for
-        // (milliseconds, a bound root's every mount in the test bed). It is reaped on a
-        // thread of its own.
         let left = deadline.saturating_duration_since(Instant::now());
         if asked.is_ok() && closes_within(self.client.stream(), left) {
             if let Some(mut child) = self.child.take() {
