@@ -450,6 +450,7 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         && let Err(e) = registry.remove(&args.id)
     {
         tracing::warn!("cannot remove the pod: {e}");
+        running.save_end();
     }
     drop(lock);
     Ok(())

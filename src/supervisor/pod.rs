@@ -835,7 +835,7 @@ impl RunningPod {
             .wait(&ProcessRef::container(&c.name))
             .map_err(|e| (format!("waiting for it: {e}"), None))?;
         self.drain_outputs(c);
-        self.record_exit(index, status);
+        self.record_exit(index, status, false);
         let _ = client.remove_container(&c.name);
         Ok(status)
     }
@@ -857,7 +857,8 @@ impl RunningPod {
         }
     }
 
-    fn record_exit(&self, index: usize, status: ExitStatus) {
+    /// Records how container `index` ended; `restarts`: it is started again.
+    fn record_exit(&self, index: usize, status: ExitStatus, restarts: bool) {
         let mut state = lock(&self.state);
         if let Some(cs) = state.containers.get_mut(index) {
             cs.status = ContainerStatus::Exited {
@@ -867,7 +868,14 @@ impl RunningPod {
             };
             cs.finished_at = Some(SystemTime::now());
         }
-        self.save(&state);
+        let pod_ends = !restarts
+            && state
+                .containers
+                .iter()
+                .all(|c| matches!(c.status, ContainerStatus::Exited { .. }));
+        if !(pod_ends && self.spec.auto_remove) {
+            self.save(&state);
+        }
         self.changed.notify_all();
     }
 
@@ -944,7 +952,7 @@ impl RunningPod {
                 .map_or(0, |cs| cs.restarts);
             let again = !self.stopping.load(Ordering::SeqCst)
                 && restarts_again(self.spec.restart_policy, status.code, restarts);
-            self.record_exit(index, status);
+            self.record_exit(index, status, again);
             if again && self.backoff_sleep(backoff(self.backoff_base, restarts)) {
                 match self.restart(index) {
                     Ok(()) => continue,
@@ -1225,8 +1233,18 @@ impl RunningPod {
         };
         state.finished_at = Some(SystemTime::now());
         state.vmm_pid = None;
-        self.save(&state);
+        // An auto-remove pod that ended as it should is removed next, without its end
+        // written first ([`RunningPod::save_end`] where the removal fails).
+        if !self.spec.auto_remove || state.error.is_some() {
+            self.save(&state);
+        }
         self.changed.notify_all();
+    }
+
+    /// Writes the pod's state as it is now: the end of an auto-remove pod that could not
+    /// be removed.
+    pub fn save_end(&self) {
+        self.save(&lock(&self.state));
     }
 }
 
