@@ -2,16 +2,20 @@
 //! [`PodLayout`] says: the VM's or a host pod's), and the two helpers the agent runs as its
 //! own binary again (single-threaded, so they may fork and change namespaces freely):
 //!
-//! * `container-init` ([`container_init_main`]): PID 1 of a new PID namespace. It joins the
-//!   container's cgroup, unshares mount/UTS/IPC namespaces, joins the pod's network
+//! * `container-init` ([`container_init_main`]): PID 1 of a new PID namespace. It
+//!   unshares mount/UTS/IPC namespaces, joins the pod's network
 //!   namespace, mounts the rootfs (the image read-only, a block device or on the host a
 //!   directory, see [`RootfsLower`]; a tmpfs upper; an overlay), its mounts (pod volumes are bind mounts of the agent's, see
 //!   [`super::volume`]), `/proc`, a minimal `/dev`, a read-only `/sys` (docker's masked and
 //!   read-only paths applied, [`MASKED_PATHS`], unless privileged) and the pod's `/etc`
 //!   files, makes the overlay read-only for a read-only root (the upper then only holds
 //!   mount points), pivots into it and sets the hostname ([`setup_container`], unit-tested
-//!   through [`Os`]); then forks the container's process (PID 2), which confines itself
-//!   ([`super::hardening`]) and waits for the agent's start byte, and reports `ready`. On
+//!   through [`Os`]); then forks the container's process (PID 2) into the container's
+//!   cgroup, which confines itself ([`super::hardening`]) and waits for the agent's start
+//!   byte, and reports `ready`. container-init itself stays outside that cgroup (as
+//!   conmon and containerd's shims do): the cgroup is empty, and can be removed, as soon
+//!   as the container's processes have ended, while container-init's exit (which takes
+//!   the container's namespaces down, milliseconds) goes on. On
 //!   start the process executes; container-init forwards every signal it gets to it, reaps
 //!   orphans, and when the process ends reports its status and exits, which kills whatever
 //!   is left in the namespace. Being a tiny init (like `docker run --init`) rather than the process
@@ -25,7 +29,8 @@
 //! the helper writes [`HelperEvent`] JSON lines on fd 4, a Unix socket (for a tty process,
 //! first the pty master it allocated in the container's devpts, with `SCM_RIGHTS`: the
 //! slave then has a name inside the container); the container's process (forked by
-//! `container-init`) reads the start byte on fd 5 (end of file without a byte: abort).
+//! `container-init`) reads the start byte on fd 5 (end of file without a byte: abort);
+//! fd 6 is the container's cgroup directory, which that process is cloned into.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -34,6 +39,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
@@ -111,11 +117,8 @@ pub struct ContainerInit {
     pub rootfs: InitRootfs,
     pub mounts: Vec<InitMount>,
     pub process: ProcessSpec,
-    /// The container's cgroup directory.
+    /// The container's cgroup directory (container-init gets it open as fd 6).
     pub cgroup: PathBuf,
-    /// container-init moves itself into `cgroup`: the agent could not start it there
-    /// ([`super::process::Spawned::in_cgroup`]).
-    pub join_cgroup: bool,
     /// The pod's network namespace file.
     pub netns: Option<PathBuf>,
     /// Directory with the pod's `/etc` files, if any.
@@ -155,7 +158,6 @@ impl ContainerInit {
             mounts,
             process: spec.process.clone(),
             cgroup: layout.cgroup_dir(&spec.id),
-            join_cgroup: true,
             netns: Some(layout.pod_netns.path().to_path_buf()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir(&spec.id),
@@ -337,13 +339,8 @@ pub fn read_stats(os: &dyn Os, cgroup: &Path) -> io::Result<ContainerStats> {
     })
 }
 
-/// Everything `container-init` does before it waits for the start byte, in order.
+/// Everything `container-init` does before it forks the container's process, in order.
 pub fn setup_container(os: &dyn Os, init: &ContainerInit) -> io::Result<()> {
-    // Into the cgroup first (where it did not start in it), so that everything below is
-    // accounted to the container.
-    if init.join_cgroup {
-        os.write_file(&init.cgroup.join("cgroup.procs"), b"0")?;
-    }
     os.unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)?;
     if let Some(netns) = &init.netns {
         os.setns(netns, CloneFlags::CLONE_NEWNET)?;
@@ -760,9 +757,14 @@ fn prepare_process(
 
 /// `peapod-agent container-init`: see the module docs.
 pub fn container_init_main() -> i32 {
-    let (mut config, mut status, start) = match (inherited_fd(3), inherited_fd(4), inherited_fd(5))
-    {
-        (Ok(c), Ok(s), Ok(st)) => (File::from(c), File::from(s), File::from(st)),
+    let fds = (
+        inherited_fd(3),
+        inherited_fd(4),
+        inherited_fd(5),
+        inherited_fd(6),
+    );
+    let (mut config, mut status, start, cgroup) = match fds {
+        (Ok(c), Ok(s), Ok(st), Ok(cg)) => (File::from(c), File::from(s), File::from(st), cg),
         _ => return 120,
     };
     let mut text = String::new();
@@ -820,7 +822,8 @@ pub fn container_init_main() -> i32 {
     // start costs one `execve`.
     let all = SigSet::all();
     let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), None);
-    let forked = fork_container_process(&init.process, &hardening, start);
+    let forked = fork_container_process(&init.process, &hardening, start, &cgroup);
+    drop(cgroup);
     let (child, err_r) = match forked {
         Ok(forked) => forked,
         Err(message) => {
@@ -830,7 +833,8 @@ pub fn container_init_main() -> i32 {
     };
     write_event(&mut status, &HelperEvent::Ready);
     // Then container-init locks itself too (`no_new_privs` and the seccomp filter). What
-    // it does from here (read, sigwait, kill, wait4, close, write) is on the filter's allow-list.
+    // it does from here (read, sigwait, kill, wait4, close, write, setpriority) is on the
+    // filter's allow-list.
     let locked = hardening.lock();
     follow_container_process(child, err_r, locked, status)
 }
@@ -839,23 +843,27 @@ pub fn container_init_main() -> i32 {
 /// without the start byte (the container is removed unstarted).
 const NEVER_STARTED: &str = "never-started";
 
-/// Forks the container's process ([`prepare_process`], then the start byte on `start`,
-/// then `execve`); returns it and the read end of the pipe on which it writes why it
-/// could not run (end of file without a word: it runs). Signals are blocked in the caller
-/// and unblocked in the child.
+/// Forks the container's process into the container's cgroup (`cgroup`, its directory;
+/// container-init itself stays outside it) and has it [`prepare_process`], then wait for
+/// the start byte on `start`, then `execve`; returns it and the read end of the pipe on
+/// which it writes why it could not run (end of file without a word: it runs). Signals are
+/// blocked in the caller and unblocked in the child.
 fn fork_container_process(
     process: &ProcessSpec,
     hardening: &Prepared,
     mut start: File,
+    cgroup: &OwnedFd,
 ) -> Result<(Pid, OwnedFd), String> {
     let (err_r, err_w) = pipe().map_err(|e| e.to_string())?;
-    // SAFETY: container-init is single-threaded (it never starts a thread), so the child
-    // may do anything a normal process does.
-    match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => {
+    match fork_into_cgroup(cgroup) {
+        Ok(Forked::Child { in_cgroup }) => {
             drop(err_r);
             let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-            let ready = prepare_process(process, hardening.clone());
+            let ready = match in_cgroup {
+                true => Ok(()),
+                false => join_cgroup(cgroup),
+            }
+            .and_then(|()| prepare_process(process, hardening.clone()));
             let mut byte = [0u8; 1];
             if !matches!(start.read(&mut byte), Ok(1)) {
                 // Never started: the agent removes the container.
@@ -871,9 +879,57 @@ fn fork_container_process(
             let _ = write!(w, "{code} {message}");
             std::process::exit(code);
         }
-        Ok(ForkResult::Parent { child }) => Ok((child, err_r)),
+        Ok(Forked::Parent(child)) => Ok((child, err_r)),
         Err(e) => Err(format!("fork: {e}")),
     }
+}
+
+/// Which side of [`fork_into_cgroup`] this is.
+enum Forked {
+    Parent(Pid),
+    /// `in_cgroup`: it started in the cgroup; if not, it is to join it itself.
+    Child {
+        in_cgroup: bool,
+    },
+}
+
+/// A fork whose child starts in the cgroup directory `cgroup` (`clone3` with
+/// `CLONE_INTO_CGROUP`: nothing to move later, a move costing an RCU grace period), or,
+/// where the kernel cannot (before Linux 5.7), a plain fork.
+fn fork_into_cgroup(cgroup: &OwnedFd) -> Result<Forked, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut args = super::process::CloneArgs {
+        flags: super::process::CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: u64::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::EBADF)?,
+        ..Default::default()
+    };
+    // SAFETY: container-init is single-threaded (it never starts a thread), so the child
+    // may do anything a normal process does; the arguments ask for no stack and no
+    // CLONE_VM: the child goes on as after a fork.
+    match unsafe { super::process::clone3(&mut args) } {
+        Ok(None) => return Ok(Forked::Child { in_cgroup: true }),
+        Ok(Some(pid)) => return Ok(Forked::Parent(pid)),
+        Err(_) => {}
+    }
+    // SAFETY: as above.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => Ok(Forked::Child { in_cgroup: false }),
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+    }
+}
+
+/// Moves this process into the cgroup directory `cgroup`.
+fn join_cgroup(cgroup: &OwnedFd) -> Result<(), (String, i32)> {
+    let failed = |e: &dyn std::fmt::Display| (format!("joining the container's cgroup: {e}"), 126);
+    let procs = nix::fcntl::openat(
+        cgroup,
+        "cgroup.procs",
+        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| failed(&e))?;
+    File::from(procs).write_all(b"0").map_err(|e| failed(&e))
 }
 
 /// Reports how the start of `child` went (its `execve`, or why it could not run), then
@@ -929,6 +985,10 @@ fn follow_container_process(
                             signal: end.signal,
                         },
                     );
+                    // Nobody waits for the rest of its exit (the container's cgroup is
+                    // empty already): it yields the CPU to those who wait for the pod.
+                    // SAFETY: setpriority takes plain integers; lowering needs no privilege.
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                     return end.code;
                 }
                 Ok(_) => {}
@@ -1072,7 +1132,6 @@ mod tests {
                 stdin: false,
             },
             cgroup: layout.cgroup_dir("web"),
-            join_cgroup: true,
             netns: Some(layout.pod_netns.path().into()),
             etc: Some(layout.pod_etc.clone()),
             dir: layout.container_dir("web"),
@@ -1091,25 +1150,21 @@ mod tests {
     }
 
     #[test]
-    fn setup_joins_the_cgroup_then_namespaces_then_mounts_then_pivots() {
+    fn setup_unshares_namespaces_then_mounts_then_pivots() {
         let os = RecordingOs::new();
         setup_container(&os, &init()).unwrap();
         let calls = os.calls();
         assert_eq!(
             calls[0],
-            Call::WriteFile("/sys/fs/cgroup/peapod/web/cgroup.procs".into(), "0".into())
-        );
-        assert_eq!(
-            calls[1],
             Call::Unshare(
                 CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
             )
         );
         assert_eq!(
-            calls[2],
+            calls[1],
             Call::Setns("/run/peapod/netns".into(), CloneFlags::CLONE_NEWNET)
         );
-        assert!(matches!(&calls[3], Call::Mount { target, flags, .. }
+        assert!(matches!(&calls[2], Call::Mount { target, flags, .. }
             if target == Path::new("/") && flags.contains(MsFlags::MS_PRIVATE | MsFlags::MS_REC)));
         let c = "/run/peapod/containers/web";
         let targets = mount_targets(&calls);
@@ -1164,10 +1219,6 @@ mod tests {
         let calls = os.calls();
         let netns = format!("/run/netns/peapod-{}", "7".repeat(64));
         assert_eq!(
-            calls[0],
-            Call::WriteFile(layout.cgroup_dir("web").join("cgroup.procs"), "0".into())
-        );
-        assert_eq!(
             layout.cgroup_dir("web"),
             Path::new(&format!(
                 "/sys/fs/cgroup/peapod.slice/pod-{}/web",
@@ -1175,13 +1226,13 @@ mod tests {
             ))
         );
         assert_eq!(
-            calls[1],
+            calls[0],
             Call::Unshare(
                 CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
             )
         );
         assert_eq!(
-            calls[2],
+            calls[1],
             Call::Setns(netns.into(), CloneFlags::CLONE_NEWNET)
         );
         // The hostname is set once, last: inside the new UTS namespace, after the pivot.
@@ -1859,30 +1910,21 @@ mod tests {
         assert_eq!(oom_kills(&RecordingOs::new(), &cg), 0);
     }
 
-    /// A helper the agent started in the container's cgroup (`CLONE_INTO_CGROUP`) does
-    /// not move itself there again: a write to `cgroup.procs` costs an RCU grace period
-    /// even when it moves nothing.
+    /// container-init never moves itself into the container's cgroup (its process is
+    /// cloned into it); an exec-init the agent started there (`CLONE_INTO_CGROUP`) does not
+    /// move itself there again: a write to `cgroup.procs` costs an RCU grace period even
+    /// when it moves nothing.
     #[test]
-    fn helpers_started_in_their_cgroup_do_not_join_it_again() {
+    fn helpers_do_not_join_the_cgroup_they_were_started_in_or_stay_out_of() {
         let writes_procs = |calls: &[Call]| {
             calls
                 .iter()
                 .any(|c| matches!(c, Call::WriteFile(p, _) if p.ends_with("cgroup.procs")))
         };
         let os = RecordingOs::new();
-        let placed = ContainerInit {
-            join_cgroup: false,
-            ..init()
-        };
-        setup_container(&os, &placed).unwrap();
+        setup_container(&os, &init()).unwrap();
         let calls = os.calls();
         assert!(!writes_procs(&calls), "{calls:#?}");
-        assert_eq!(
-            calls[0],
-            Call::Unshare(
-                CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC
-            )
-        );
 
         let os = RecordingOs::new();
         let exec = |join_cgroup| ExecInit {
@@ -1903,6 +1945,21 @@ mod tests {
         let os = RecordingOs::new();
         join_container(&os, &exec(true)).unwrap();
         assert!(writes_procs(&os.calls()));
+    }
+
+    #[test]
+    fn a_process_not_cloned_into_its_cgroup_joins_it_through_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || OwnedFd::from(File::open(dir.path()).unwrap());
+        let e = join_cgroup(&open()).unwrap_err();
+        assert!(e.0.contains("joining the container's cgroup"), "{e:?}");
+        assert_eq!(e.1, 126);
+        std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+        join_cgroup(&open()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cgroup.procs")).unwrap(),
+            "0"
+        );
     }
 
     #[test]

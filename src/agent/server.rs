@@ -654,24 +654,35 @@ impl Agent {
         let (cfg_r, cfg_w) = pipe().map_err(|e| internal(&e))?;
         let (status_r, status_w) = status_channel().map_err(|e| internal(&e))?;
         let (start_r, start_w) = pipe().map_err(|e| internal(&e))?;
+        // container-init stays outside the container's cgroup and forks the container's
+        // process into it: the cgroup is empty, and can go, once the process has ended,
+        // while container-init's own exit still takes the container's namespaces down.
+        use std::os::unix::fs::OpenOptionsExt;
+        let cgroup: OwnedFd = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&init.cgroup)
+            .map_err(|e| {
+                err(
+                    ErrorKind::Setup,
+                    format!("container {}: open {}: {e}", init.id, init.cgroup.display()),
+                )
+            })?
+            .into();
         let [stdin, stdout, stderr] = &stdio.child;
         let spawned = spawn_helper(
             &self.reaper,
             PidNs::New,
-            Some(&init.cgroup),
+            None,
             self.zygote.as_ref(),
             &["peapod-agent", "container-init"],
-            &[stdin, stdout, stderr, &cfg_r, &status_w, &start_r],
+            &[stdin, stdout, stderr, &cfg_r, &status_w, &start_r, &cgroup],
         )
         .map_err(|e| err(ErrorKind::Setup, format!("container {}: {e}", init.id)))?;
         let pid = spawned.pid;
-        drop((stdio.child, cfg_r, status_w, start_r));
+        drop((stdio.child, cfg_r, status_w, start_r, cgroup));
         let mut host = stdio.host;
-        let config = ContainerInit {
-            join_cgroup: !spawned.in_cgroup,
-            ..init.clone()
-        };
-        let sent = serde_json::to_vec(&config)
+        let sent = serde_json::to_vec(init)
             .map_err(|e| internal(&e))
             .and_then(|json| File::from(cfg_w).write_all(&json).map_err(|e| internal(&e)));
         let (mut events, pty) = events_of(status_r, init.process.tty);
