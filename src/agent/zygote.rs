@@ -30,7 +30,8 @@ use nix::unistd::Pid;
 
 use super::process::ArgArea;
 
-/// The most descriptors one request carries: a helper's six and the cgroup directory.
+/// The most descriptors a helper gets (container-init's seven); a request carries one
+/// more where the helper is cloned into a cgroup: that cgroup's directory.
 const MAX_FDS: usize = 7;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,7 @@ impl Zygote {
                 let area = ArgArea::of_this_process();
                 area.rename(b"peapod-agent\0zygote\0", c"pod-zygote");
                 serve(&zygote_end, helper, area);
+                crate::runtime::fork::lower_priority_for_exit();
                 std::process::exit(0)
             }
             nix::unistd::ForkResult::Parent { .. } => Ok(Zygote {
@@ -187,7 +189,7 @@ impl Request {
 fn serve(sock: &OwnedFd, helper: fn() -> i32, area: ArgArea) {
     loop {
         let mut bytes = [0u8; Request::LEN];
-        let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let mut space = nix::cmsg_space!([RawFd; MAX_FDS + 1]);
         let mut iov = [IoSliceMut::new(&mut bytes)];
         let Ok(msg) = recvmsg::<()>(
             sock.as_raw_fd(),

@@ -181,6 +181,25 @@ pub fn unblock_all_signals() -> nix::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
+/// Lowers every thread of this process to the lowest CPU priority (nice 19), for a process
+/// about to exit that nobody waits for (a host pod's agent and its supervisor, their work
+/// done): the kernel's teardown of it (its memory, its threads, its mount namespace:
+/// milliseconds in the emulated test bed) then yields the CPU to the processes somebody
+/// does wait for, a `peapod run --rm` that is removing the pod and exiting.
+pub fn lower_priority_for_exit() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    let tids = tasks
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::id_t>().ok());
+    for tid in tids {
+        // SAFETY: setpriority takes plain integers; a thread gone since gives ESRCH, and
+        // lowering a priority needs no privilege.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 19) };
+    }
+}
+
 /// Closes every descriptor above 2 but `keep`.
 fn close_all_but(keep: &[RawFd]) -> io::Result<()> {
     let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?

@@ -453,6 +453,7 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         running.save_end();
     }
     drop(lock);
+    crate::runtime::fork::lower_priority_for_exit();
     Ok(())
 }
 

@@ -232,6 +232,7 @@ fn end(layout: &PodLayout) -> ! {
         let _ = std::fs::remove_file(AgentEndpoint::unix_socket(&layout.run_dir, port));
     }
     let _ = std::fs::remove_dir(layout.run_dir.join(BOUND_ROOT));
+    crate::runtime::fork::lower_priority_for_exit();
     std::process::exit(code)
 }
 
