@@ -386,6 +386,16 @@ impl Registry {
     /// Removes a pod's run and store directories (logs included); missing ones are fine.
     /// The caller stops the pod first: this does not look at its supervisor.
     pub fn remove(&self, id: &PodId) -> Result<(), PodError> {
+        self.remove_later(id)?.delete()
+    }
+
+    /// [`Registry::remove`], but for deleting the pod's files: the pod is gone (its
+    /// network and cgroup released, its directories moved out of the registry's sight, its
+    /// name free) once this returns; the files go with [`Doomed::delete`], which the caller
+    /// may leave until after it has told whoever waits (an auto-remove pod's supervisor
+    /// does, with the CLI waiting for it to exit). Directories a removal left there are
+    /// deleted by the next pod's creation.
+    pub fn remove_later(&self, id: &PodId) -> Result<Doomed, PodError> {
         let _guard = self.lock_store()?;
         // A pod whose supervisor died still holds its network (namespace, veth, IP lease):
         // release it first (nothing to do when the supervisor did, or there was none).
@@ -398,14 +408,25 @@ impl Registry {
         if let Err(e) = crate::runtime::container::leftovers::remove_cgroup(&layout.cgroup_parent) {
             return Err(PodError::Leftovers(e.to_string()));
         }
-        let store_dir = self.dirs.store_dir(id);
-        let doomed = self.staging_dir(id, "removing");
-        match fs::rename(&store_dir, &doomed) {
-            Ok(()) => remove_dir_all_if_present(&doomed)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(PodError::io("remove", store_dir, e)),
+        // What earlier removals moved aside and did not get to delete (their supervisor
+        // died in between).
+        self.remove_leftovers();
+        remove_hidden(&self.dirs.run, &[".removing"]);
+        let mut doomed = Doomed { dirs: Vec::new() };
+        for (dir, gone) in [
+            (self.dirs.store_dir(id), self.staging_dir(id, "removing")),
+            (
+                self.dirs.run_dir(id),
+                self.dirs.run.join(format!(".{id}.removing")),
+            ),
+        ] {
+            match fs::rename(&dir, &gone) {
+                Ok(()) => doomed.dirs.push(gone),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(PodError::io("remove", dir, e)),
+            }
         }
-        remove_dir_all_if_present(&self.dirs.run_dir(id))
+        Ok(doomed)
     }
 
     /// The ids of the pods in the store (entries that are not ids are not pods).
@@ -446,21 +467,10 @@ impl Registry {
         self.dirs.store.join(format!(".{id}.{what}"))
     }
 
-    /// Removes what a create or remove that died midway left (only ever made under the store
-    /// lock, which the caller holds).
+    /// Removes what a create or remove that died midway left in the store (only ever made
+    /// under the store lock, which the caller holds).
     fn remove_leftovers(&self) {
-        let Ok(entries) = fs::read_dir(&self.dirs.store) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let leftover =
-                name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".removing"));
-            if leftover && let Err(e) = remove_dir_all_if_present(&entry.path()) {
-                tracing::warn!("{e}");
-            }
-        }
+        remove_hidden(&self.dirs.store, &[".tmp", ".removing"]);
     }
 
     /// Takes the store lock, waiting for it; released when the file is dropped.
@@ -486,6 +496,40 @@ fn make_dir(path: &Path, parents: bool) -> Result<(), PodError> {
         .recursive(parents)
         .create(path)
         .map_err(|e| PodError::io("create directory", path, e))
+}
+
+/// Deletes the directories in `root` named `.<something><suffix>` for one of `suffixes`.
+fn remove_hidden(root: &Path, suffixes: &[&str]) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let hidden = name.starts_with('.') && suffixes.iter().any(|s| name.ends_with(s));
+        if hidden && let Err(e) = remove_dir_all_if_present(&entry.path()) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// A removed pod's directories, out of the registry's sight, still to delete.
+#[must_use = "the pod's files stay until delete() (or the next pod's creation)"]
+pub struct Doomed {
+    dirs: Vec<PathBuf>,
+}
+
+impl Doomed {
+    /// Deletes them (all it can; the first error).
+    pub fn delete(self) -> Result<(), PodError> {
+        let mut result = Ok(());
+        for dir in &self.dirs {
+            if let Err(e) = remove_dir_all_if_present(dir) {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
 }
 
 fn remove_dir_all_if_present(path: &Path) -> Result<(), PodError> {
@@ -867,6 +911,39 @@ mod tests {
         assert!(matches!(reg.resolve("web"), Err(PodError::NotFound { .. })));
         reg.remove(&record.id).unwrap();
         reg.create(spec("web")).unwrap();
+    }
+
+    #[test]
+    fn a_pod_removed_for_later_is_gone_at_once_and_its_files_with_delete() {
+        let (_tmp, reg) = registry();
+        let (record, lock) = reg.create(spec("web")).unwrap();
+        drop(lock);
+        fs::write(reg.dirs().run_dir(&record.id).join("state.json"), "{}").unwrap();
+        let doomed = reg.remove_later(&record.id).unwrap();
+        assert!(matches!(reg.resolve("web"), Err(PodError::NotFound { .. })));
+        assert!(reg.list().unwrap().is_empty());
+        assert!(!reg.dirs().run_dir(&record.id).exists());
+        assert!(!reg.dirs().store_dir(&record.id).exists());
+        let (again, lock) = reg.create(spec("web")).unwrap();
+        drop(lock);
+        doomed.delete().unwrap();
+        assert_eq!(tree(&reg.dirs().run), [again.id.to_string()]);
+        assert_eq!(tree(&reg.dirs().store), [".lock", again.id.as_str()]);
+    }
+
+    #[test]
+    fn files_a_removal_did_not_get_to_delete_go_with_the_next_removal() {
+        let (_tmp, reg) = registry();
+        let (a, lock) = reg.create(spec("a")).unwrap();
+        drop(lock);
+        let (b, lock) = reg.create(spec("b")).unwrap();
+        drop(lock);
+        // `a`'s supervisor died before deleting: only the next creation or removal sees it.
+        std::mem::forget(reg.remove_later(&a.id).unwrap());
+        assert_eq!(tree(&reg.dirs().run).len(), 2, "moved aside, not deleted");
+        reg.remove(&b.id).unwrap();
+        assert!(tree(&reg.dirs().run).is_empty());
+        assert_eq!(tree(&reg.dirs().store), [".lock"]);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use pod::RunningPod;
 use crate::pod::PodError;
 use crate::pod::id::PodId;
 use crate::pod::layout::PodDirs;
-use crate::pod::registry::{PodRecord, Registry, SupervisorLock};
+use crate::pod::registry::{self, PodRecord, Registry, SupervisorLock};
 use crate::pod::state::PodStatus;
 use crate::runtime::fork::{self, ChildProcess, DaemonSetup};
 use crate::runtime::{HostPodConfig, PodVmConfig, RuntimeKind, SandboxConfig};
@@ -147,6 +147,7 @@ impl SupervisorConfig {
                 run_root: dirs.run.clone(),
                 netns: None,
                 agent_timeout,
+                removed_after: spec.auto_remove,
             })),
         }
     }
@@ -446,14 +447,26 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = std::fs::remove_file(&socket);
-    if running.spec.auto_remove
-        && let Err(e) = registry.remove(&args.id)
+    // An auto-remove pod is gone once its record is: whoever waits for it (`run --rm`
+    // waits for this lock) is told then, and its files are deleted after.
+    let doomed = match running
+        .spec
+        .auto_remove
+        .then(|| registry.remove_later(&args.id))
     {
-        tracing::warn!("cannot remove the pod: {e}");
-        running.save_end();
-    }
+        Some(Ok(doomed)) => Some(doomed),
+        Some(Err(e)) => {
+            tracing::warn!("cannot remove the pod: {e}");
+            running.save_end();
+            None
+        }
+        None => None,
+    };
     drop(lock);
     crate::runtime::fork::lower_priority_for_exit();
+    if let Some(Err(e)) = doomed.map(registry::Doomed::delete) {
+        tracing::warn!("cannot delete the removed pod's files: {e}");
+    }
     Ok(())
 }
 

@@ -110,6 +110,9 @@ pub struct HostPodConfig {
     /// The pod's CNI network namespace, or `None` for a loopback-only one.
     pub netns: Option<PathBuf>,
     pub agent_timeout: Duration,
+    /// The pod is removed once it has ended (`run --rm`): its directories then go with its
+    /// run directory, not at its shutdown.
+    pub removed_after: bool,
 }
 
 impl HostPodConfig {
@@ -135,6 +138,8 @@ pub struct HostPod {
     client: Client<UnixStream>,
     layout: PodLayout,
     log: PathBuf,
+    /// [`HostPodConfig::removed_after`].
+    removed_after: bool,
 }
 
 impl HostPod {
@@ -159,6 +164,7 @@ impl HostPod {
                 client,
                 layout,
                 log,
+                removed_after: config.removed_after,
             }),
             Err(e) => {
                 // Killing an agent that has exited already does nothing.
@@ -352,7 +358,11 @@ impl PodSandbox for HostPod {
                     let _ = child.wait();
                 });
             }
-            leftovers::remove(&self.layout).map_err(HostPodError::from)?;
+            match self.removed_after {
+                true => leftovers::remove_cgroup(&self.layout.cgroup_parent),
+                false => leftovers::remove(&self.layout),
+            }
+            .map_err(HostPodError::from)?;
             return Ok(());
         }
         let _ = self.client.stream().shutdown(std::net::Shutdown::Both);
