@@ -23,6 +23,7 @@ pub mod oneshot;
 pub mod vm;
 
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 pub use container::{HostPod, HostPodConfig, HostPodError};
 pub use endpoint::{AgentEndpoint, EndpointError, ProcessHandle};
@@ -164,9 +165,41 @@ pub trait PodSandbox: Send {
     }
 }
 
+/// Reads `stream` to its end: true when it ends within `timeout`; false on a timeout or an
+/// error (what it reads is dropped).
+pub fn closes_within(stream: &UnixStream, timeout: Duration) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match (&mut &*stream).read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_closes_within_its_time_once_the_peer_is_gone() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &theirs, b"last words").unwrap();
+        drop(theirs);
+        assert!(closes_within(&ours, Duration::from_secs(5)));
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let started = Instant::now();
+        assert!(!closes_within(&ours, Duration::from_millis(50)));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
 
     #[test]
     fn runtime_kinds_read_and_write_one_word() {

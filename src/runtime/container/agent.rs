@@ -221,6 +221,9 @@ pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentErr
 /// left to the supervisor (or `rm`), which sees them from the host's mount namespace: here
 /// the pod's volumes are still mounted on them.
 fn end(layout: &PodLayout) -> ! {
+    // Nobody waits for what is left (a shutdown was answered once the cgroup was gone; a
+    // SIGTERM comes from a supervisor that died): it yields the CPU.
+    crate::runtime::fork::lower_priority_for_exit();
     let code = match leftovers::remove_cgroup(&layout.cgroup_parent) {
         Ok(()) => 0,
         Err(e) => {
@@ -232,7 +235,6 @@ fn end(layout: &PodLayout) -> ! {
         let _ = std::fs::remove_file(AgentEndpoint::unix_socket(&layout.run_dir, port));
     }
     let _ = std::fs::remove_dir(layout.run_dir.join(BOUND_ROOT));
-    crate::runtime::fork::lower_priority_for_exit();
     std::process::exit(code)
 }
 
