@@ -438,18 +438,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     } else {
         let conn = client.attached()?;
+        // The supervisor of an auto-remove pod ends this connection once the pod is removed.
+        let removal = match args.rm {
+            true => Some(conn.try_clone()?),
+            false => None,
+        };
         let end = super::tty::attach_session(conn, args.interactive, args.tty)?;
         if let Some(why) = &end.start_error {
             eprintln!("peapod: {why}");
         }
         report_signal(&end.status);
-        if args.rm {
-            // The supervisor removes the pod once its VM is down, then exits.
-            registry.wait_unsupervised(&id, Duration::from_secs(20));
+        if let Some(conn) = removal {
+            crate::runtime::closes_within(&conn, REMOVAL_TIMEOUT);
         }
         Ok(ExitCode::from(u8::try_from(end.status.code).unwrap_or(255)))
     }
 }
+
+/// How long `run --rm` waits for its pod's removal after the process ended.
+const REMOVAL_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Says on stderr why a process died, when a signal or the OOM killer ended it.
 pub fn report_signal(status: &crate::protocol::ExitStatus) {

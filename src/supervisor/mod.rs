@@ -463,6 +463,7 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         None => None,
     };
     drop(lock);
+    running.release_clients();
     crate::runtime::fork::lower_priority_for_exit();
     if let Some(Err(e)) = doomed.map(registry::Doomed::delete) {
         tracing::warn!("cannot delete the removed pod's files: {e}");

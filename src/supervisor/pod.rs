@@ -124,6 +124,10 @@ pub struct RunningPod {
     pub waiters: Mutex<usize>,
     /// The pod's network, once attached (none with `--network none`).
     pub network: std::sync::OnceLock<super::network::PodNetwork>,
+    /// An auto-remove pod's attached clients, their process's exit sent: their connections
+    /// end once the pod is removed ([`RunningPod::release_clients`]), which is what a
+    /// `run --rm` waits for.
+    held: Mutex<Vec<UnixStream>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -274,6 +278,7 @@ impl RunningPod {
             backoff_base,
             waiters: Mutex::new(0),
             network: std::sync::OnceLock::new(),
+            held: Mutex::new(Vec::new()),
         })))
     }
 
@@ -969,7 +974,7 @@ impl RunningPod {
             let wire = StreamFrame::Exit(end).encode();
             for mut conn in lock(&c.attached).drain(..) {
                 let _ = conn.write_all(&wire);
-                let _ = conn.shutdown(std::net::Shutdown::Both);
+                self.end_client(conn);
             }
             let all_exited = {
                 let state = lock(&self.state);
@@ -1201,7 +1206,7 @@ impl RunningPod {
         }
         for c in &self.containers {
             for conn in lock(&c.attached).drain(..) {
-                let _ = conn.shutdown(std::net::Shutdown::Both);
+                self.end_client(conn);
             }
             let _ = lock(&c.log).finish();
         }
@@ -1239,6 +1244,25 @@ impl RunningPod {
             self.save(&state);
         }
         self.changed.notify_all();
+    }
+
+    /// Ends an attached client's connection: now, or for an auto-remove pod once it is
+    /// removed.
+    fn end_client(&self, conn: UnixStream) {
+        match self.spec.auto_remove {
+            true => lock(&self.held).push(conn),
+            false => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Ends the connections [`RunningPod::end_client`] held: the pod is removed (or could
+    /// not be).
+    pub fn release_clients(&self) {
+        for conn in lock(&self.held).drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Writes the pod's state as it is now: the end of an auto-remove pod that could not
