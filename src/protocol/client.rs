@@ -108,17 +108,50 @@ impl<S: Read + Write + Timeouts> Client<S> {
     /// [`Client::handshake`] waiting at most `first` for the agent's answer (an agent that
     /// is still starting: its socket was bound for it), and [`DEFAULT_TIMEOUT`] after.
     pub fn handshake_within(mut stream: S, first: Duration) -> Result<Self, ClientError> {
-        let request = "hello";
-        let timeout = Some(DEFAULT_TIMEOUT);
-        let response = exchange(
-            &mut stream,
-            request,
+        Self::send_hello(&mut stream)?;
+        Self::hello_answered_within(stream, first)
+    }
+
+    /// The first half of a handshake, for a connection made ahead of its use: the agent
+    /// answers while the caller does something else; [`Client::hello_answered`] reads it.
+    pub fn send_hello(stream: &mut S) -> Result<(), ClientError> {
+        let frame_err = |source| ClientError::Frame {
+            request: "hello",
+            source,
+        };
+        stream
+            .set_write_timeout(Some(DEFAULT_TIMEOUT))
+            .map_err(|e| {
+                frame_err(FrameError::Io {
+                    op: "bounding",
+                    source: e,
+                })
+            })?;
+        write_frame(
+            stream,
             &Request::Hello {
                 version: PROTOCOL_VERSION,
             },
-            timeout,
-            Some(first),
-        )?;
+        )
+        .map_err(frame_err)
+    }
+
+    /// The second half of a handshake begun with [`Client::send_hello`].
+    pub fn hello_answered(stream: S) -> Result<Self, ClientError> {
+        Self::hello_answered_within(stream, DEFAULT_TIMEOUT)
+    }
+
+    fn hello_answered_within(mut stream: S, first: Duration) -> Result<Self, ClientError> {
+        let request = "hello";
+        let frame_err = |source| ClientError::Frame { request, source };
+        stream.set_read_timeout(Some(first)).map_err(|e| {
+            frame_err(FrameError::Io {
+                op: "bounding",
+                source: e,
+            })
+        })?;
+        let response = read_frame(&mut stream).map_err(frame_err)?;
+        let timeout = Some(DEFAULT_TIMEOUT);
         match response {
             Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(Client {
                 stream,
@@ -400,6 +433,29 @@ mod tests {
             }),
             _ => Response::Ok,
         }
+    }
+
+    #[test]
+    fn a_handshake_in_two_halves_is_one_handshake() {
+        let (mut stream, agent) = fake_agent(good_agent);
+        Client::send_hello(&mut stream).unwrap();
+        // The answer waits in the socket meanwhile.
+        thread::sleep(Duration::from_millis(20));
+        let mut c = Client::hello_answered(stream).unwrap();
+        assert_eq!(c.agent(), "fake 1");
+        assert_eq!(c.start_container("web").unwrap(), 7);
+        drop(c);
+        let seen = agent.join().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let (mut stream, _agent) = fake_agent(|_| Response::Hello {
+            version: PROTOCOL_VERSION + 1,
+            agent: "new".into(),
+        });
+        Client::send_hello(&mut stream).unwrap();
+        assert!(matches!(
+            Client::hello_answered(stream),
+            Err(ClientError::VersionMismatch { .. })
+        ));
     }
 
     #[test]

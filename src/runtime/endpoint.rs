@@ -108,6 +108,17 @@ impl AgentEndpoint {
         })
     }
 
+    /// A control connection made ahead of its use: connected and its hello sent, the
+    /// agent's answer read by [`Client::hello_answered`] when it is used.
+    pub fn control_ahead(&self) -> Result<UnixStream, EndpointError> {
+        let mut stream = self.connect(CONTROL_PORT, CONNECT_TIMEOUT)?;
+        Client::send_hello(&mut stream).map_err(|source| EndpointError::Agent {
+            what: "hello on a new control connection".into(),
+            source,
+        })?;
+        Ok(stream)
+    }
+
     /// Attaches `stream` of `process`: a stdio connection that now carries raw bytes.
     pub fn attach(
         &self,

@@ -30,12 +30,12 @@ use crate::pod::logs::{LogStream, LogWriter};
 use crate::pod::registry::Registry;
 use crate::pod::spec::{ContainerConfig, PodSpec, PodVolumeSource, RestartPolicy, SecretEnv};
 use crate::pod::state::{ContainerStatus, PodState, PodStatus};
-use crate::protocol::client::ClientError;
+use crate::protocol::client::{Client, ClientError};
 use crate::protocol::{
     ContainerSpec, ErrorKind, ExitStatus, FsType, MountSource, MountSpec, ProcessRef, ProcessSpec,
     RootfsSpec, SandboxSpec, SandboxVolume, SandboxVolumeKind, StreamKind,
 };
-use crate::runtime::{PodSandbox, RuntimeKind, SandboxConfig};
+use crate::runtime::{EndpointError, PodSandbox, RuntimeKind, SandboxConfig};
 use crate::secret::SecretStore;
 
 /// How long a container's output may trail its exit before the exit is reported anyway.
@@ -103,6 +103,10 @@ struct Container {
     open_outputs: Mutex<usize>,
     outputs_closed: Condvar,
     start_error: Mutex<Option<String>>,
+    /// The control connection that will wait for its process, made with it (hello sent:
+    /// [`AgentEndpoint::control_ahead`]), so that a process that ends at once has its
+    /// exit answered at once.
+    waiter: Mutex<Option<UnixStream>>,
 }
 
 pub struct RunningPod {
@@ -259,6 +263,7 @@ impl RunningPod {
                 open_outputs: Mutex::new(0),
                 outputs_closed: Condvar::new(),
                 start_error: Mutex::new(None),
+                waiter: Mutex::new(None),
             });
         }
         let backoff_base = std::env::var(RESTART_BACKOFF_ENV)
@@ -523,6 +528,8 @@ impl RunningPod {
             .endpoint()
             .stdio_connections(kinds.len())
             .map_err(PodRunError::Endpoint)?;
+        // Made here, where the agent's answer costs no wait; without it, one is made later.
+        *lock(&c.waiter) = sandbox.endpoint().control_ahead().ok();
         if let Err(e) = sandbox.client().create_container(&spec) {
             return Err(match e {
                 // The connection went away: say how the sandbox ended, when it did.
@@ -761,8 +768,7 @@ impl RunningPod {
                     first_error.get_or_insert((i, message));
                 }
             }
-            let control = lock(&self.sandbox).as_ref().map(|s| s.control());
-            match control {
+            match self.waiter_of(c) {
                 Some(Ok(client)) => {
                     std::thread::spawn(move || self.follow_container(i, client));
                 }
@@ -830,8 +836,7 @@ impl RunningPod {
         let Some(c) = self.containers.get(index) else {
             return Err(("no such container".into(), None));
         };
-        let client = lock(&self.sandbox).as_ref().map(|s| s.control());
-        let mut client = match client {
+        let mut client = match self.waiter_of(c) {
             Some(Ok(client)) => client,
             Some(Err(e)) => return Err((e.to_string(), None)),
             None => return Err(("the pod's sandbox is gone".into(), None)),
@@ -843,6 +848,16 @@ impl RunningPod {
         self.record_exit(index, status, false);
         let _ = client.remove_container(&c.name);
         Ok(status)
+    }
+
+    /// A control connection to wait for `c`'s process on: the one made with it, or a new
+    /// one (`None`: the sandbox is gone).
+    fn waiter_of(&self, c: &Container) -> Option<Result<Client<UnixStream>, EndpointError>> {
+        let ahead = lock(&c.waiter).take();
+        if let Some(client) = ahead.and_then(|stream| Client::hello_answered(stream).ok()) {
+            return Some(Ok(client));
+        }
+        lock(&self.sandbox).as_ref().map(|s| s.control())
     }
 
     /// Waits until `c`'s output streams are closed (or a drain timeout passes).
@@ -928,11 +943,7 @@ impl RunningPod {
 
     /// Follows container `index` until it exits for good, restarting it as the pod's
     /// policy says; the last one to exit ends the pod.
-    fn follow_container(
-        &'static self,
-        index: usize,
-        mut client: crate::protocol::client::Client<UnixStream>,
-    ) {
+    fn follow_container(&'static self, index: usize, mut client: Client<UnixStream>) {
         let Some(c) = self.containers.get(index) else {
             return;
         };
