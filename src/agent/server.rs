@@ -11,6 +11,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -657,7 +658,6 @@ impl Agent {
         // container-init stays outside the container's cgroup and forks the container's
         // process into it: the cgroup is empty, and can go, once the process has ended,
         // while container-init's own exit still takes the container's namespaces down.
-        use std::os::unix::fs::OpenOptionsExt;
         let cgroup: OwnedFd = File::options()
             .read(true)
             .custom_flags(libc::O_DIRECTORY)

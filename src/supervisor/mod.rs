@@ -447,8 +447,9 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = std::fs::remove_file(&socket);
-    // An auto-remove pod is gone once its record is: whoever waits for it (`run --rm`
-    // waits for this lock) is told then, and its files are deleted after.
+    // An auto-remove pod is gone once its record is: whoever waits for it is told then
+    // (the lock, and the attached clients' connections, which `run --rm` waits on), and its
+    // files are deleted after.
     let doomed = match running
         .spec
         .auto_remove

@@ -1014,6 +1014,8 @@ impl RunningPod {
                 .map_err(|e| format!("removing it: {e}"))?;
         }
         self.create_and_attach(c).map_err(|e| e.to_string())?;
+        // Its follower waits on the connection it has.
+        lock(&c.waiter).take();
         {
             let mut state = lock(&self.state);
             if let Some(cs) = state.containers.get_mut(index) {

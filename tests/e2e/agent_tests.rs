@@ -453,9 +453,10 @@ fn pod_exec_two_containers_namespaces_and_host_signals() -> Result<(), Failed> {
         return Err(fail("exec with a tty", &(t1_status, pty_out), &vm));
     }
 
-    // Stats, then a signal from the host ends a: 128+9.
+    // Stats (its process counts, container-init, outside the cgroup as a shim is, does
+    // not), then a signal from the host ends a: 128+9.
     let stats = vm.client().stats("a").map_err(|e| e.to_string())?;
-    if stats.pids_current < 2 || stats.memory_current == 0 {
+    if stats.pids_current < 1 || stats.memory_current == 0 {
         return Err(fail("a's cgroup counters", &stats, &vm));
     }
     vm.client().signal(&a, 9).map_err(|e| e.to_string())?;
