@@ -5,13 +5,14 @@
 //! executes `/proc/self/exe`: the kernel's `execve`, the dynamic loader and the runtime's
 //! start, 8-9 ms of a container's start in the emulated test bed. The zygote is forked
 //! while the agent still has one thread, so that it may fork again freely; asked for a
-//! container-init, it `clone3`s a child straight into the container's new PID namespace and
-//! cgroup (`CLONE_NEWPID`, `CLONE_INTO_CGROUP`) as a child of the agent (`CLONE_PARENT`:
-//! the agent's reaper reaps it, as any helper), maps the helper's descriptors to 0.., and
-//! runs [`super::container::container_init_main`] there.
+//! container-init, it `clone3`s a child straight into the container's new PID namespace
+//! (`CLONE_NEWPID`; and into a cgroup where asked, `CLONE_INTO_CGROUP`: container-init is
+//! not, it clones the container's process into the container's cgroup itself) as a child
+//! of the agent (`CLONE_PARENT`: the agent's reaper reaps it, as any helper), maps the
+//! helper's descriptors to 0.., and runs [`super::container::container_init_main`] there.
 //!
 //! The agent asks on a `SOCK_SEQPACKET` pair: one message with the helper's descriptors
-//! (`SCM_RIGHTS`; the container's cgroup directory last) and the clone flags, answered
+//! (`SCM_RIGHTS`; a cgroup directory last, where asked) and the clone flags, answered
 //! with the child's PID or the error number. The zygote ends when the agent closes its end
 //! or dies (`PR_SET_PDEATHSIG`). Where the zygote made no child (the request did not reach
 //! it, or its clone failed), the agent falls back to its usual fork and exec
