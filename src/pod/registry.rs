@@ -393,8 +393,8 @@ impl Registry {
     /// network and cgroup released, its directories moved out of the registry's sight, its
     /// name free) once this returns; the files go with [`Doomed::delete`], which the caller
     /// may leave until after it has told whoever waits (an auto-remove pod's supervisor
-    /// does, with the CLI waiting for it to exit). Directories a removal left there are
-    /// deleted by the next pod's creation.
+    /// does, with the CLI waiting for it). What a removal moved aside and did not get to
+    /// delete (its supervisor died) goes with the next removal.
     pub fn remove_later(&self, id: &PodId) -> Result<Doomed, PodError> {
         let _guard = self.lock_store()?;
         // A pod whose supervisor died still holds its network (namespace, veth, IP lease):
@@ -514,7 +514,7 @@ fn remove_hidden(root: &Path, suffixes: &[&str]) {
 }
 
 /// A removed pod's directories, out of the registry's sight, still to delete.
-#[must_use = "the pod's files stay until delete() (or the next pod's creation)"]
+#[must_use = "the pod's files stay until delete() (or the next removal)"]
 pub struct Doomed {
     dirs: Vec<PathBuf>,
 }

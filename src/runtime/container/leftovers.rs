@@ -90,7 +90,7 @@ pub fn remove_cgroup(path: &Path) -> Result<(), LeftoverError> {
 /// `cgroup.events`), or `timeout` passes. The kernel wakes a `poll` for `POLLPRI` on that
 /// file when the value changes; each wait is capped all the same (the kernel defers a
 /// change that follows another within 10 ms, and an older kernel may not wake at all).
-pub fn wait_unpopulated(path: &Path, timeout: Duration) {
+fn wait_unpopulated(path: &Path, timeout: Duration) {
     use std::io::{Read, Seek};
     use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
@@ -229,6 +229,41 @@ mod tests {
         assert!(Path::new("/etc/passwd").exists());
         // Again: nothing left, nothing to do.
         remove(&layout).unwrap();
+    }
+
+    #[test]
+    fn the_wait_for_an_empty_cgroup_ends_when_it_empties_or_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("cgroup.events");
+        fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
+        let started = Instant::now();
+        wait_unpopulated(dir.path(), Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(1), "empty: no wait");
+
+        fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        let started = Instant::now();
+        wait_unpopulated(dir.path(), Duration::from_millis(60));
+        assert!(
+            started.elapsed() >= Duration::from_millis(60),
+            "waited its time"
+        );
+
+        // A regular file never wakes a poll: the file is read again every little while.
+        let emptied = {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                fs::write(events, "populated 0\nfrozen 0\n").unwrap();
+            })
+        };
+        let started = Instant::now();
+        wait_unpopulated(dir.path(), Duration::from_secs(5));
+        emptied.join().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
