@@ -898,12 +898,7 @@ enum Forked {
 /// where the kernel cannot (before Linux 5.7), a plain fork.
 fn fork_into_cgroup(cgroup: &OwnedFd) -> Result<Forked, Errno> {
     use std::os::fd::AsRawFd;
-    let mut args = super::process::CloneArgs {
-        flags: super::process::CLONE_INTO_CGROUP,
-        exit_signal: libc::SIGCHLD as u64,
-        cgroup: u64::try_from(cgroup.as_raw_fd()).map_err(|_| Errno::EBADF)?,
-        ..Default::default()
-    };
+    let mut args = super::process::CloneArgs::forking(0, Some(cgroup.as_raw_fd()))?;
     // SAFETY: container-init is single-threaded (it never starts a thread), so the child
     // may do anything a normal process does; the arguments ask for no stack and no
     // CLONE_VM: the child goes on as after a fork.
@@ -987,8 +982,7 @@ fn follow_container_process(
                     );
                     // Nobody waits for the rest of its exit (the container's cgroup is
                     // empty already): it yields the CPU to those who wait for the pod.
-                    // SAFETY: setpriority takes plain integers; lowering needs no privilege.
-                    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                    crate::runtime::fork::lower_priority_for_exit();
                     return end.code;
                 }
                 Ok(_) => {}

@@ -189,7 +189,7 @@ pub struct Spawned {
 }
 
 /// `clone3`'s flag that starts the child in the cgroup of `clone_args.cgroup` (Linux 5.7).
-pub(super) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Forks and executes `/proc/self/exe ARGS...` with `fds[i]` as its file descriptor `i`
 /// (0, 1, 2 and the helper's pipes), in the PID namespace `pid_ns` and, where the kernel
@@ -308,15 +308,7 @@ impl Child<'_> {
     /// `clone3` with `flags` and no new stack: the child goes on, as after a fork, on a
     /// copy of this thread's stack; with `cgroup`, it starts in that cgroup directory.
     fn clone3(&self, flags: u64, cgroup: Option<RawFd>) -> Result<Pid, Errno> {
-        let mut args = CloneArgs {
-            flags,
-            exit_signal: libc::SIGCHLD as u64,
-            ..CloneArgs::default()
-        };
-        if let Some(fd) = cgroup {
-            args.flags |= CLONE_INTO_CGROUP;
-            args.cgroup = u64::try_from(fd).map_err(|_| Errno::EBADF)?;
-        }
+        let mut args = CloneArgs::forking(flags, cgroup)?;
         // SAFETY: the child only calls `exec`, which makes async-signal-safe calls on values
         // prepared before the clone, and never returns here.
         match unsafe { clone3(&mut args) }? {
@@ -416,6 +408,24 @@ pub(super) struct CloneArgs {
     pub set_tid: u64,
     pub set_tid_size: u64,
     pub cgroup: u64,
+}
+
+impl CloneArgs {
+    /// A `clone3` that forks: `flags`, `SIGCHLD` to the parent at the child's exit, no new
+    /// stack; with `cgroup` (a cgroup directory's descriptor), the child starts in that
+    /// cgroup (`CLONE_INTO_CGROUP`).
+    pub fn forking(flags: u64, cgroup: Option<RawFd>) -> Result<CloneArgs, Errno> {
+        let mut args = CloneArgs {
+            flags,
+            exit_signal: libc::SIGCHLD as u64,
+            ..CloneArgs::default()
+        };
+        if let Some(fd) = cgroup {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = u64::try_from(fd).map_err(|_| Errno::EBADF)?;
+        }
+        Ok(args)
+    }
 }
 
 /// Where this process's command line lies (the kernel's `arg_start`..`arg_end`), for

@@ -242,16 +242,14 @@ fn clone_helper(request: Request, fds: &[OwnedFd], helper_fn: fn() -> i32, area:
     if wanted != fds.len() || helper_fds > MAX_FDS {
         return -(libc::EBADF as i64);
     }
-    let mut args = super::process::CloneArgs {
-        flags: request.flags | libc::CLONE_PARENT as u64,
-        // With CLONE_PARENT the child's exit signal is the zygote's own (SIGCHLD).
-        exit_signal: 0,
-        ..Default::default()
+    let cgroup = request.cgroup.then(|| fds[helper_fds].as_raw_fd());
+    let flags = request.flags | libc::CLONE_PARENT as u64;
+    let mut args = match super::process::CloneArgs::forking(flags, cgroup) {
+        Ok(args) => args,
+        Err(e) => return -(e as i64),
     };
-    if request.cgroup {
-        args.flags |= super::process::CLONE_INTO_CGROUP;
-        args.cgroup = fds[helper_fds].as_raw_fd() as u64;
-    }
+    // With CLONE_PARENT the child's exit signal is the zygote's own (SIGCHLD).
+    args.exit_signal = 0;
     let helper: Vec<&OwnedFd> = fds[..helper_fds].iter().collect();
     let high = match super::process::copies_above(&helper, MAX_FDS) {
         Ok(high) => high,

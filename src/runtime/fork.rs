@@ -185,8 +185,12 @@ pub fn unblock_all_signals() -> nix::Result<()> {
 /// about to exit that nobody waits for (a host pod's agent and its supervisor, their work
 /// done): the kernel's teardown of it (its memory, its threads, its mount namespace:
 /// milliseconds in the emulated test bed) then yields the CPU to the processes somebody
-/// does wait for, a `peapod run --rm` that is removing the pod and exiting.
+/// does wait for, a `peapod run --rm` that is removing the pod and exiting. (Also
+/// container-init once it has reported its process's end, and the zygote.)
 pub fn lower_priority_for_exit() {
+    // This thread first: all a single-threaded process needs, /proc or not.
+    // SAFETY: setpriority takes plain integers; lowering a priority needs no privilege.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return;
     };

@@ -9,7 +9,8 @@
 //! mounted under the pod's directory (an image, a volume).
 
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -91,8 +92,6 @@ pub fn remove_cgroup(path: &Path) -> Result<(), LeftoverError> {
 /// file when the value changes; each wait is capped all the same (the kernel defers a
 /// change that follows another within 10 ms, and an older kernel may not wake at all).
 fn wait_unpopulated(path: &Path, timeout: Duration) {
-    use std::io::{Read, Seek};
-    use std::os::fd::AsFd;
     let deadline = Instant::now() + timeout;
     let Ok(mut events) = fs::File::open(path.join("cgroup.events")) else {
         return;
