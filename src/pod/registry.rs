@@ -42,6 +42,30 @@ pub struct PodRecord {
     pub spec: PodSpec,
 }
 
+/// The state a pod has from its creation until its supervisor first saves one: Created,
+/// each container Created. Its supervisor, when forked from the CLI that created the pod,
+/// starts from this rather than reading it back.
+pub fn created_state(record: &PodRecord) -> PodState {
+    PodState {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        status: PodStatus::Created,
+        created_at: record.created_at,
+        started_at: None,
+        finished_at: None,
+        supervisor_pid: None,
+        vmm_pid: None,
+        containers: record
+            .spec
+            .containers
+            .iter()
+            .map(|c| ContainerState::created(&c.name))
+            .collect(),
+        error: None,
+        network: None,
+    }
+}
+
 /// A pod as `ps` and `inspect` see it: its record and its latest state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodView {
@@ -209,24 +233,7 @@ impl Registry {
             created_at,
             spec,
         };
-        let state = PodState {
-            id: id.clone(),
-            name: record.name.clone(),
-            status: PodStatus::Created,
-            created_at,
-            started_at: None,
-            finished_at: None,
-            supervisor_pid: None,
-            vmm_pid: None,
-            containers: record
-                .spec
-                .containers
-                .iter()
-                .map(|c| ContainerState::created(&c.name))
-                .collect(),
-            error: None,
-            network: None,
-        };
+        let state = created_state(&record);
         match self.make_pod(&record, &state) {
             Ok(lock) => Ok((record, lock)),
             Err(e) => {

@@ -91,8 +91,9 @@ pub struct SuperviseArgs {
     pub listen_fd: RawFd,
 }
 
-/// What the supervisor needs beyond the pod's spec, written by the CLI as
-/// `supervisor.json` in the pod's run directory: the guest kernel and agent initramfs of a
+/// What the supervisor needs beyond the pod's spec, handed over in memory to a supervisor
+/// the CLI forks, written as `supervisor.json` in the pod's run directory for one it
+/// executes (`peapod supervise`): the guest kernel and agent initramfs of a
 /// pod VM (the VMM program is found as the CLI finds it: `peapod-vmm` beside `peapod`, or
 /// `PEAPOD_VMM`; the disks come from the spec), and how long the agent may take to answer.
 /// A `--runtime container` pod has no kernel or initramfs.
@@ -196,7 +197,6 @@ pub fn spawn(
     let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     let lock_fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
     lock.clear_cloexec()?;
-    crate::pod::state::write_json_atomic(&config_path(dirs, &record.id), config)?;
     let ready_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
     let spawn_error = |source| SupervisorError::Spawn {
         program: program.clone(),
@@ -209,14 +209,20 @@ pub fn spawn(
         name: Some(c"pod-supervisor"),
         ..DaemonSetup::with_log(&log).map_err(spawn_error)?
     };
-    let id = record.id.clone();
+    // A forked supervisor has the record and the config in memory already; an executed one
+    // reads them from the pod's files.
+    let handed = Handed {
+        record: record.clone(),
+        config: config.clone(),
+    };
     let forked = fork::fork_daemon(setup, move || {
-        fork::exit_status(run(SuperviseArgs {
-            id,
+        let args = SuperviseArgs {
+            id: handed.record.id.clone(),
             lock_fd,
             ready_fd: ready_raw,
             listen_fd,
-        }))
+        };
+        fork::exit_status(run_with(args, Some(handed)))
     })
     .map_err(spawn_error)?;
     let inherited = Inherited {
@@ -226,7 +232,10 @@ pub fn spawn(
     };
     let mut child = match forked {
         Some(child) => ChildProcess::Forked(child),
-        None => ChildProcess::Executed(exec_supervisor(&program, record, inherited, log)?),
+        None => {
+            crate::pod::state::write_json_atomic(&config_path(dirs, &record.id), config)?;
+            ChildProcess::Executed(exec_supervisor(&program, record, inherited, log)?)
+        }
     };
     // Only the supervisor holds the lock, the pipe's write end and the listener from here on.
     drop(lock);
@@ -326,9 +335,21 @@ fn exec_supervisor(
     })
 }
 
+/// What a supervisor forked from the CLI that created its pod gets from it in memory: the
+/// pod's record (its state is then [`registry::created_state`]) and its config.
+struct Handed {
+    record: PodRecord,
+    config: SupervisorConfig,
+}
+
 /// The supervisor process: creates the pod, reports readiness, serves the API until the
 /// pod is down.
 pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
+    run_with(args, None)
+}
+
+/// [`run`], with the record and config `handed` over or else read from the pod's files.
+fn run_with(args: SuperviseArgs, handed: Option<Handed>) -> Result<(), SupervisorError> {
     let dirs = PodDirs::from_env();
     let registry = Registry::new(dirs.clone());
     // SAFETY: the CLI passed these three descriptors to this process for it to own (see
@@ -351,7 +372,20 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let mut ready = std::fs::File::from(ready_fd);
-    let view = SupervisorLock::adopt(lock_fd).and_then(|lock| Ok((lock, registry.get(&args.id)?)));
+    let (record, config) = match handed {
+        Some(Handed { record, config }) => (Some(record), Some(config)),
+        None => (None, None),
+    };
+    let view = SupervisorLock::adopt(lock_fd).and_then(|lock| {
+        let view = match record {
+            Some(record) => registry::PodView {
+                state: registry::created_state(&record),
+                record,
+            },
+            None => registry.get(&args.id)?,
+        };
+        Ok((lock, view))
+    });
     let (lock, view) = match view {
         Ok(v) => v,
         Err(e) => {
@@ -410,7 +444,11 @@ pub fn run(args: SuperviseArgs) -> Result<(), SupervisorError> {
         gate.open(true);
         start_serving();
     }
-    let sandbox = crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id))
+    let config = match config {
+        Some(config) => Ok(config),
+        None => crate::pod::state::read_json::<SupervisorConfig>(&config_path(&dirs, &args.id)),
+    };
+    let sandbox = config
         .map_err(|e| e.to_string())
         .and_then(|c| c.sandbox(&record.spec, &args.id, &dirs));
     let sandbox =
