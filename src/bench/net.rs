@@ -876,7 +876,7 @@ mod tests {
         // the test binary itself is static (.cargo/config.toml: crt-static)
         let me = std::env::current_exe().unwrap();
         assert_eq!(elf_interpreter(&head(me.to_str().unwrap())), Some(false));
-        // the shell is a dynamic program on Debian (dash; busybox where it is sh is static)
+        // the shell is a dynamic program on Debian (dash); not where sh is busybox (static)
         let sh = crate::machine::assets::find_in_path("sh").expect("a shell in PATH");
         let sh = std::fs::canonicalize(sh).unwrap();
         if sh.ends_with("busybox") {

@@ -600,6 +600,8 @@ mod tests {
         assert!(reg.is_supervised(id));
         let view = reg.get(id).unwrap();
         assert_eq!(view.status(), &PodStatus::Created);
+        // what a supervisor forked from the creating CLI starts from, instead of this read
+        assert_eq!(view.state, created_state(&record));
         drop(lock);
     }
 
