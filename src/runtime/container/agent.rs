@@ -16,7 +16,7 @@
 //! The pod's directories are its supervisor's (or `rm`'s) to remove.
 
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -187,7 +187,6 @@ pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentErr
     crate::agent::init::prepare_pod(os.as_ref(), &layout)
         .map_err(io("prepare the pod's cgroup and directories"))?;
     let reaper = Reaper::new();
-    reaper.start();
     {
         let layout = layout.clone();
         std::thread::spawn(move || {
@@ -197,8 +196,29 @@ pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentErr
             }
         });
     }
-    let agent = Agent::with_zygote(os, reaper, layout.clone(), zygote);
+    let agent = Agent::with_zygote(os, Arc::clone(&reaper), layout.clone(), zygote);
     let Listeners { control, stdio } = listeners;
+    let serve_control = {
+        let agent = Arc::clone(&agent);
+        move |mut conn: UnixStream| {
+            // The answer to a shutdown says the pod's processes and cgroup are gone.
+            let cgroup = agent.layout().cgroup_parent.clone();
+            let remove_cgroup = || leftovers::remove_cgroup(&cgroup).map_err(|e| e.to_string());
+            if agent.serve_control(&mut conn, &remove_cgroup) {
+                end(agent.layout());
+            }
+        }
+    };
+    // The supervisor connected as soon as the sockets were bound and waits for its hello's
+    // answer: that connection is served before the agent's other threads start (a thread
+    // start costs about a millisecond in the test bed), which then start meanwhile. Nothing
+    // the agent does for it waits on them: a process the reaper has not seen yet is reaped
+    // once it runs, a stdio connection waits in its listener's backlog.
+    if let Ok((first, _)) = control.accept() {
+        let serve_first = serve_control.clone();
+        std::thread::spawn(move || serve_first(first));
+    }
+    reaper.start();
     let a = Arc::clone(&agent);
     std::thread::spawn(move || server::serve(stdio, move |conn| a.serve_stream(conn)));
     eprintln!(
@@ -206,14 +226,7 @@ pub fn run(args: HostAgentArgs, listeners: Listeners) -> Result<(), HostAgentErr
         args.id.short(),
         layout.run_dir.display()
     );
-    server::serve(control, move |mut conn| {
-        // The answer to a shutdown says the pod's processes and cgroup are gone.
-        let cgroup = agent.layout().cgroup_parent.clone();
-        let remove_cgroup = || leftovers::remove_cgroup(&cgroup).map_err(|e| e.to_string());
-        if agent.serve_control(&mut conn, &remove_cgroup) {
-            end(agent.layout());
-        }
-    });
+    server::serve(control, serve_control);
     end(&layout)
 }
 
