@@ -372,10 +372,7 @@ fn run_with(args: SuperviseArgs, handed: Option<Handed>) -> Result<(), Superviso
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let mut ready = std::fs::File::from(ready_fd);
-    let (record, config) = match handed {
-        Some(Handed { record, config }) => (Some(record), Some(config)),
-        None => (None, None),
-    };
+    let (record, config) = handed.map(|h| (h.record, h.config)).unzip();
     let view = SupervisorLock::adopt(lock_fd).and_then(|lock| {
         let view = match record {
             Some(record) => registry::PodView {
